@@ -1,0 +1,43 @@
+"""LLaDA for transformers: config, model and diffusion generation.
+
+Importing this package registers LLaDA with the Auto classes, so that official checkpoints (`model_type: "llada"`)
+load with `AutoModel.from_pretrained(path)` without `trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+from .configuration_llada import LLaDAConfig
+from .generation_llada import LLaDAGenerateOutput, LLaDAGenerationConfig, LLaDAGenerationMixin, num_transfer_tokens
+from .modeling_llada import LLaDAModel, LLaDAModelLM, LLaDAOutput, LLaDAPreTrainedModel
+
+# Hub folders written by save_pretrained point every Auto class at the files that travel with them.
+AUTO_MAP = {
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForMaskedLM": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
+
+
+def _register() -> None:
+    AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig, exist_ok=True)
+    # The official checkpoints map AutoModel to the model with its head, and tools (TRL, lm-eval) load through
+    # AutoModelForCausalLM; all three give the same class.
+    for auto_class in (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM):
+        auto_class.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+
+
+_register()
+
+__all__ = [
+    "AUTO_MAP",
+    "LLaDAConfig",
+    "LLaDAGenerateOutput",
+    "LLaDAGenerationConfig",
+    "LLaDAGenerationMixin",
+    "LLaDAModel",
+    "LLaDAModelLM",
+    "LLaDAOutput",
+    "LLaDAPreTrainedModel",
+    "num_transfer_tokens",
+]

@@ -1,0 +1,223 @@
+"""LLaDA configuration.
+
+Field names are the ones of the official `config.json` files (OLMo heritage: `d_model`, `n_heads`, ...), so the
+GSAI-ML checkpoints load unchanged; the usual transformers names (`hidden_size`, `num_attention_heads`, ...) are
+aliases of them. Defaults are the LLaDA-8B values.
+
+This file travels with every checkpoint (trust_remote_code): it imports only torch/transformers.
+"""
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+# Values the official configs carry that change the architecture, and the only ones we implement.
+SUPPORTED_BLOCK_TYPES = ("llama",)
+SUPPORTED_ACTIVATIONS = ("silu",)
+SUPPORTED_LAYER_NORMS = ("rms",)
+
+
+class LLaDAConfig(PreTrainedConfig):
+    r"""Configuration of a LLaDA masked-diffusion language model (arXiv 2502.09992).
+
+    A Llama-style bidirectional Transformer: pre-norm RMSNorm, SwiGLU MLP, rotary embeddings (NeoX style, fp32),
+    no causal mask. A reserved `mask_token_id` marks the positions the model has to predict.
+
+    Args:
+        d_model (`int`, defaults to 4096): width of the residual stream (alias `hidden_size`).
+        n_heads (`int`, defaults to 32): attention heads (alias `num_attention_heads`).
+        n_kv_heads (`int`, *optional*): key/value heads for grouped-query attention; `None` means `n_heads`
+            (alias `num_key_value_heads`).
+        n_layers (`int`, defaults to 32): Transformer blocks (alias `num_hidden_layers`).
+        mlp_hidden_size (`int`, *optional*, defaults to 12288): SwiGLU hidden width; `None` means
+            `mlp_ratio * d_model` (alias `intermediate_size`).
+        mlp_ratio (`int`, defaults to 4): used only when `mlp_hidden_size` is `None`.
+        vocab_size (`int`, defaults to 126464): number of token ids the tokenizer can produce.
+        embedding_size (`int`, *optional*, defaults to 126464): rows of the embedding and output matrices, at least
+            `vocab_size` (OLMo pads it for speed); `None` means `vocab_size`.
+        max_sequence_length (`int`, defaults to 4096): longest canvas (prompt + answer) trained on
+            (alias `max_position_embeddings`). Longer inputs run but warn once.
+        rope_theta (`float`, defaults to 500000.0): rotary base.
+        rms_norm_eps (`float`, defaults to 1e-5): RMSNorm epsilon.
+        weight_tying (`bool`, defaults to `False`): share the input embedding with the output head
+            (alias `tie_word_embeddings`).
+        include_bias (`bool`): biases in every linear layer. include_qkv_bias (`bool`): biases in q/k/v only.
+        mask_token_id (`int`, defaults to 126336): the `[MASK]` id of the diffusion process.
+        eos_token_id / pad_token_id / bos_token_id (`int`): 126081 / 126081 / 126080 for the 8B models.
+        init_std (`float`, defaults to 0.02): std of the normal initialisation of fresh weights.
+        embedding_dropout, residual_dropout, attention_dropout (`float`, default 0.0): dropout probabilities.
+        scale_logits (`bool`, defaults to `False`): multiply logits by `1/sqrt(d_model)`.
+        multi_query_attention (`bool`, *optional*): legacy OLMo switch for a single key/value head.
+
+    Every other field of the official files (`alibi`, `flash_attention`, `init_fn`, `precision`, ...) is accepted
+    and stored; the ones that would change the architecture are checked and rejected when not supported.
+    """
+
+    model_type = "llada"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "n_heads",
+        "num_hidden_layers": "n_layers",
+        "max_position_embeddings": "max_sequence_length",
+        "tie_word_embeddings": "weight_tying",
+        "initializer_range": "init_std",
+    }
+
+    # Architecture (official names).
+    d_model: int = 4096
+    n_heads: int = 32
+    n_kv_heads: int | None = 32
+    n_layers: int = 32
+    mlp_hidden_size: int | None = 12288
+    mlp_ratio: int = 4
+    vocab_size: int = 126464
+    embedding_size: int | None = 126464
+    max_sequence_length: int = 4096
+    rope: bool = True
+    rope_theta: float = 500000.0
+    rope_full_precision: bool = True
+    rms_norm_eps: float = 1e-5
+    layer_norm_type: str = "rms"
+    layer_norm_with_affine: bool = True
+    bias_for_layer_norm: bool | None = False
+    attention_layer_norm: bool = False
+    activation_type: str = "silu"
+    block_type: str = "llama"
+    block_group_size: int = 1
+    weight_tying: bool = False
+    include_bias: bool = False
+    include_qkv_bias: bool = False
+    alibi: bool = False
+    clip_qkv: float | None = None
+    input_emb_norm: bool = False
+    scale_logits: bool = False
+    multi_query_attention: bool | None = None
+    # Dropout (training only).
+    embedding_dropout: float = 0.0
+    residual_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    # Initialisation.
+    init_std: float = 0.02
+    # Special tokens.
+    mask_token_id: int = 126336
+    eos_token_id: int | list[int] | None = 126081
+    pad_token_id: int | None = 126081
+    bos_token_id: int | None = 126080
+    # LLaDA decodes a whole canvas per step; the key/value cache is opt-in (see generation).
+    use_cache: bool = False
+
+    def __post_init__(self, **kwargs: Any):
+        # Fields of the official files that have no effect here (init_device, precision, flash_attention, ...)
+        # land in kwargs and are stored as plain attributes by the parent.
+        super().__post_init__(**kwargs)
+        self._validate_llada()
+
+    # -- derived sizes ---------------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def num_key_value_heads(self) -> int:
+        """Effective key/value heads (OLMo's `multi_query_attention` forces one)."""
+        if self.multi_query_attention:
+            return 1
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @num_key_value_heads.setter
+    def num_key_value_heads(self, value: int) -> None:
+        self.n_kv_heads = value
+        self.multi_query_attention = None
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.mlp_hidden_size if self.mlp_hidden_size is not None else self.mlp_ratio * self.d_model
+
+    @intermediate_size.setter
+    def intermediate_size(self, value: int) -> None:
+        self.mlp_hidden_size = value
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and output matrices (`embedding_size`, falling back to `vocab_size`)."""
+        return self.embedding_size if self.embedding_size is not None else self.vocab_size
+
+    # -- validation ------------------------------------------------------------------------------------------------
+    def _validate_llada(self) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(f"Invalid LLaDAConfig: {message}")
+
+        for name in ("d_model", "n_heads", "n_layers", "vocab_size", "max_sequence_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.d_model % self.n_heads != 0:
+            fail(
+                f"`d_model` ({self.d_model}) must be divisible by `n_heads` ({self.n_heads}); "
+                f"choose n_heads among the divisors of d_model."
+            )
+        if self.head_dim % 2 != 0:
+            fail(f"rotary embeddings need an even head dimension, got d_model/n_heads = {self.head_dim}.")
+        kv = self.num_key_value_heads
+        if not isinstance(kv, int) or kv <= 0 or self.n_heads % kv != 0:
+            fail(
+                f"`n_heads` ({self.n_heads}) must be a multiple of `n_kv_heads` ({self.n_kv_heads}); "
+                f"use a divisor of n_heads (n_kv_heads == n_heads means no grouped-query attention)."
+            )
+        if self.intermediate_size <= 0:
+            fail(f"the MLP hidden size must be positive, got {self.intermediate_size}.")
+        if self.padded_vocab_size < self.vocab_size:
+            fail(f"`embedding_size` ({self.embedding_size}) must be >= `vocab_size` ({self.vocab_size}).")
+        if self.block_type not in SUPPORTED_BLOCK_TYPES:
+            fail(f"`block_type` {self.block_type!r} is not supported; LLaDA uses {SUPPORTED_BLOCK_TYPES}.")
+        if self.activation_type not in SUPPORTED_ACTIVATIONS:
+            fail(
+                f"`activation_type` {self.activation_type!r} is not supported; LLaDA uses "
+                f"{SUPPORTED_ACTIVATIONS} (SwiGLU with a separate up projection)."
+            )
+        if self.layer_norm_type not in SUPPORTED_LAYER_NORMS:
+            fail(f"`layer_norm_type` {self.layer_norm_type!r} is not supported; LLaDA uses {SUPPORTED_LAYER_NORMS}.")
+        unsupported_switches = {
+            "alibi": "LLaDA uses rotary embeddings; set alibi=false",
+            "attention_layer_norm": "q/k layer norms are not part of LLaDA; set attention_layer_norm=false",
+            "input_emb_norm": "embedding norms are not part of LLaDA; set input_emb_norm=false",
+            "bias_for_layer_norm": "LLaDA's RMSNorm has no bias; set bias_for_layer_norm=false",
+        }
+        for name, advice in unsupported_switches.items():
+            if getattr(self, name):
+                fail(f"`{name}={getattr(self, name)!r}` is not supported: {advice}.")
+        if not self.rope:
+            fail("`rope=false` is not supported: LLaDA needs rotary position embeddings.")
+        if not self.layer_norm_with_affine:
+            fail("`layer_norm_with_affine=false` is not supported: LLaDA's RMSNorm has a weight.")
+        if self.clip_qkv is not None:
+            fail(f"`clip_qkv={self.clip_qkv}` is not supported; set it to null.")
+        if self.block_group_size != 1:
+            fail(f"`block_group_size={self.block_group_size}` is not supported; use 1.")
+        if not self.rms_norm_eps > 0:
+            fail(f"`rms_norm_eps` must be > 0, got {self.rms_norm_eps}.")
+        for name in ("embedding_dropout", "residual_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                fail(f"`{name}` must be in [0, 1), got {value}.")
+        self._check_token_id("mask_token_id", self.mask_token_id, required=True)
+        eos_ids = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+        for eos in eos_ids:
+            self._check_token_id("eos_token_id", eos)
+        self._check_token_id("pad_token_id", self.pad_token_id)
+        self._check_token_id("bos_token_id", self.bos_token_id)
+        if self.mask_token_id in eos_ids:
+            fail(f"`mask_token_id` ({self.mask_token_id}) must differ from `eos_token_id` ({self.eos_token_id}).")
+
+    def _check_token_id(self, name: str, value: Any, required: bool = False) -> None:
+        if value is None and not required:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
+            raise ValueError(
+                f"Invalid LLaDAConfig: `{name}` must be an integer id in [0, vocab_size={self.vocab_size}), got "
+                f"{value!r}. Set it to the id your tokenizer uses for that token."
+            )
+
+
+__all__ = ["LLaDAConfig"]

@@ -1,0 +1,614 @@
+"""Diffusion generation for LLaDA: the reverse process with low-confidence remasking (arXiv 2502.09992, §2.4).
+
+The canvas `[prompt | mask x N]` is filled block by block, left to right. Within a block, each step runs one forward
+pass over the whole canvas, proposes a token for every masked position, and commits the most confident proposals;
+committed tokens never change. Masks already in the prompt are filled too (infilling).
+
+This file travels with every checkpoint (trust_remote_code): it imports only torch and transformers.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.streamers import BaseStreamer
+from transformers.utils import ModelOutput, logging
+from transformers.utils.logging import tqdm
+
+logger = logging.get_logger(__name__)
+
+REMASKING_STRATEGIES = ("low_confidence", "random", "margin", "entropy")
+
+# The diffusion fields of LLaDAGenerationConfig and their defaults (None = resolved at generate time).
+_DIFFUSION_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 128,
+    "steps": None,
+    "block_length": None,
+    "temperature": 0.0,
+    "top_k": None,
+    "top_p": None,
+    "cfg_scale": 0.0,
+    "remasking": "low_confidence",
+    "mask_token_id": None,
+    "logits_eos_inf": False,
+    "confidence_eos_eot_inf": False,
+    "early_exit": False,
+    "num_return_sequences": 1,
+    "output_history": False,
+    "return_dict_in_generate": False,
+    "progress_bar": False,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "pad_token_id": None,
+}
+_METADATA_FIELDS = ("_commit_hash", "_from_model_config", "transformers_version")
+
+# Offset that puts EOS proposals below every ordinary confidence when `confidence_eos_eot_inf` is on. All
+# confidences lie in [-log(vocab), 1], so any offset beyond that keeps EOS last while preserving their own order.
+_EOS_CONFIDENCE_OFFSET = 1e4
+
+
+class LLaDAGenerationConfig(GenerationConfig):
+    r"""Generation settings of the LLaDA reverse process; saved as `generation_config.json`.
+
+    Only diffusion-relevant fields are accepted; anything else raises, as in transformers.
+
+    Args:
+        max_new_tokens (`int`, defaults to 128): N, the number of masked positions appended to the prompt.
+        steps (`int`, *optional*): S, the total number of denoising steps (forward passes, two rows per prompt with
+            CFG). Must be a multiple of the number of blocks. Defaults to `max_new_tokens` (one token per step).
+        block_length (`int`, *optional*): B, the block size; blocks are filled left to right (semi-autoregressive
+            when B < N). `max_new_tokens` must be a multiple of it. Defaults to `max_new_tokens` (one block).
+        temperature (`float`, defaults to 0.0): 0 proposes the argmax; > 0 samples with float64 Gumbel noise.
+        top_k (`int`, *optional*) / top_p (`float`, *optional*): restrict proposals to the k most likely tokens / the
+            nucleus of probability mass p (applied to the model's distribution before temperature).
+        cfg_scale (`float`, defaults to 0.0): classifier-free guidance weight w; the unconditional canvas has every
+            prompt position masked and `logits = uncond + (w + 1) * (cond - uncond)`.
+        remasking (`str`, defaults to "low_confidence"): which proposals to commit first: `low_confidence` (highest
+            probability of the proposed token), `random`, `margin` (top-1 minus top-2 probability) or `entropy`
+            (lowest entropy of the position's distribution).
+        mask_token_id (`int`, *optional*): defaults to the model config's `mask_token_id`.
+        logits_eos_inf (`bool`, defaults to False): never propose an EOS id (all ids of `eos_token_id`).
+        confidence_eos_eot_inf (`bool`, defaults to False): EOS proposals get the lowest confidence, so they are
+            committed only when nothing else is left in the block.
+        early_exit (`bool`, defaults to False): once a row has committed an EOS with no mask before it, fill its
+            remaining masks with EOS and stop spending forward passes on it. Nothing before the first EOS changes.
+        num_return_sequences (`int`, defaults to 1): samples per prompt.
+        output_history (`bool`, defaults to False): return every step's canvas and the step that committed each
+            position (implies a [`LLaDAGenerateOutput`]).
+        return_dict_in_generate (`bool`, defaults to False): return a [`LLaDAGenerateOutput`] instead of ids.
+        progress_bar (`bool`, defaults to False): show a tqdm bar over the denoising steps.
+        bos_token_id / eos_token_id / pad_token_id: default to the model config's. `eos_token_id` may be a list.
+    """
+
+    def __init__(self, **kwargs):
+        # Deliberately no super().__init__(): most autoregressive fields make no sense for diffusion.
+        for name, default in _DIFFUSION_DEFAULTS.items():
+            setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
+        for name in _METADATA_FIELDS:
+            setattr(self, name, kwargs.pop(name, None))
+        if self.transformers_version is None:
+            import transformers
+
+            self.transformers_version = transformers.__version__
+        if kwargs:
+            raise ValueError(
+                f"LLaDAGenerationConfig got unexpected fields {sorted(kwargs)}; valid fields are "
+                f"{sorted(_DIFFUSION_DEFAULTS)}."
+            )
+        self.validate()
+
+    def validate(self, strict: bool = False, **unused) -> None:
+        """Check every value on its own and the combinations that do not depend on the prompt."""
+
+        def positive_int(name: str, value: Any) -> None:
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+        for name in ("max_new_tokens", "steps", "block_length", "top_k", "num_return_sequences"):
+            positive_int(name, getattr(self, name))
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0 (0 means argmax proposals), got {self.temperature!r}.")
+        if not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
+            raise ValueError(f"`cfg_scale` must be >= 0 (0 disables guidance), got {self.cfg_scale!r}.")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
+        if self.remasking not in REMASKING_STRATEGIES:
+            raise ValueError(f"`remasking` must be one of {REMASKING_STRATEGIES}, got {self.remasking!r}.")
+        if self.max_new_tokens is not None and self.block_length is not None:
+            if self.max_new_tokens % self.block_length:
+                raise ValueError(
+                    f"`max_new_tokens` ({self.max_new_tokens}) must be a multiple of `block_length` "
+                    f"({self.block_length}); e.g. use block_length={_largest_divisor_at_most(self.max_new_tokens, self.block_length)}."
+                )
+            if self.steps is not None and self.steps % (self.max_new_tokens // self.block_length):
+                blocks = self.max_new_tokens // self.block_length
+                raise ValueError(
+                    f"`steps` ({self.steps}) must be a multiple of the number of blocks ({blocks} = max_new_tokens "
+                    f"{self.max_new_tokens} / block_length {self.block_length}); e.g. steps={max(blocks, self.steps - self.steps % blocks)}."
+                )
+
+    def update(self, **kwargs) -> dict[str, Any]:
+        """Set the given fields; return the kwargs that are not fields of this config."""
+        unused = {}
+        for key, value in kwargs.items():
+            if key in _DIFFUSION_DEFAULTS:
+                setattr(self, key, value)
+            else:
+                unused[key] = value
+        return unused
+
+    @classmethod
+    def from_model_config(cls, model_config) -> "LLaDAGenerationConfig":
+        return cls(
+            bos_token_id=getattr(model_config, "bos_token_id", None),
+            eos_token_id=getattr(model_config, "eos_token_id", None),
+            pad_token_id=getattr(model_config, "pad_token_id", None),
+            _from_model_config=True,
+        )
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        defaults = self.__class__().to_dict()
+        return {
+            key: value
+            for key, value in self.to_dict().items()
+            if key == "transformers_version" or defaults.get(key, object()) != value
+        }
+
+    def get_generation_mode(self, *args, **kwargs):
+        raise NotImplementedError("LLaDA generation is diffusion; it has no autoregressive generation mode.")
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+@dataclass
+class LLaDAGenerateOutput(ModelOutput):
+    """What `generate` returns with `return_dict_in_generate=True` or `output_history=True`.
+
+    Args:
+        sequences: (b, P + N) the prompt followed by the generated tokens.
+        tokens_per_forward: (b,) float, tokens committed by the sampler per forward pass that row took part in (the
+            figure diffusion papers report beside accuracy; 1.0 for one token per step).
+        history: (num_steps, b, P + N) the canvas after every denoising step, masks included (`output_history`).
+        commit_step: (b, P + N) the step (0-based, counted over the whole call) that committed each position; -1 for
+            prompt tokens. Positions filled by `early_exit` carry the step at which the row finished.
+    """
+
+    sequences: torch.LongTensor | None = None
+    tokens_per_forward: torch.Tensor | None = None
+    history: torch.LongTensor | None = None
+    commit_step: torch.LongTensor | None = None
+
+
+def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """Tokens to commit at each step of a block: `masked_count // steps`, one more in the first `count % steps` steps.
+
+    masked_count: (b,) masked positions of each row in the block. Returns (b, steps) int64 summing to masked_count.
+    """
+    base = masked_count[:, None] // steps
+    remainder = masked_count[:, None] % steps
+    return base + (torch.arange(steps, device=masked_count.device)[None] < remainder).long()
+
+
+def proposal_confidence(
+    logits: torch.Tensor, proposal: torch.Tensor, remasking: str
+) -> torch.Tensor:
+    """Confidence of each position's proposal, higher = commit earlier. logits (b, W, V), proposal (b, W)."""
+    if remasking == "random":
+        return torch.rand(proposal.shape, device=logits.device)
+    probs = torch.softmax(logits.float(), dim=-1)
+    if remasking == "low_confidence":
+        return probs.gather(-1, proposal[..., None]).squeeze(-1)
+    if remasking == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    # entropy: the negative entropy, so that peaked distributions come first
+    return (probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(-1)
+
+
+def select_top_k(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Boolean (b, W) mask of the k[row] highest finite scores of each row, without a loop over rows or a host sync.
+
+    Ties are broken towards the lower position (stable sort).
+    """
+    order = scores.argsort(dim=-1, descending=True, stable=True)
+    keep_rank = torch.arange(scores.shape[-1], device=scores.device)[None] < k[:, None]
+    chosen = torch.zeros_like(keep_rank).scatter(-1, order, keep_rank)
+    return chosen & torch.isfinite(scores)
+
+
+class LLaDAGenerationMixin:
+    """`generate` for LLaDA models: the diffusion reverse process in the transformers calling convention."""
+
+    generation_config_class = LLaDAGenerationConfig
+
+    def adjust_generation_fn(
+        self,
+        generation_config,
+        from_auto_class,
+        from_pipeline,
+        pretrained_model_name_or_path,
+        cache_dir,
+        force_download,
+        proxies,
+        local_files_only,
+        token,
+        revision,
+        subfolder,
+        trust_remote_code,
+        **kwargs,
+    ):
+        """Called by `from_pretrained`: load `generation_config.json` as a [`LLaDAGenerationConfig`]."""
+        if generation_config is not None:
+            self.generation_config = self._as_llada_generation_config(generation_config)
+            return
+        if pretrained_model_name_or_path is None:
+            return
+        try:
+            self.generation_config = LLaDAGenerationConfig.from_pretrained(
+                pretrained_model_name_or_path,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                proxies=proxies,
+                local_files_only=local_files_only,
+                token=token,
+                revision=revision,
+                subfolder=subfolder,
+                _from_auto=from_auto_class,
+                _from_pipeline=from_pipeline,
+            )
+        except OSError:
+            logger.info("No generation_config.json found; using LLaDA's default generation settings.")
+
+    @staticmethod
+    def _as_llada_generation_config(config: GenerationConfig) -> LLaDAGenerationConfig:
+        if isinstance(config, LLaDAGenerationConfig):
+            return config
+        # A plain GenerationConfig (e.g. from a tool): keep the fields that mean the same thing in diffusion.
+        values = {k: getattr(config, k) for k in _DIFFUSION_DEFAULTS if getattr(config, k, None) is not None}
+        return LLaDAGenerationConfig(**values)
+
+    def _resolve_generation_config(
+        self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]
+    ) -> LLaDAGenerationConfig:
+        base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
+        config = copy.deepcopy(self._as_llada_generation_config(base or LLaDAGenerationConfig()))
+        unused = config.update(**kwargs)
+        if unused:
+            raise ValueError(
+                f"generate() got unexpected arguments {sorted(unused)}; LLaDA's diffusion generation accepts "
+                f"input_ids, attention_mask, generation_config, streamer, logits_processor and the generation config "
+                f"fields {sorted(_DIFFUSION_DEFAULTS)}."
+            )
+        config.validate()
+        model_config = self.config
+        if config.mask_token_id is None:
+            config.mask_token_id = getattr(model_config, "mask_token_id", None)
+        if config.mask_token_id is None:
+            raise ValueError(
+                "No mask token id: set `mask_token_id` in the model config or pass `mask_token_id=` to generate()."
+            )
+        for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            if getattr(config, name) is None:
+                setattr(config, name, getattr(model_config, name, None))
+        return config
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        generation_config: LLaDAGenerationConfig | None = None,
+        streamer: BaseStreamer | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria=None,
+        **kwargs,
+    ) -> torch.LongTensor | LLaDAGenerateOutput:
+        r"""Generate by iterative unmasking (the LLaDA reverse process).
+
+        Args:
+            input_ids: (b, P) prompt ids, left-padded when rows differ in length. Mask tokens inside the prompt are
+                filled as well (infilling).
+            attention_mask: (b, P), 1 for tokens and 0 for (left) padding.
+            generation_config: base settings; defaults to the model's (`generation_config.json`).
+            streamer: receives the prompt, then the generated tokens in reading order as soon as every position
+                before them is committed (`put`), and, if it has `put_draft`, the canvas after every step.
+                Single sequence only.
+            logits_processor: transformers `LogitsProcessor`s applied to each step's logits of the positions that can
+                be committed, before top-k/top-p and sampling. They see the current canvas as `input_ids`.
+            kwargs: any [`LLaDAGenerationConfig`] field (`max_new_tokens`, `steps`, `block_length`, `temperature`,
+                `cfg_scale`, `remasking`, ...), overriding `generation_config`.
+
+        Returns:
+            (b * num_return_sequences, P + N) ids, or a [`LLaDAGenerateOutput`] with `return_dict_in_generate=True`
+            or `output_history=True`.
+
+        Example:
+
+        ```python
+        >>> out = model.generate(input_ids, max_new_tokens=64, steps=64, block_length=32)
+        >>> # infilling: put the mask id where the model should write
+        >>> ids = tokenizer("The capital of France is <|mdm_mask|><|mdm_mask|>.", return_tensors="pt").input_ids
+        >>> model.generate(ids, max_new_tokens=8)
+        ```
+        """
+        config = self._resolve_generation_config(generation_config, kwargs)
+        if stopping_criteria:
+            raise ValueError(
+                "stopping_criteria are not supported by diffusion generation (tokens are not produced left to "
+                "right); use early_exit=True to stop at EOS, and cut at stop strings after decoding."
+            )
+        if input_ids is None:
+            raise ValueError("generate() needs `input_ids` (the prompt); use a BOS token for unconditional generation.")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+            attention_mask = attention_mask[None] if attention_mask is not None and attention_mask.dim() == 1 else attention_mask
+        device = self.get_input_embeddings().weight.device
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device) if attention_mask is not None else None
+        mask_id = config.mask_token_id
+        eos_ids = [] if config.eos_token_id is None else (
+            list(config.eos_token_id) if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id]
+        )
+        gen_length = config.max_new_tokens
+        block_length = config.block_length or gen_length
+        steps = config.steps or gen_length
+        self._check_generate_inputs(input_ids, attention_mask, config, gen_length, block_length, steps, eos_ids)
+
+        if config.num_return_sequences > 1:
+            input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
+            if attention_mask is not None:
+                attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
+        batch, prompt_length = input_ids.shape
+        total = prompt_length + gen_length
+        canvas = torch.cat([input_ids, input_ids.new_full((batch, gen_length), mask_id)], dim=1)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
+        positions = torch.arange(total, device=device)
+        # Prompt tokens (padding included), hidden from the unconditional canvas of CFG.
+        prompt_positions = (positions[None] < prompt_length) & (canvas != mask_id)
+        eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long)
+        processors = self._build_logits_processors(config, logits_processor)
+        # Mask tokens inside the prompt (infilling) join the first block's window; one host sync, once.
+        first_hole = int((canvas[:, :prompt_length] == mask_id).any(0).long().argmax()) if prompt_length else 0
+        has_holes = bool((canvas[:, :prompt_length] == mask_id).any()) if prompt_length else False
+
+        num_blocks = gen_length // block_length
+        steps_per_block = steps // num_blocks
+        commit_step = torch.full((batch, total), -1, dtype=torch.long, device=device)
+        forwards = torch.zeros(batch, dtype=torch.long, device=device)
+        sampled = torch.zeros(batch, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        history = [] if config.output_history else None
+        stream = _StreamState(streamer, canvas, prompt_length, mask_id) if streamer is not None else None
+        bar = tqdm(total=steps, desc="denoising", disable=not config.progress_bar, leave=False)
+
+        step = 0
+        for block in range(num_blocks):
+            block_end = prompt_length + (block + 1) * block_length
+            window_start = first_hole if (block == 0 and has_holes) else prompt_length + block * block_length
+            window = slice(window_start, block_end)
+            schedule = num_transfer_tokens((canvas[:, window] == mask_id).sum(-1), steps_per_block)
+            for block_step in range(steps_per_block):
+                if config.early_exit and bool(finished.all()):
+                    break
+                forwards += (~finished).long()
+                proposal, scores = self._denoising_scores(
+                    canvas, attention_mask, window, prompt_positions, config, processors, eos_tensor
+                )
+                transfer = select_top_k(scores, schedule[:, block_step])
+                canvas[:, window] = torch.where(transfer, proposal, canvas[:, window])
+                commit_step[:, window].masked_fill_(transfer, step)
+                sampled += transfer.sum(-1)
+                if config.early_exit and eos_ids:
+                    finished = self._finish_rows_at_eos(canvas, commit_step, prompt_length, mask_id, eos_tensor, step)
+                if history is not None:
+                    history.append(canvas.clone())
+                if stream is not None:
+                    stream.update(canvas)
+                bar.update(1)
+                step += 1
+            if config.early_exit and bool(finished.all()):
+                break
+        bar.close()
+        if stream is not None:
+            stream.end(canvas)
+
+        if not (config.return_dict_in_generate or config.output_history):
+            return canvas
+        return LLaDAGenerateOutput(
+            sequences=canvas,
+            tokens_per_forward=sampled.double() / forwards.clamp_min(1).double(),
+            history=torch.stack(history) if history else None,
+            commit_step=commit_step,
+        )
+
+    def _denoising_scores(
+        self,
+        canvas: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        window: slice,
+        prompt_positions: torch.Tensor,
+        config: LLaDAGenerationConfig,
+        processors: LogitsProcessorList,
+        eos_tensor: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass: proposals (b, W) for the window and their commit scores (-inf where not committable)."""
+        logits = self._window_logits(canvas, attention_mask, window, prompt_positions, config.cfg_scale)
+        if config.logits_eos_inf and eos_tensor.numel():
+            logits[..., eos_tensor] = -torch.inf
+        if processors:
+            batch, width, vocab = logits.shape
+            flat_ids = canvas.repeat_interleave(width, dim=0)
+            logits = processors(flat_ids, logits.reshape(batch * width, vocab)).view(batch, width, vocab)
+        if config.temperature > 0:
+            # Gumbel-max in float64, as the reference: argmax(l / T + g) == argmax(exp(l) / (-log u) ** T).
+            uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device)
+            proposal = (logits.double() / config.temperature - torch.log(-torch.log(uniform))).argmax(-1)
+        else:
+            proposal = logits.argmax(-1)
+        confidence = proposal_confidence(logits, proposal, config.remasking).double()
+        if config.confidence_eos_eot_inf and eos_tensor.numel():
+            confidence = confidence - _EOS_CONFIDENCE_OFFSET * torch.isin(proposal, eos_tensor)
+        masked = canvas[:, window] == config.mask_token_id
+        return proposal, confidence.masked_fill(~masked, -torch.inf)
+
+    def _window_logits(
+        self,
+        canvas: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        window: slice,
+        prompt_positions: torch.Tensor,
+        cfg_scale: float,
+    ) -> torch.Tensor:
+        """Logits (b, W, V) of the window positions; with CFG, conditional and unconditional rows in one forward."""
+        if cfg_scale > 0:
+            unconditional = canvas.masked_fill(prompt_positions, self.config.mask_token_id)
+            both = torch.cat([canvas, unconditional])
+            mask = torch.cat([attention_mask, attention_mask]) if attention_mask is not None else None
+            logits = self(both, attention_mask=mask, logits_to_keep=window, validate_inputs=False).logits
+            cond, uncond = logits.chunk(2)
+            return uncond + (cfg_scale + 1) * (cond - uncond)
+        return self(canvas, attention_mask=attention_mask, logits_to_keep=window, validate_inputs=False).logits
+
+    @staticmethod
+    def _finish_rows_at_eos(
+        canvas: torch.Tensor,
+        commit_step: torch.Tensor,
+        prompt_length: int,
+        mask_id: int,
+        eos_tensor: torch.Tensor,
+        step: int,
+    ) -> torch.Tensor:
+        """Rows whose first generated EOS has no mask before it are done: fill their later masks with EOS.
+
+        Returns the (b,) bool of finished rows. Positions before the first EOS are untouched by construction.
+        """
+        generated = canvas[:, prompt_length:]
+        is_eos = torch.isin(generated, eos_tensor)
+        length = generated.shape[1]
+        index = torch.arange(length, device=canvas.device)[None]
+        first_eos = torch.where(is_eos, index, length).min(-1).values
+        open_before = ((canvas == mask_id) & (torch.arange(canvas.shape[1], device=canvas.device)[None]
+                                              < prompt_length + first_eos[:, None])).any(-1)
+        finished = (first_eos < length) & ~open_before
+        fill = finished[:, None] & (generated == mask_id)
+        generated.masked_fill_(fill, int(eos_tensor[0]))
+        commit_step[:, prompt_length:].masked_fill_(fill, step)
+        return finished
+
+    @staticmethod
+    def _build_logits_processors(
+        config: LLaDAGenerationConfig, logits_processor: LogitsProcessorList | None
+    ) -> LogitsProcessorList:
+        processors = LogitsProcessorList(logits_processor or [])
+        if config.top_k is not None:
+            processors.append(TopKLogitsWarper(top_k=config.top_k))
+        if config.top_p is not None and config.top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=config.top_p))
+        return processors
+
+    def _check_generate_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        config: LLaDAGenerationConfig,
+        gen_length: int,
+        block_length: int,
+        steps: int,
+        eos_ids: list[int],
+    ) -> None:
+        if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            raise ValueError(f"input_ids must be integer ids of shape (batch, length), got {tuple(input_ids.shape)}.")
+        if gen_length % block_length:
+            raise ValueError(
+                f"max_new_tokens ({gen_length}) must be a multiple of block_length ({block_length}); "
+                f"e.g. block_length={_largest_divisor_at_most(gen_length, block_length)}."
+            )
+        num_blocks = gen_length // block_length
+        if steps % num_blocks:
+            raise ValueError(
+                f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks} = max_new_tokens "
+                f"{gen_length} / block_length {block_length}); e.g. steps={max(num_blocks, steps - steps % num_blocks)}."
+            )
+        limit = getattr(self.config, "max_sequence_length", None)
+        if limit is not None and input_ids.shape[1] + gen_length > limit:
+            raise ValueError(
+                f"prompt length {input_ids.shape[1]} + max_new_tokens {gen_length} = "
+                f"{input_ids.shape[1] + gen_length} exceeds the model's max_sequence_length ({limit}); shorten the "
+                "prompt or lower max_new_tokens."
+            )
+        vocab = self.get_input_embeddings().weight.shape[0]
+        for name, value in (("mask_token_id", config.mask_token_id), *(("eos_token_id", e) for e in eos_ids)):
+            if not 0 <= value < vocab:
+                raise ValueError(f"{name}={value} is outside the model's vocabulary [0, {vocab}).")
+        checks = [((input_ids < 0) | (input_ids >= vocab)).any()]
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape "
+                    f"{tuple(input_ids.shape)}; pass the mask the tokenizer returned with the ids."
+                )
+            keep = attention_mask.bool()
+            checks += [
+                (keep[:, :-1] & ~keep[:, 1:]).any(),  # a token followed by padding: right padding
+                ((~keep) & (input_ids == config.mask_token_id)).any(),  # padding that reads as a mask token
+                (~keep).all(-1).any(),  # an empty row
+            ]
+        flags = torch.stack(checks).tolist()  # one host sync for all input checks
+        if flags[0]:
+            raise ValueError(f"input_ids contain ids outside the vocabulary [0, {vocab}); check the tokenizer.")
+        if attention_mask is not None:
+            if flags[1]:
+                raise ValueError(
+                    "attention_mask shows right padding (a 0 after a 1). LLaDA appends the answer after the prompt, "
+                    "so pad on the left: tokenizer.padding_side = 'left'."
+                )
+            if flags[2]:
+                raise ValueError(
+                    f"Padding positions hold the mask token id ({config.mask_token_id}), so they would be treated as "
+                    "positions to fill. Use a pad token different from the mask token (LLaDA pads with EOS): "
+                    "tokenizer.pad_token = tokenizer.eos_token."
+                )
+            if flags[3]:
+                raise ValueError("attention_mask has a row with no tokens (all zeros); every prompt needs a token.")
+
+
+class _StreamState:
+    """Feeds a transformers streamer: the prompt first, then generated tokens once every position before them is
+    committed (reading order), and the whole canvas after every step to `put_draft` when the streamer has one."""
+
+    def __init__(self, streamer: BaseStreamer, canvas: torch.Tensor, prompt_length: int, mask_id: int):
+        if canvas.shape[0] != 1:
+            raise ValueError(
+                f"Streaming supports a single sequence, got a batch of {canvas.shape[0]} (num_return_sequences "
+                "included); stream one prompt at a time."
+            )
+        self.streamer, self.prompt_length, self.mask_id = streamer, prompt_length, mask_id
+        self.emitted = 0
+        streamer.put(canvas[0, :prompt_length].cpu())
+
+    def update(self, canvas: torch.Tensor) -> None:
+        generated = canvas[0, self.prompt_length :]
+        open_positions = (generated == self.mask_id).nonzero()
+        ready = int(open_positions[0]) if open_positions.numel() else generated.shape[0]
+        if ready > self.emitted:
+            self.streamer.put(generated[self.emitted : ready].cpu())
+            self.emitted = ready
+        if hasattr(self.streamer, "put_draft"):
+            self.streamer.put_draft(generated.cpu())
+
+    def end(self, canvas: torch.Tensor) -> None:
+        generated = canvas[0, self.prompt_length :]
+        if generated.shape[0] > self.emitted:
+            self.streamer.put(generated[self.emitted :].cpu())
+        self.streamer.end()
+
+
+__all__ = ["LLaDAGenerationConfig", "LLaDAGenerateOutput", "LLaDAGenerationMixin", "num_transfer_tokens"]

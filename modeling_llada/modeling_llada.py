@@ -1,0 +1,422 @@
+"""LLaDA: a Llama-style Transformer without the causal mask, trained as a masked-diffusion language model.
+
+One file, read top to bottom: norm, rotary embedding, block (attention + SwiGLU MLP), pre-trained base, bare model,
+model with head. Parameter names are exactly the official ones (`model.transformer.blocks.{i}.q_proj.weight`, ...)
+so the GSAI-ML safetensors load without conversion, and what we save loads in other LLaDA tooling.
+
+This file travels with every checkpoint (trust_remote_code): it imports only torch, transformers and its siblings.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_llada import LLaDAConfig
+from .generation_llada import LLaDAGenerationMixin
+
+logger = logging.get_logger(__name__)
+
+
+class LLaDARMSNorm(nn.Module):
+    """RMSNorm computed in fp32 and cast back before the weight, as in the official (OLMo) implementation."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of NeoX-style rotary embeddings, always in fp32 (the official `rope_full_precision`).
+
+    position_ids: (b or 1, L) integer positions. Returns two (b or 1, 1, L, head_dim) fp32 tensors.
+    Recomputed per call: it is L * head_dim / 2 products, negligible next to a forward, and avoids a buffer that
+    would need special handling for meta-device loading.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float) / head_dim))
+    freqs = position_ids.float()[..., None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (b, heads, L, head_dim) `x` in fp32 and cast back to its dtype."""
+    x32 = x.float()
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+class LLaDABlock(GradientCheckpointingLayer):
+    """One pre-norm Transformer block: bidirectional attention, then a SwiGLU MLP.
+
+    The projections sit directly on the block (official names: `q_proj`, `k_proj`, `v_proj`, `attn_out`,
+    `ff_proj` = the SiLU-gated branch, `up_proj`, `ff_out` = the down projection).
+    """
+
+    def __init__(self, config: LLaDAConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        d, hidden = config.d_model, config.intermediate_size
+        self.num_heads = config.n_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        # Read by transformers' attention functions.
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.is_causal = False
+        self.scaling = self.head_dim**-0.5
+
+        qkv_bias = config.include_bias or config.include_qkv_bias
+        self.attn_norm = LLaDARMSNorm(d, config.rms_norm_eps)
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.attn_out = nn.Linear(self.num_heads * self.head_dim, d, bias=config.include_bias)
+        self.ff_norm = LLaDARMSNorm(d, config.rms_norm_eps)
+        self.ff_proj = nn.Linear(d, hidden, bias=config.include_bias)
+        self.up_proj = nn.Linear(d, hidden, bias=config.include_bias)
+        self.ff_out = nn.Linear(hidden, d, bias=config.include_bias)
+        self.dropout = nn.Dropout(config.residual_dropout)
+
+    def attention(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, length, _ = x.shape
+        q = self.q_proj(x).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # (A key/value cache slots in here: k and v are (b, kv_heads, L, head_dim) after rotation.)
+        attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
+        out, weights = attention_fn(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+            **kwargs,
+        )
+        return self.attn_out(out.reshape(b, length, -1)), weights
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attention(self.attn_norm(hidden_states), rotary, attention_mask, **kwargs)
+        hidden_states = hidden_states + self.dropout(attended)
+        x = self.ff_norm(hidden_states)
+        x = self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
+        return hidden_states + self.dropout(x), weights
+
+
+def eager_attention(
+    module: LLaDABlock,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention, (b, heads, L, head_dim) in, (b, L, heads, head_dim) out; the fallback and the only
+    implementation that returns attention weights."""
+    key = key.repeat_interleave(module.num_key_value_groups, dim=1)
+    value = value.repeat_interleave(module.num_key_value_groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+@dataclass
+class LLaDAOutput(ModelOutput):
+    """Output of [`LLaDAModelLM`].
+
+    Args:
+        loss: masked-token cross-entropy when `labels` are given (no shift: position i predicts token i).
+        logits: (b, L', embedding_size) scores of the clean token at every kept position.
+        last_hidden_state: (b, L, d_model) output of the final norm, when `output_hidden_states`.
+        hidden_states: the embeddings and the output of every block, each (b, L, d_model), when requested.
+        attentions: per-block (b, heads, L, L) attention weights, eager attention only, when requested.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class LLaDAPreTrainedModel(PreTrainedModel):
+    config_class = LLaDAConfig
+    config: LLaDAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LLaDABlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, LLaDARMSNorm):
+            init.ones_(module.weight)
+
+
+class LLaDAModel(LLaDAPreTrainedModel):
+    """The bare LLaDA Transformer: token ids in, final-norm hidden states out.
+
+    The output head `transformer.ff_out` lives here as well, because the official checkpoints name it
+    `model.transformer.ff_out.weight`; [`LLaDAModelLM`] applies it.
+    """
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        vocab = config.padded_vocab_size
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(vocab, config.d_model),
+                "blocks": nn.ModuleList(LLaDABlock(config, i) for i in range(config.n_layers)),
+                "ln_f": LLaDARMSNorm(config.d_model, config.rms_norm_eps),
+                "ff_out": nn.Linear(config.d_model, vocab, bias=config.include_bias),
+            }
+        )
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        validate_inputs: bool = True,
+        **kwargs,
+    ) -> LLaDAOutput:
+        """Run the Transformer over a whole canvas (no causal mask).
+
+        Args:
+            input_ids: (b, L) token ids, `mask_token_id` at the positions to predict.
+            attention_mask: (b, L) with 1 for real tokens and 0 for padding (left padding is the convention);
+                a prepared 4-D mask is passed through unchanged.
+            position_ids: (b, L); defaults to 0..L-1 for every row (RoPE is relative, so left padding is harmless).
+            inputs_embeds: (b, L, d_model) instead of `input_ids`.
+            validate_inputs: check ids and mask (one host sync); internal loops that validated once pass False.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("LLaDA forward needs exactly one of `input_ids` or `inputs_embeds`.")
+        if validate_inputs:
+            self._validate_inputs(input_ids, inputs_embeds, attention_mask)
+        if inputs_embeds is None:
+            inputs_embeds = self.transformer.wte(input_ids)
+        hidden = self.embedding_dropout(inputs_embeds)
+        b, length = hidden.shape[:2]
+        if position_ids is None:
+            position_ids = torch.arange(length, device=hidden.device)[None]
+        rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.transformer.blocks:
+            hidden, weights = block(hidden, rotary, mask, **kwargs)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return LLaDAOutput(
+            last_hidden_state=self.transformer.ln_f(hidden), hidden_states=all_hidden, attentions=all_attentions
+        )
+
+    def _validate_inputs(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> None:
+        shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:2])
+        if len(shape) != 2 or (inputs_embeds is not None and inputs_embeds.dim() != 3):
+            raise ValueError(
+                f"LLaDA expects input_ids of shape (batch, length) or inputs_embeds of shape (batch, length, d_model); "
+                f"got {tuple((input_ids if input_ids is not None else inputs_embeds).shape)}. Add a batch dimension "
+                "with `ids[None]` for a single sequence."
+            )
+        if shape[1] > self.config.max_sequence_length:
+            logger.warning_once(
+                f"Sequence length {shape[1]} exceeds max_sequence_length={self.config.max_sequence_length}; "
+                "LLaDA was not trained on such canvases and quality may degrade."
+            )
+        checks = []
+        if input_ids is not None:
+            if input_ids.dtype.is_floating_point:
+                raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}.")
+            vocab = self.config.padded_vocab_size
+            checks.append(((input_ids < 0) | (input_ids >= vocab)).any())
+        if attention_mask is not None and attention_mask.dim() == 2:
+            if tuple(attention_mask.shape) != shape:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {shape}; "
+                    "pass a (batch, length) mask with 1 for tokens and 0 for padding, as the tokenizer returns it."
+                )
+            checks.append((attention_mask == 0).all(dim=-1).any())
+        elif attention_mask is not None and attention_mask.dim() != 4:
+            raise ValueError(
+                f"attention_mask must be 2-D (batch, length) or a prepared 4-D mask; got shape "
+                f"{tuple(attention_mask.shape)}."
+            )
+        if not checks:
+            return
+        flags = torch.stack(checks).tolist()  # a single host sync for all checks
+        if input_ids is not None and flags[0]:
+            bad = input_ids[(input_ids < 0) | (input_ids >= self.config.padded_vocab_size)]
+            raise ValueError(
+                f"input_ids contain ids outside the vocabulary [0, {self.config.padded_vocab_size}): "
+                f"{bad.unique()[:8].tolist()}. Check that the tokenizer matches this model."
+            )
+        if attention_mask is not None and attention_mask.dim() == 2 and flags[-1]:
+            raise ValueError(
+                "attention_mask has a row with no attended token (all zeros); every row needs at least one token."
+            )
+
+
+class LLaDAModelLM(LLaDAGenerationMixin, LLaDAPreTrainedModel):
+    """LLaDA with its output head: predicts the clean token at every position of a (partly masked) canvas.
+
+    `generate` runs the reverse diffusion process (see `generation_llada.py`).
+    """
+
+    _tied_weights_keys = {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        self.model = LLaDAModel(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.transformer.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.model.transformer.ff_out
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.model.transformer.ff_out = value
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, **kw):
+        """Resize embedding and head; keeps `vocab_size` and `embedding_size` consistent with the new matrices."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kw)
+        rows = embeddings.weight.shape[0]
+        self.config.embedding_size = rows
+        self.config.vocab_size = min(self.config.vocab_size, rows) if new_num_tokens is None else new_num_tokens
+        return embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        logits_to_keep: int | slice | torch.Tensor = 0,
+        validate_inputs: bool = True,
+        **kwargs,
+    ) -> LLaDAOutput:
+        """Logits of the clean tokens for a (partly masked) canvas.
+
+        Args:
+            input_ids / attention_mask / position_ids / inputs_embeds: as in [`LLaDAModel.forward`].
+            labels: (b, L) ids to predict, -100 where ignored. The loss is their plain cross-entropy with no shift;
+                the diffusion objectives (1/p_mask weighting, normalisation) live in `trainers/`.
+            logits_to_keep: compute the head only on some positions: an int n > 0 keeps the last n, a slice or an
+                index tensor selects positions (0 keeps all). Generation uses it to score only the current block.
+        Returns:
+            [`LLaDAOutput`] with `logits` of shape (b, kept positions, embedding_size).
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            validate_inputs=validate_inputs,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            keep = slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)
+        else:
+            keep = logits_to_keep
+        logits = self.model.transformer.ff_out(hidden[:, keep])
+        if self.config.scale_logits:
+            logits = logits * (self.config.d_model**-0.5)
+        loss = None
+        if labels is not None:
+            if logits.shape[1] != labels.shape[1]:
+                raise ValueError("`labels` need logits for every position; do not combine them with logits_to_keep.")
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100)
+        return LLaDAOutput(
+            loss=loss,
+            logits=logits,
+            last_hidden_state=hidden if outputs.hidden_states is not None else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = ["LLaDAPreTrainedModel", "LLaDAModel", "LLaDAModelLM", "LLaDAOutput"]
