@@ -196,12 +196,11 @@ def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
     return base + (torch.arange(steps, device=masked_count.device)[None] < remainder).long()
 
 
-def proposal_confidence(
-    logits: torch.Tensor, proposal: torch.Tensor, remasking: str
-) -> torch.Tensor:
-    """Confidence of each position's proposal, higher = commit earlier. logits (b, W, V), proposal (b, W)."""
-    if remasking == "random":
-        return torch.rand(proposal.shape, device=logits.device)
+def proposal_confidence(logits: torch.Tensor, proposal: torch.Tensor, remasking: str) -> torch.Tensor:
+    """Confidence of each position's proposal, higher = commit earlier. logits (b, W, V), proposal (b, W).
+
+    (`random` remasking draws its scores in the sampler, from the per-row counter RNG.)
+    """
     probs = torch.softmax(logits.float(), dim=-1)
     if remasking == "low_confidence":
         return probs.gather(-1, proposal[..., None]).squeeze(-1)
@@ -221,6 +220,47 @@ def select_top_k(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     keep_rank = torch.arange(scores.shape[-1], device=scores.device)[None] < k[:, None]
     chosen = torch.zeros_like(keep_rank).scatter(-1, order, keep_rank)
     return chosen & torch.isfinite(scores)
+
+
+_U32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding values in [0, 2**32).
+
+    The multiplier is below 2**31, so every product stays below 2**63: no signed overflow.
+    """
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _U32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _U32
+    return (x >> 16) ^ x
+
+
+def counter_uniform(row_seed: torch.Tensor, step: int, position: torch.Tensor, lanes: int | None = None) -> torch.Tensor:
+    """Uniform float64 noise in (0, 1) that depends only on (row seed, step, position[, lane]).
+
+    Unlike a stream RNG, a row's noise does not depend on which other rows share the batch, so a padded batch samples
+    exactly what each row samples alone. row_seed (b,), position (b, W) positions counted from the row's first real
+    token; returns (b, W) or, with `lanes` (the vocabulary size), (b, W, lanes).
+    """
+    key = _mix32((row_seed[:, None] ^ _mix32(position + step * 0x10001)) & _U32)
+    if lanes is not None:
+        key = key[..., None] ^ _mix32(torch.arange(lanes, device=key.device) + 0x5BD1E995)
+    high = _mix32(key ^ 0x68E31DA4)
+    low = _mix32(key ^ 0x1B56C4E9)
+    # 53 random bits, shifted by half a unit so that the result is never 0 or 1.
+    return ((high << 21) + (low >> 11)).double().add_(0.5).mul_(2.0**-53)
+
+
+def row_seeds(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, copies: int) -> torch.Tensor:
+    """A 32-bit seed per row from one draw of torch's global RNG (so `torch.manual_seed` reproduces a call), the
+    row's unpadded prompt and its copy index (`num_return_sequences`). input_ids (b * copies, P)."""
+    base = int(torch.randint(0, 2**31, (1,)))
+    keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    relative = keep.long().cumsum(-1)  # 1-based position among real tokens
+    token_hash = _mix32((_mix32(input_ids & _U32) ^ _mix32(relative * 0x9E37)) & _U32)
+    prompt_hash = (token_hash * keep).sum(-1) & _U32
+    copy_index = torch.arange(input_ids.shape[0], device=input_ids.device) % copies
+    return _mix32((prompt_hash ^ _mix32(copy_index + base)) & _U32)
 
 
 class LLaDAGenerationMixin:
@@ -374,6 +414,13 @@ class LLaDAGenerationMixin:
         # Prompt tokens (padding included), hidden from the unconditional canvas of CFG.
         prompt_positions = (positions[None] < prompt_length) & (canvas != mask_id)
         eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long)
+        # Positions counted from each row's first real token, and per-row seeds: the sampler's randomness then
+        # depends on the row alone, so a padded batch samples what each of its rows samples alone.
+        pad_count = (attention_mask[:, :prompt_length] == 0).sum(-1) if attention_mask is not None else None
+        relative_positions = positions[None] - (pad_count[:, None] if pad_count is not None else 0)
+        needs_noise = config.temperature > 0 or config.remasking == "random"
+        prompt_mask = attention_mask[:, :prompt_length] if attention_mask is not None else None
+        seeds = row_seeds(input_ids, prompt_mask, config.num_return_sequences) if needs_noise else None
         processors = self._build_logits_processors(config, logits_processor)
         # Mask tokens inside the prompt (infilling) join the first block's window; one host sync, once.
         first_hole = int((canvas[:, :prompt_length] == mask_id).any(0).long().argmax()) if prompt_length else 0
@@ -399,8 +446,9 @@ class LLaDAGenerationMixin:
                 if config.early_exit and bool(finished.all()):
                     break
                 forwards += (~finished).long()
+                noise = (seeds, step, relative_positions[:, window].expand(batch, -1)) if needs_noise else None
                 proposal, scores = self._denoising_scores(
-                    canvas, attention_mask, window, prompt_positions, config, processors, eos_tensor
+                    canvas, attention_mask, window, prompt_positions, config, processors, eos_tensor, noise
                 )
                 transfer = select_top_k(scores, schedule[:, block_step])
                 canvas[:, window] = torch.where(transfer, proposal, canvas[:, window])
@@ -438,8 +486,12 @@ class LLaDAGenerationMixin:
         config: LLaDAGenerationConfig,
         processors: LogitsProcessorList,
         eos_tensor: torch.Tensor,
+        noise: tuple[torch.Tensor, int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass: proposals (b, W) for the window and their commit scores (-inf where not committable)."""
+        """One forward pass: proposals (b, W) for the window and their commit scores (-inf where not committable).
+
+        noise: (row seeds, step, relative positions of the window) for the counter RNG when sampling is random.
+        """
         logits = self._window_logits(canvas, attention_mask, window, prompt_positions, config.cfg_scale)
         if config.logits_eos_inf and eos_tensor.numel():
             logits[..., eos_tensor] = -torch.inf
@@ -449,11 +501,15 @@ class LLaDAGenerationMixin:
             logits = processors(flat_ids, logits.reshape(batch * width, vocab)).view(batch, width, vocab)
         if config.temperature > 0:
             # Gumbel-max in float64, as the reference: argmax(l / T + g) == argmax(exp(l) / (-log u) ** T).
-            uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device)
+            uniform = counter_uniform(*noise, lanes=logits.shape[-1])
             proposal = (logits.double() / config.temperature - torch.log(-torch.log(uniform))).argmax(-1)
         else:
             proposal = logits.argmax(-1)
-        confidence = proposal_confidence(logits, proposal, config.remasking).double()
+        if config.remasking == "random":
+            seeds, step, position = noise
+            confidence = counter_uniform(seeds ^ 0x2545F491, step, position)
+        else:
+            confidence = proposal_confidence(logits, proposal, config.remasking).double()
         if config.confidence_eos_eot_inf and eos_tensor.numel():
             confidence = confidence - _EOS_CONFIDENCE_OFFSET * torch.isin(proposal, eos_tensor)
         masked = canvas[:, window] == config.mask_token_id
