@@ -8,15 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from .configuration_llada import LLaDAConfig
 from .generation_llada import LLaDAGenerateOutput, LLaDAGenerationConfig, LLaDAGenerationMixin, num_transfer_tokens
-from .modeling_llada import LLaDAModel, LLaDAModelLM, LLaDAOutput, LLaDAPreTrainedModel
-
-# Hub folders written by save_pretrained point every Auto class at the files that travel with them.
-AUTO_MAP = {
-    "AutoConfig": "configuration_llada.LLaDAConfig",
-    "AutoModel": "modeling_llada.LLaDAModelLM",
-    "AutoModelForMaskedLM": "modeling_llada.LLaDAModelLM",
-    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-}
+from .modeling_llada import AUTO_MAP, LLaDAModel, LLaDAModelLM, LLaDAOutput, LLaDAPreTrainedModel
 
 
 def _register() -> None:

@@ -26,7 +26,7 @@ class LLaDAConfig(PreTrainedConfig):
     Args:
         d_model (`int`, defaults to 4096): width of the residual stream (alias `hidden_size`).
         n_heads (`int`, defaults to 32): attention heads (alias `num_attention_heads`).
-        n_kv_heads (`int`, *optional*): key/value heads for grouped-query attention; `None` means `n_heads`
+        n_kv_heads (`int`, *optional*): key/value heads for grouped-query attention; `None` (default) means `n_heads`
             (alias `num_key_value_heads`).
         n_layers (`int`, defaults to 32): Transformer blocks (alias `num_hidden_layers`).
         mlp_hidden_size (`int`, *optional*, defaults to 12288): SwiGLU hidden width; `None` means
@@ -67,7 +67,7 @@ class LLaDAConfig(PreTrainedConfig):
     # Architecture (official names).
     d_model: int = 4096
     n_heads: int = 32
-    n_kv_heads: int | None = 32
+    n_kv_heads: int | None = None
     n_layers: int = 32
     mlp_hidden_size: int | None = 12288
     mlp_ratio: int = 4

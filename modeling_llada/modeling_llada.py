@@ -24,6 +24,14 @@ from .generation_llada import LLaDAGenerationMixin
 
 logger = logging.get_logger(__name__)
 
+# What `save_pretrained` writes into config.json, so the folder loads with trust_remote_code through every Auto class.
+AUTO_MAP = {
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForMaskedLM": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
+
 
 class LLaDARMSNorm(nn.Module):
     """RMSNorm computed in fp32 and cast back before the weight, as in the official (OLMo) implementation."""
@@ -192,6 +200,14 @@ class LLaDAPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # save_pretrained copies this file and its siblings next to the weights (trust_remote_code).
+    _auto_class = "AutoModel"
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the code files and an `auto_map` for every Auto class."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        type(self.config)._auto_class = "AutoConfig"
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -419,4 +435,4 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDAPreTrainedModel):
         )
 
 
-__all__ = ["LLaDAPreTrainedModel", "LLaDAModel", "LLaDAModelLM", "LLaDAOutput"]
+__all__ = ["AUTO_MAP", "LLaDAPreTrainedModel", "LLaDAModel", "LLaDAModelLM", "LLaDAOutput"]

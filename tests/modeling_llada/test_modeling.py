@@ -1,0 +1,303 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+import modeling_llada.modeling_llada as modeling
+from modeling_llada import LLaDAConfig, LLaDAModelLM
+from tests.utils import tiny_config, tiny_model
+
+
+def official_parameter_names(n_layers: int, tied: bool) -> set[str]:
+    names = {"model.transformer.wte.weight", "model.transformer.ln_f.weight"}
+    if not tied:
+        names.add("model.transformer.ff_out.weight")
+    for i in range(n_layers):
+        for part in ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out"):
+            names.add(f"model.transformer.blocks.{i}.{part}.weight")
+    return names
+
+
+# --- parity with the official implementation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_fixture_logits_match_reference(fixture_dir, reference, attn_implementation):
+    model = AutoModel.from_pretrained(fixture_dir, attn_implementation=attn_implementation).eval()
+    case = reference["logits"]
+    logits = model(torch.tensor(case["input_ids"])).logits
+    assert (logits - torch.tensor(case["logits"])).abs().max() <= 1e-4
+
+
+def test_fixture_left_padded_logits_match_reference_on_real_positions(official_model, reference):
+    case = reference["logits_padded"]
+    mask = torch.tensor(case["attention_mask"])
+    logits = official_model(torch.tensor(case["input_ids"]), attention_mask=mask).logits
+    diff = (logits - torch.tensor(case["logits"]))[mask.bool()]
+    assert diff.abs().max() <= 1e-4
+
+
+def test_official_folder_loads_with_our_classes_without_remote_code(official_model, fixture_dir):
+    # the folder has the official auto_map but no code files: only our registration can make this work
+    assert not any(p.suffix == ".py" for p in fixture_dir.iterdir())
+    assert type(official_model) is LLaDAModelLM
+    for auto_class in (AutoModelForCausalLM, AutoModelForMaskedLM):
+        assert type(auto_class.from_pretrained(fixture_dir)) is LLaDAModelLM
+
+
+# --- architecture ------------------------------------------------------------------------------------------------
+
+
+def test_official_8b_config_builds_on_meta_with_official_names_and_size():
+    with torch.device("meta"):
+        model = LLaDAModelLM(LLaDAConfig())
+    names = {name for name, _ in model.named_parameters()}
+    assert names == official_parameter_names(32, tied=False)
+    assert sum(p.numel() for p in model.parameters()) == 8_015_581_184
+    shapes = dict(model.named_parameters())
+    assert shapes["model.transformer.wte.weight"].shape == (126464, 4096)
+    assert shapes["model.transformer.blocks.0.ff_proj.weight"].shape == (12288, 4096)
+    assert shapes["model.transformer.blocks.0.ff_out.weight"].shape == (4096, 12288)
+    assert shapes["model.transformer.ff_out.weight"].shape == (126464, 4096)
+
+
+def test_grouped_query_attention_equals_attention_with_repeated_kv_heads():
+    gqa = tiny_model(n_heads=4, n_kv_heads=2)
+    mha = tiny_model(seed=1, n_heads=4, n_kv_heads=4)
+    state = gqa.state_dict()
+    head_dim = 32 // 4
+    for name, tensor in list(state.items()):
+        if name.endswith(("k_proj.weight", "v_proj.weight")):
+            # query head h reads key/value head h // 2
+            state[name] = tensor.view(2, head_dim, 32).repeat_interleave(2, dim=0).reshape(4 * head_dim, 32)
+    mha.load_state_dict(state)
+    assert gqa.model.transformer.blocks[0].k_proj.weight.shape == (2 * head_dim, 32)
+    ids = torch.randint(0, 60, (2, 9))
+    torch.testing.assert_close(gqa(ids).logits, mha(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_tied_embeddings_share_one_matrix_and_save_without_a_head(tmp_path):
+    model = tiny_model(weight_tying=True)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    ids = torch.randint(0, 60, (1, 7))
+    hidden = model.model(ids).last_hidden_state
+    torch.testing.assert_close(model(ids).logits, hidden @ model.model.transformer.wte.weight.T)
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == official_parameter_names(2, tied=True)
+    again = AutoModel.from_pretrained(tmp_path)
+    assert again.get_output_embeddings().weight is again.get_input_embeddings().weight
+    torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_no_causal_mask_every_position_sees_the_future():
+    model = tiny_model()
+    ids = torch.randint(0, 60, (1, 8))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 60
+    # changing the last token changes the prediction at the first position
+    assert not torch.allclose(model(ids).logits[0, 0], model(changed).logits[0, 0])
+
+
+def test_padded_row_gives_the_logits_of_the_unpadded_row():
+    model = tiny_model()
+    ids = torch.randint(0, 60, (1, 10))
+    padded = torch.cat([torch.full((1, 3), 61), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(
+        model(padded, attention_mask=mask).logits[:, 3:], model(ids).logits, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_sdpa_and_eager_agree_with_padding():
+    sdpa = tiny_model(n_kv_heads=2)
+    eager = tiny_model(n_kv_heads=2)
+    eager.config._attn_implementation = "eager"
+    assert sdpa.config._attn_implementation == "sdpa"
+    ids = torch.randint(0, 60, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    torch.testing.assert_close(
+        sdpa(ids, attention_mask=mask).logits, eager(ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_eager_returns_attention_weights_that_ignore_padding():
+    model = tiny_model()
+    model.config._attn_implementation = "eager"
+    ids = torch.randint(0, 60, (1, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    out = model(ids, attention_mask=mask, output_attentions=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (1, 4, 6, 6)
+    assert out.attentions[0][..., :2].abs().max() == 0
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(1, 4, 6))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = tiny_model().train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        ids = torch.randint(0, 60, (2, 8), generator=torch.Generator().manual_seed(0))
+        model(ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    plain, checkpointed = grads(False), grads(True)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-6, atol=1e-7)
+
+
+def test_labels_give_unshifted_masked_cross_entropy():
+    model = tiny_model()
+    ids = torch.randint(0, 60, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 5] = 7, 9
+    out = model(ids, labels=labels)
+    log_probs = out.logits.log_softmax(-1)
+    expected = -(log_probs[0, 2, 7] + log_probs[1, 5, 9]) / 2
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_logits_to_keep_selects_positions_of_the_full_output():
+    model = tiny_model()
+    ids = torch.randint(0, 60, (2, 10))
+    full = model(ids).logits
+    torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:])
+    torch.testing.assert_close(model(ids, logits_to_keep=slice(2, 5)).logits, full[:, 2:5])
+
+
+def test_hidden_states_are_embeddings_plus_one_per_block():
+    model = tiny_model()
+    ids = torch.randint(0, 60, (1, 5))
+    out = model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(out.hidden_states[0], model.model.transformer.wte(ids))
+    torch.testing.assert_close(out.last_hidden_state, model.model.transformer.ln_f(out.hidden_states[-1]))
+
+
+def test_resize_token_embeddings_grows_embedding_head_and_config():
+    model = tiny_model()
+    model.resize_token_embeddings(72)
+    assert model.get_input_embeddings().weight.shape == (72, 32)
+    assert model.get_output_embeddings().weight.shape == (72, 32)
+    assert (model.config.vocab_size, model.config.embedding_size) == (72, 72)
+    assert model(torch.tensor([[70, 71, 3]])).logits.shape == (1, 3, 72)
+
+
+def test_dtype_argument_loads_bf16_weights(fixture_dir, official_model, reference):
+    model = AutoModel.from_pretrained(fixture_dir, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    ids = torch.tensor(reference["logits"]["input_ids"])
+    logits = model(ids).logits
+    assert logits.dtype == torch.bfloat16
+    # same predictions as fp32 at most positions (bf16 keeps ~3 significant digits)
+    agree = (logits.float().argmax(-1) == official_model(ids).logits.argmax(-1)).float().mean()
+    assert agree >= 0.9
+
+
+def test_device_map_auto_loads(fixture_dir, reference):
+    model = AutoModel.from_pretrained(fixture_dir, device_map="auto")
+    ids = torch.tensor(reference["logits"]["input_ids"])
+    assert (model(ids).logits - torch.tensor(reference["logits"]["logits"])).abs().max() <= 1e-4
+
+
+# --- saving and loading -------------------------------------------------------------------------------------------
+
+
+def test_save_and_reload_is_bit_exact(tmp_path):
+    model = tiny_model(n_kv_heads=2)
+    model.save_pretrained(tmp_path)
+    again = AutoModel.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == modeling.AUTO_MAP
+    assert config["model_type"] == "llada"
+    for code_file in ("configuration_llada.py", "modeling_llada.py", "generation_llada.py"):
+        assert (tmp_path / code_file).exists()
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    # our package must not be importable here: only the copied code files can serve the model
+    for name in ("modeling_llada", "trainers", "hub_cards"):
+        sys.modules[name] = None
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+    folder, ids_path, out_path = sys.argv[1:4]
+    ids = torch.load(ids_path)
+    models = [cls.from_pretrained(folder, trust_remote_code=True)
+              for cls in (AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM)]
+    assert all(type(m).__module__.startswith("transformers_modules") for m in models), [type(m) for m in models]
+    assert type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__ == "LLaDAConfig"
+    model = models[0].eval()
+    with torch.no_grad():
+        torch.save({"logits": model(ids).logits, "state": model.state_dict(),
+                    "generated": model.generate(ids, max_new_tokens=8, steps=8, block_length=4)}, out_path)
+    """
+)
+
+
+@pytest.mark.slow
+def test_saved_folder_loads_with_trust_remote_code_without_our_package(tmp_path):
+    model = tiny_model(n_kv_heads=2)
+    model.save_pretrained(tmp_path / "ckpt")
+    ids = torch.randint(0, 60, (2, 6))
+    torch.save(ids, tmp_path / "ids.pt")
+    script = tmp_path / "load_remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ckpt"), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(remote["state"][name], tensor), name
+    with torch.no_grad():
+        assert torch.equal(remote["logits"], model(ids).logits)
+        assert torch.equal(remote["generated"], model.generate(ids, max_new_tokens=8, steps=8, block_length=4))
+
+
+# --- bad inputs ------------------------------------------------------------------------------------------------
+
+
+def test_token_ids_outside_the_vocabulary_raise():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 64\).*\[64\]"):
+        model(torch.tensor([[1, 2, 64]]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[-1, 2, 3]]))
+
+
+def test_attention_mask_of_the_wrong_shape_raises():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 4\) but the inputs have shape \(1, 3\)"):
+        model(torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 4))
+
+
+def test_attention_mask_row_without_tokens_raises():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="no attended token"):
+        model(torch.tensor([[1, 2, 3], [4, 5, 6]]), attention_mask=torch.tensor([[1, 1, 1], [0, 0, 0]]))
+
+
+def test_one_dimensional_input_ids_raise_with_advice():
+    with pytest.raises(ValueError, match="batch dimension"):
+        tiny_model()(torch.tensor([1, 2, 3]))
+
+
+def test_sequence_beyond_max_sequence_length_warns(monkeypatch):
+    messages = []
+    monkeypatch.setattr(modeling.logger, "warning_once", lambda message, *a, **k: messages.append(message))
+    model = tiny_model(max_sequence_length=16)
+    model(torch.randint(0, 60, (1, 16)))
+    assert messages == []
+    model(torch.randint(0, 60, (1, 17)))
+    assert len(messages) == 1 and "exceeds max_sequence_length=16" in messages[0]
