@@ -64,8 +64,9 @@ class LLaDAGenerationConfig(GenerationConfig):
         block_length (`int`, *optional*): B, the block size; blocks are filled left to right (semi-autoregressive
             when B < N). `max_new_tokens` must be a multiple of it. Defaults to `max_new_tokens` (one block).
         temperature (`float`, defaults to 0.0): 0 proposes the argmax; > 0 samples with float64 Gumbel noise.
-        top_k (`int`, *optional*) / top_p (`float`, *optional*): restrict proposals to the k most likely tokens / the
-            nucleus of probability mass p (applied to the model's distribution before temperature).
+        top_k (`int`, *optional*) / top_p (`float`, *optional*): with temperature > 0, restrict sampled proposals to the
+            k most likely tokens / the nucleus of probability mass p of the model's distribution (before temperature).
+            Confidences stay the model's probabilities, so `top_k=1` reproduces the greedy (temperature 0) result.
         cfg_scale (`float`, defaults to 0.0): classifier-free guidance weight w; the unconditional canvas has every
             prompt position masked and `logits = uncond + (w + 1) * (cond - uncond)`.
         remasking (`str`, defaults to "low_confidence"): which proposals to commit first: `low_confidence` (highest
@@ -119,18 +120,8 @@ class LLaDAGenerationConfig(GenerationConfig):
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
         if self.remasking not in REMASKING_STRATEGIES:
             raise ValueError(f"`remasking` must be one of {REMASKING_STRATEGIES}, got {self.remasking!r}.")
-        if self.max_new_tokens is not None and self.block_length is not None:
-            if self.max_new_tokens % self.block_length:
-                raise ValueError(
-                    f"`max_new_tokens` ({self.max_new_tokens}) must be a multiple of `block_length` "
-                    f"({self.block_length}); e.g. use block_length={_largest_divisor_at_most(self.max_new_tokens, self.block_length)}."
-                )
-            if self.steps is not None and self.steps % (self.max_new_tokens // self.block_length):
-                blocks = self.max_new_tokens // self.block_length
-                raise ValueError(
-                    f"`steps` ({self.steps}) must be a multiple of the number of blocks ({blocks} = max_new_tokens "
-                    f"{self.max_new_tokens} / block_length {self.block_length}); e.g. steps={max(blocks, self.steps - self.steps % blocks)}."
-                )
+        if self.max_new_tokens is not None:
+            check_block_schedule(self.max_new_tokens, self.block_length, self.steps)
 
     def update(self, **kwargs) -> dict[str, Any]:
         """Set the given fields; return the kwargs that are not fields of this config."""
@@ -163,8 +154,21 @@ class LLaDAGenerationConfig(GenerationConfig):
         raise NotImplementedError("LLaDA generation is diffusion; it has no autoregressive generation mode.")
 
 
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+def check_block_schedule(gen_length: int, block_length: int | None, steps: int | None) -> None:
+    """Raise unless the answer splits into whole blocks and the steps split evenly over them (None = default)."""
+    block_length = block_length or gen_length
+    if gen_length % block_length:
+        divisor = max(d for d in range(1, min(gen_length, block_length) + 1) if gen_length % d == 0)
+        raise ValueError(
+            f"max_new_tokens ({gen_length}) must be a multiple of block_length ({block_length}); "
+            f"e.g. block_length={divisor}."
+        )
+    num_blocks = gen_length // block_length
+    if steps is not None and steps % num_blocks:
+        raise ValueError(
+            f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks} = max_new_tokens "
+            f"{gen_length} / block_length {block_length}); e.g. steps={max(num_blocks, steps - steps % num_blocks)}."
+        )
 
 
 @dataclass
@@ -306,6 +310,10 @@ class LLaDAGenerationMixin:
         except OSError:
             logger.info("No generation_config.json found; using LLaDA's default generation settings.")
 
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, attention_mask=None, **kwargs) -> dict:
+        """Not used by diffusion generation; present because wrappers (PEFT's CausalLM model) swap it around."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
+
     @staticmethod
     def _as_llada_generation_config(config: GenerationConfig) -> LLaDAGenerationConfig:
         if isinstance(config, LLaDAGenerationConfig):
@@ -361,7 +369,8 @@ class LLaDAGenerationMixin:
                 before them is committed (`put`), and, if it has `put_draft`, the canvas after every step.
                 Single sequence only.
             logits_processor: transformers `LogitsProcessor`s applied to each step's logits of the positions that can
-                be committed, before top-k/top-p and sampling. They see the current canvas as `input_ids`.
+                be committed (rows flattened to (b * W, V)); proposals and confidences use the processed logits. They
+                see the current canvas as `input_ids`.
             kwargs: any [`LLaDAGenerationConfig`] field (`max_new_tokens`, `steps`, `block_length`, `temperature`,
                 `cfg_scale`, `remasking`, ...), overriding `generation_config`.
 
@@ -421,7 +430,8 @@ class LLaDAGenerationMixin:
         needs_noise = config.temperature > 0 or config.remasking == "random"
         prompt_mask = attention_mask[:, :prompt_length] if attention_mask is not None else None
         seeds = row_seeds(input_ids, prompt_mask, config.num_return_sequences) if needs_noise else None
-        processors = self._build_logits_processors(config, logits_processor)
+        processors = LogitsProcessorList(logits_processor or [])
+        warpers = self._build_sampling_warpers(config)
         # Mask tokens inside the prompt (infilling) join the first block's window; one host sync, once.
         first_hole = int((canvas[:, :prompt_length] == mask_id).any(0).long().argmax()) if prompt_length else 0
         has_holes = bool((canvas[:, :prompt_length] == mask_id).any()) if prompt_length else False
@@ -448,7 +458,7 @@ class LLaDAGenerationMixin:
                 forwards += (~finished).long()
                 noise = (seeds, step, relative_positions[:, window].expand(batch, -1)) if needs_noise else None
                 proposal, scores = self._denoising_scores(
-                    canvas, attention_mask, window, prompt_positions, config, processors, eos_tensor, noise
+                    canvas, attention_mask, window, prompt_positions, config, processors, warpers, eos_tensor, noise
                 )
                 transfer = select_top_k(scores, schedule[:, block_step])
                 canvas[:, window] = torch.where(transfer, proposal, canvas[:, window])
@@ -485,6 +495,7 @@ class LLaDAGenerationMixin:
         prompt_positions: torch.Tensor,
         config: LLaDAGenerationConfig,
         processors: LogitsProcessorList,
+        warpers: LogitsProcessorList,
         eos_tensor: torch.Tensor,
         noise: tuple[torch.Tensor, int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -495,14 +506,18 @@ class LLaDAGenerationMixin:
         logits = self._window_logits(canvas, attention_mask, window, prompt_positions, config.cfg_scale)
         if config.logits_eos_inf and eos_tensor.numel():
             logits[..., eos_tensor] = -torch.inf
+        batch, width, vocab = logits.shape
         if processors:
-            batch, width, vocab = logits.shape
             flat_ids = canvas.repeat_interleave(width, dim=0)
             logits = processors(flat_ids, logits.reshape(batch * width, vocab)).view(batch, width, vocab)
         if config.temperature > 0:
+            # top-k / top-p restrict what may be sampled; the confidence stays the model's probability.
+            sampling_logits = logits
+            if warpers:
+                sampling_logits = warpers(None, logits.reshape(batch * width, vocab).clone()).view(batch, width, vocab)
             # Gumbel-max in float64, as the reference: argmax(l / T + g) == argmax(exp(l) / (-log u) ** T).
-            uniform = counter_uniform(*noise, lanes=logits.shape[-1])
-            proposal = (logits.double() / config.temperature - torch.log(-torch.log(uniform))).argmax(-1)
+            uniform = counter_uniform(*noise, lanes=vocab)
+            proposal = (sampling_logits.double() / config.temperature - torch.log(-torch.log(uniform))).argmax(-1)
         else:
             proposal = logits.argmax(-1)
         if config.remasking == "random":
@@ -560,10 +575,8 @@ class LLaDAGenerationMixin:
         return finished
 
     @staticmethod
-    def _build_logits_processors(
-        config: LLaDAGenerationConfig, logits_processor: LogitsProcessorList | None
-    ) -> LogitsProcessorList:
-        processors = LogitsProcessorList(logits_processor or [])
+    def _build_sampling_warpers(config: LLaDAGenerationConfig) -> LogitsProcessorList:
+        processors = LogitsProcessorList()
         if config.top_k is not None:
             processors.append(TopKLogitsWarper(top_k=config.top_k))
         if config.top_p is not None and config.top_p < 1.0:
@@ -582,17 +595,7 @@ class LLaDAGenerationMixin:
     ) -> None:
         if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
             raise ValueError(f"input_ids must be integer ids of shape (batch, length), got {tuple(input_ids.shape)}.")
-        if gen_length % block_length:
-            raise ValueError(
-                f"max_new_tokens ({gen_length}) must be a multiple of block_length ({block_length}); "
-                f"e.g. block_length={_largest_divisor_at_most(gen_length, block_length)}."
-            )
-        num_blocks = gen_length // block_length
-        if steps % num_blocks:
-            raise ValueError(
-                f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks} = max_new_tokens "
-                f"{gen_length} / block_length {block_length}); e.g. steps={max(num_blocks, steps - steps % num_blocks)}."
-            )
+        check_block_schedule(gen_length, block_length, steps)
         limit = getattr(self.config, "max_sequence_length", None)
         if limit is not None and input_ids.shape[1] + gen_length > limit:
             raise ValueError(

@@ -28,3 +28,20 @@ def tiny_config(**overrides) -> LLaDAConfig:
 def tiny_model(seed: int = 0, **overrides) -> LLaDAModelLM:
     torch.manual_seed(seed)
     return LLaDAModelLM(tiny_config(**overrides)).eval()
+
+
+def word_tokenizer(vocab_size: int = 320, mask_id: int = 300, eos_id: int = 301, bos_id: int = 302):
+    """A word-level fast tokenizer over tokens "t0".."t{n-1}" (no training, no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=f"t{eos_id}",
+        pad_token=f"t{eos_id}",
+        bos_token=f"t{bos_id}",
+        mask_token=f"t{mask_id}",
+    )
