@@ -399,9 +399,12 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDAPreTrainedModel):
             labels: (b, L) ids to predict, -100 where ignored. The loss is their plain cross-entropy with no shift;
                 the diffusion objectives (1/p_mask weighting, normalisation) live in `trainers/`.
             logits_to_keep: compute the head only on some positions: an int n > 0 keeps the last n, a slice or an
-                index tensor selects positions (0 keeps all). Generation uses it to score only the current block.
+                index tensor selects positions (0 keeps all); a boolean (b, L) tensor selects positions per row and
+                gives flat (number selected, embedding_size) logits. Generation scores only the current block this
+                way, and the diffusion losses only the masked positions.
         Returns:
-            [`LLaDAOutput`] with `logits` of shape (b, kept positions, embedding_size).
+            [`LLaDAOutput`] with `logits` of shape (b, kept positions, embedding_size), or (kept, embedding_size) for a
+            boolean `logits_to_keep`.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -415,15 +418,22 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDAPreTrainedModel):
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
-            keep = slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)
+            selected = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        elif isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            if logits_to_keep.shape != hidden.shape[:2]:
+                raise ValueError(
+                    f"A boolean logits_to_keep must have the inputs' shape {tuple(hidden.shape[:2])}, got "
+                    f"{tuple(logits_to_keep.shape)}."
+                )
+            selected = hidden[logits_to_keep]  # (number of kept positions, d_model)
         else:
-            keep = logits_to_keep
-        logits = self.model.transformer.ff_out(hidden[:, keep])
+            selected = hidden[:, logits_to_keep]
+        logits = self.model.transformer.ff_out(selected)
         if self.config.scale_logits:
             logits = logits * (self.config.d_model**-0.5)
         loss = None
         if labels is not None:
-            if logits.shape[1] != labels.shape[1]:
+            if logits.dim() != 3 or logits.shape[1] != labels.shape[1]:
                 raise ValueError("`labels` need logits for every position; do not combine them with logits_to_keep.")
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100)
         return LLaDAOutput(

@@ -26,12 +26,17 @@ def official_parameter_names(n_layers: int, tied: bool) -> set[str]:
 # --- parity with the official implementation -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", "flex_attention"])
+@torch.no_grad()  # flex attention has no backward on CPU
 def test_fixture_logits_match_reference(fixture_dir, reference, attn_implementation):
     model = AutoModel.from_pretrained(fixture_dir, attn_implementation=attn_implementation).eval()
     case = reference["logits"]
     logits = model(torch.tensor(case["input_ids"])).logits
     assert (logits - torch.tensor(case["logits"])).abs().max() <= 1e-4
+    padded = reference["logits_padded"]
+    mask = torch.tensor(padded["attention_mask"])
+    logits = model(torch.tensor(padded["input_ids"]), attention_mask=mask).logits
+    assert (logits - torch.tensor(padded["logits"]))[mask.bool()].abs().max() <= 1e-4
 
 
 def test_fixture_left_padded_logits_match_reference_on_real_positions(official_model, reference):
@@ -169,6 +174,9 @@ def test_logits_to_keep_selects_positions_of_the_full_output():
     full = model(ids).logits
     torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:])
     torch.testing.assert_close(model(ids, logits_to_keep=slice(2, 5)).logits, full[:, 2:5])
+    keep = torch.zeros(2, 10, dtype=torch.bool)
+    keep[0, 1], keep[1, 7], keep[1, 8] = True, True, True
+    torch.testing.assert_close(model(ids, logits_to_keep=keep).logits, full[keep])
 
 
 def test_hidden_states_are_embeddings_plus_one_per_block():
