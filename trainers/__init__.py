@@ -1,5 +1,6 @@
-"""Masked-diffusion trainers for LLaDA, built on transformers' Trainer (and, for SFT, TRL's SFTTrainer)."""
+"""Masked-diffusion trainers for LLaDA, built on transformers' Trainer and TRL's SFTTrainer."""
 
+from .base import DiffusionArguments, DiffusionTrainerMixin
 from .objectives import (
     forward_process,
     pretraining_loss,
@@ -8,10 +9,18 @@ from .objectives import (
     sft_loss,
     weighted_token_losses,
 )
+from .peft_utils import LLADA_LORA_TARGET_MODULES, with_llada_defaults
 from .pretraining import MaskedDiffusionConfig, MaskedDiffusionTrainer, pack_dataset
+from .sft import DiffusionSFTCollator, MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
 
 __all__ = [
+    "LLADA_LORA_TARGET_MODULES",
+    "DiffusionArguments",
+    "DiffusionSFTCollator",
+    "DiffusionTrainerMixin",
     "MaskedDiffusionConfig",
+    "MaskedDiffusionSFTConfig",
+    "MaskedDiffusionSFTTrainer",
     "MaskedDiffusionTrainer",
     "forward_process",
     "pack_dataset",
@@ -20,4 +29,5 @@ __all__ = [
     "sample_p_mask",
     "sft_loss",
     "weighted_token_losses",
+    "with_llada_defaults",
 ]

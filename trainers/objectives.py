@@ -42,12 +42,15 @@ def forward_process(
     *,
     maskable: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    draws: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask each token of (b, l) `input_ids` independently with its row's probability `p_mask` (b,).
 
-    maskable: (b, l) bool, False where a token must stay clean (the SFT prompt). Returns (noisy ids, masked positions).
+    maskable: (b, l) bool, False where a token must stay clean (the SFT prompt). draws: (b, l) uniforms to use instead
+    of drawing from `generator` (the trainers' per-example noise). Returns (noisy ids, masked positions).
     """
-    draws = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    if draws is None:
+        draws = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
     masked = draws < p_mask[:, None].to(draws.device)
     if maskable is not None:
         masked &= maskable

@@ -10,19 +10,14 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from .objectives import (
-    DEFAULT_EPS,
-    forward_process,
-    pretraining_loss,
-    random_length_cut,
-    sample_p_mask,
-    weighted_token_losses,
-)
+from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, with_example_ids
+from .objectives import pretraining_loss
+from .peft_utils import maybe_wrap_with_peft
 
 
 @dataclass
-class MaskedDiffusionConfig(TrainingArguments):
-    """[`TrainingArguments`] plus the masked-diffusion pre-training settings. Defaults are the reference's."""
+class MaskedDiffusionConfig(DiffusionArguments, TrainingArguments):
+    """[`TrainingArguments`] plus the masked-diffusion pre-training settings. Defaults follow the reference."""
 
     block_size: int = field(
         default=512, metadata={"help": "Length of the packed training sequences (documents joined by EOS)."}
@@ -30,21 +25,16 @@ class MaskedDiffusionConfig(TrainingArguments):
     dataset_text_field: str = field(
         default="text", metadata={"help": "Column holding raw text when the dataset is not tokenized yet."}
     )
-    mask_eps: float = field(
-        default=DEFAULT_EPS, metadata={"help": "eps of p_mask = (1 - eps) * t + eps; the reference uses 1e-3."}
-    )
     random_length_probability: float = field(
         default=0.01,
-        metadata={"help": "Probability of cutting a batch to a random length in [1, l] (reference: 0.01)."},
+        metadata={"help": "Probability of cutting a step's batches to a random length in [1, l] (reference: 0.01)."},
     )
-    low_discrepancy_sampling: bool = field(
-        default=False,
-        metadata={"help": "Spread t evenly over the batch (t_i = (u + i/b) mod 1) for lower-variance gradients."},
-    )
-    eval_noise_seed: int = field(
-        default=1234,
-        metadata={"help": "Seed of the fixed corruption used for eval_loss, so evaluations are comparable."},
-    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_diffusion_arguments()
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}.")
 
 
 def pack_dataset(
@@ -87,28 +77,41 @@ def pack_dataset(
 
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.tensor([example["input_ids"] for example in examples], dtype=torch.long)}
+    """Stack packed blocks (all of length block_size) and their example ids."""
+    return {
+        "input_ids": torch.tensor([example["input_ids"] for example in examples], dtype=torch.long),
+        EXAMPLE_ID: torch.tensor([example[EXAMPLE_ID] for example in examples], dtype=torch.long),
+    }
 
 
-class MaskedDiffusionTrainer(Trainer):
-    """Pre-trains a LLaDA model with the masked-diffusion objective.
+class MaskedDiffusionTrainer(DiffusionTrainerMixin, Trainer):
+    """Pre-trains a LLaDA model with the masked-diffusion objective (loss = sum of CE / p_mask over b * l).
 
-    The corruption is drawn from a generator seeded by (seed, optimizer step, micro-batch, process), so a run
-    resumed from a checkpoint corrupts its batches exactly as the uninterrupted run would; evaluation uses a fixed
-    seed per evaluation batch, so `eval_loss` is comparable across evaluations.
+    Args:
+        model: a LLaDA model (`LLaDAModelLM`), or a PEFT-wrapped one.
+        args: [`MaskedDiffusionConfig`].
+        train_dataset / eval_dataset: `datasets.Dataset` of raw text (`dataset_text_field`) or of `input_ids`; packed
+            into `block_size` blocks with EOS between documents.
+        processing_class: the tokenizer (needed for raw text; saved with checkpoints).
+        peft_config: a `peft.LoraConfig` to train adapters only; `target_modules=None` picks LLaDA's block
+            projections (not the output head).
     """
 
     def __init__(self, model, args: MaskedDiffusionConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, data_collator=None, **kwargs):
+                 processing_class=None, data_collator=None, peft_config=None, **kwargs):
         args = args if args is not None else MaskedDiffusionConfig(output_dir="llada-pretrain")
         if not isinstance(args, MaskedDiffusionConfig):
             raise TypeError(f"args must be a MaskedDiffusionConfig, got {type(args).__name__}.")
-        config = model.config
-        self.mask_token_id = config.mask_token_id
-        eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
-        prepare = lambda ds: ds if ds is None else pack_dataset(  # noqa: E731
-            ds, args.block_size, eos, processing_class, args.dataset_text_field
-        )
+        model = maybe_wrap_with_peft(model, peft_config)
+        eos = model.config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+
+        def prepare(dataset):
+            if dataset is None:
+                return None
+            return with_example_ids(pack_dataset(dataset, args.block_size, eos, processing_class,
+                                                 args.dataset_text_field))
+
         super().__init__(
             model=model,
             args=args,
@@ -118,47 +121,10 @@ class MaskedDiffusionTrainer(Trainer):
             data_collator=data_collator or collate_blocks,
             **kwargs,
         )
-        # Our loss is already a mean over its micro-batch; let Trainer average over accumulation steps.
+        # The loss is a mean over its micro-batch; Trainer averages it over accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self._micro_step = (-1, 0)  # (global step, micro-batches seen at that step)
-        self._eval_batch = 0
-
-    def _noise_seed(self) -> int:
-        """Seed of this micro-batch's corruption: (seed, optimizer step, micro-batch, process) when training,
-        (eval seed, evaluation batch, process) when evaluating."""
-        if self.model.training:
-            step, micro = self._micro_step
-            micro = micro + 1 if step == self.state.global_step else 0
-            self._micro_step = (self.state.global_step, micro)
-            key = (self.args.seed, self.state.global_step, micro, self.args.process_index)
-        else:
-            key = (self.args.eval_noise_seed, self._eval_batch, self.args.process_index)
-            self._eval_batch += 1
-        return hash(key) & 0x7FFF_FFFF_FFFF_FFFF  # hash of a tuple of ints is stable across processes
-
-    def evaluate(self, *args, **kwargs):
-        self._eval_batch = 0
-        return super().evaluate(*args, **kwargs)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation computes the diffusion objective (with the fixed evaluation noise); there are no labels."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        input_ids = inputs["input_ids"]
-        seed = self._noise_seed()
-        if model.training:
-            input_ids = random_length_cut(
-                input_ids, self.args.random_length_probability, torch.Generator().manual_seed(seed)
-            )
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-        p_mask = sample_p_mask(input_ids.shape[0], self.args.mask_eps, low_discrepancy=self.args.low_discrepancy_sampling,
-                               generator=generator, device=input_ids.device)
-        noisy, masked = forward_process(input_ids, self.mask_token_id, p_mask, generator=generator)
-        outputs = model(input_ids=noisy, logits_to_keep=masked)
-        row_losses = weighted_token_losses(outputs.logits, input_ids, masked, p_mask)
+        row_losses, masked, input_ids = self.diffusion_row_losses(model, inputs["input_ids"], inputs[EXAMPLE_ID])
         loss = pretraining_loss(row_losses, input_ids.shape[1])
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"masked": masked}) if return_outputs else loss

@@ -1,0 +1,121 @@
+"""What the pre-training and SFT trainers share: the diffusion settings, the per-example corruption and the loss step.
+
+The corruption of an example depends only on (seed, optimizer step, example id), drawn from a counter-based RNG:
+the loss of a step is then the same however the batch is split (gradient accumulation, several processes), a run
+resumed from a checkpoint corrupts its batches exactly as the uninterrupted run, and `eval_loss` uses the same noise
+at every evaluation, so evaluations are comparable.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset
+
+from modeling_llada.generation_llada import counter_uniform, mix32
+
+from .objectives import DEFAULT_EPS, forward_process, random_length_cut, weighted_token_losses
+
+EXAMPLE_ID = "example_id"
+_U32 = 0xFFFFFFFF
+
+
+@dataclass
+class DiffusionArguments:
+    """Masked-diffusion settings shared by [`MaskedDiffusionConfig`] and [`MaskedDiffusionSFTConfig`]."""
+
+    mask_eps: float = field(
+        default=DEFAULT_EPS, metadata={"help": "eps of p_mask = (1 - eps) * t + eps; the reference uses 1e-3."}
+    )
+    low_discrepancy_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "Spread t evenly over each micro-batch (t_i = (u + i/b) mod 1) for lower-variance gradients. "
+            "The noise then depends on how the batch is split across accumulation steps and processes."
+        },
+    )
+    random_length_probability: float = field(
+        default=0.0,
+        metadata={"help": "Probability of cutting a step's batches to a random length in [1, l]."},
+    )
+    eval_noise_seed: int = field(
+        default=1234, metadata={"help": "Seed of the fixed corruption used for eval_loss (comparable evaluations)."}
+    )
+
+    def _check_diffusion_arguments(self) -> None:
+        if not 0.0 < self.mask_eps < 1.0:
+            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}; the reference uses 1e-3.")
+        if not 0.0 <= self.random_length_probability <= 1.0:
+            raise ValueError(f"random_length_probability must be in [0, 1], got {self.random_length_probability}.")
+
+
+def with_example_ids(dataset: Dataset | None) -> Dataset | None:
+    """Number the examples: their corruption is keyed on this id."""
+    if dataset is None or EXAMPLE_ID in dataset.column_names:
+        return dataset
+    return dataset.add_column(EXAMPLE_ID, list(range(len(dataset))))
+
+
+def _seed32(*parts: int) -> int:
+    return hash(tuple(parts)) & _U32  # the hash of a tuple of ints is the same in every process
+
+
+class DiffusionTrainerMixin:
+    """Loss step of the masked-diffusion trainers; mixed into `transformers.Trainer` / `trl.SFTTrainer`."""
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if EXAMPLE_ID not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, EXAMPLE_ID]
+
+    def _row_seeds(self, example_ids: torch.Tensor, training: bool) -> torch.Tensor:
+        base = _seed32(self.args.seed, self.state.global_step) if training else _seed32(self.args.eval_noise_seed)
+        return mix32((mix32(example_ids.long() & _U32) ^ base) & _U32)
+
+    def diffusion_row_losses(
+        self,
+        model,
+        input_ids: torch.Tensor,
+        example_ids: torch.Tensor,
+        maskable: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Corrupt the batch, run one forward pass, return (per-row sum of CE / p_mask, masked, the ids used).
+
+        The head is computed only at masked positions (`logits_to_keep=masked`).
+        """
+        training = model.training
+        if training and self.args.random_length_probability > 0:
+            generator = torch.Generator().manual_seed(_seed32(self.args.seed, self.state.global_step, 7))
+            input_ids = random_length_cut(input_ids, self.args.random_length_probability, generator)
+            length = input_ids.shape[1]
+            maskable = maskable[:, :length] if maskable is not None else None
+            attention_mask = attention_mask[:, :length] if attention_mask is not None else None
+        batch, length = input_ids.shape
+        seeds = self._row_seeds(example_ids, training)
+        u = counter_uniform(seeds, 0, torch.zeros(batch, 1, dtype=torch.long, device=seeds.device))[:, 0]
+        if self.args.low_discrepancy_sampling:
+            u = (u[:1] + torch.arange(batch, device=u.device, dtype=u.dtype) / batch) % 1.0
+        p_mask = ((1 - self.args.mask_eps) * u + self.args.mask_eps).float()
+        positions = torch.arange(length, device=seeds.device)[None].expand(batch, -1)
+        draws = counter_uniform(seeds, 1, positions)
+        noisy, masked = forward_process(input_ids, model_mask_id(model), p_mask, maskable=maskable, draws=draws)
+        outputs = model(input_ids=noisy, attention_mask=attention_mask, logits_to_keep=masked)
+        return weighted_token_losses(outputs.logits, input_ids, masked, p_mask), masked, input_ids
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation computes the diffusion objective with the fixed evaluation noise."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+def model_mask_id(model) -> int:
+    """The mask id of a (possibly PEFT- or DDP-wrapped) LLaDA model."""
+    config = getattr(model, "config", None)
+    while config is None or getattr(config, "mask_token_id", None) is None:
+        model = getattr(model, "module", None) or getattr(model, "base_model", None) or getattr(model, "model", None)
+        if model is None:
+            raise ValueError("The model config has no mask_token_id; set it to the id of the [MASK] token.")
+        config = getattr(model, "config", None)
+    return config.mask_token_id

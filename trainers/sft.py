@@ -1,0 +1,151 @@
+"""Response-only masked-diffusion SFT on TRL's `SFTTrainer` (REFERENCE.md section 4).
+
+TRL prepares the data as usual (prompt/completion, conversational `messages` through the chat template); we keep
+its prompt mask and replace the causal-LM parts: the collator pads answers with EOS (tokens the model learns to
+emit, the reference behaviour), and `compute_loss` is the SFT diffusion objective with the prompt never masked.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, with_example_ids
+from .objectives import sft_loss
+from .peft_utils import with_llada_defaults
+
+
+@dataclass
+class MaskedDiffusionSFTConfig(DiffusionArguments, SFTConfig):
+    """[`trl.SFTConfig`] plus the masked-diffusion settings, with defaults that are safe on a CPU.
+
+    Differences from SFTConfig: `bf16` defaults to True only when CUDA is available (bf16 on a CPU is ~25x slower);
+    `gradient_checkpointing` defaults to False; `completion_only_loss` is always True (LLaDA never masks the prompt);
+    packing and padding-free batches are rejected (a bidirectional model would attend across documents).
+    """
+
+    train_on_padding: bool = field(
+        default=True,
+        metadata={
+            "help": "Pad answers with EOS to the batch length and train on that padding (the reference: the model "
+            "learns to fill the tail of its canvas with EOS). False excludes the padding from loss and attention."
+        },
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and not self.fp16
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "packing/padding_free are not supported for LLaDA SFT: without a per-document attention mask the "
+                "bidirectional model would attend across packed examples. Set packing=False and padding_free=False."
+            )
+        if self.completion_only_loss is False:
+            raise ValueError("LLaDA SFT never masks the prompt; completion_only_loss=False is not supported.")
+        self.completion_only_loss = True
+        super().__post_init__()
+        self._check_diffusion_arguments()
+
+
+@dataclass
+class DiffusionSFTCollator:
+    """Right-pads TRL's prepared examples with EOS and marks what the forward process may mask.
+
+    Input examples carry `input_ids` and `labels` (-100 on the prompt, as TRL builds them). Output: `input_ids`,
+    `attention_mask`, `maskable` (answer positions, padding EOS included when `train_on_padding`), `answer_lengths`
+    (the maskable count per row) and `example_id`.
+    """
+
+    eos_token_id: int
+    train_on_padding: bool = True
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [torch.as_tensor(example["input_ids"], dtype=torch.long) for example in examples]
+        labels = [torch.as_tensor(example["labels"], dtype=torch.long) for example in examples]
+        input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.eos_token_id)
+        is_answer = torch.nn.utils.rnn.pad_sequence([lab != -100 for lab in labels], batch_first=True)
+        lengths = torch.tensor([len(x) for x in ids])
+        real = torch.arange(input_ids.shape[1])[None] < lengths[:, None]
+        maskable = is_answer | ~real if self.train_on_padding else is_answer
+        return {
+            "input_ids": input_ids,
+            "attention_mask": (torch.ones_like(real) if self.train_on_padding else real).long(),
+            "maskable": maskable,
+            "answer_lengths": maskable.sum(-1),
+            EXAMPLE_ID: torch.tensor([example[EXAMPLE_ID] for example in examples], dtype=torch.long),
+        }
+
+
+def split_last_assistant_turn(dataset: Dataset) -> Dataset:
+    """Conversational `messages` -> `prompt` (all earlier turns) + `completion` (the last assistant turn)."""
+
+    def split(example):
+        messages = example["messages"]
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError(
+                "Every conversation must end with an assistant turn (the response LLaDA learns); got one ending with "
+                f"{messages[-1]['role'] if messages else 'nothing'!r}."
+            )
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+    return dataset.map(split, remove_columns=["messages"])
+
+
+class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
+    """Fine-tunes a LLaDA model on responses: prompts stay clean, answers (plus EOS padding) are masked.
+
+    Accepts TRL's dataset formats: `prompt`/`completion` (plain or conversational) and `messages` (the response is
+    the last assistant turn; earlier turns are the prompt). `peft_config=LoraConfig(...)` trains adapters;
+    `target_modules=None` picks LLaDA's block projections (not the output head).
+    """
+
+    def __init__(self, model, args: MaskedDiffusionSFTConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, data_collator=None, peft_config=None, **kwargs):
+        args = args if args is not None else MaskedDiffusionSFTConfig(output_dir="llada-sft")
+        if not isinstance(args, MaskedDiffusionSFTConfig):
+            raise TypeError(f"args must be a MaskedDiffusionSFTConfig, got {type(args).__name__}.")
+        if processing_class is None:
+            raise ValueError("Pass the tokenizer as processing_class (it tokenizes the data and is saved with the model).")
+        convert = lambda ds: split_last_assistant_turn(ds) if ds is not None and "messages" in ds.column_names else ds  # noqa: E731
+        eos = processing_class.eos_token_id
+        if eos is None:
+            raise ValueError("The tokenizer has no eos_token; LLaDA pads answers with EOS. Set tokenizer.eos_token.")
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=convert(train_dataset),
+            eval_dataset=convert(eval_dataset),
+            processing_class=processing_class,
+            data_collator=data_collator or DiffusionSFTCollator(eos, args.train_on_padding),
+            peft_config=with_llada_defaults(peft_config) if peft_config is not None else None,
+            **kwargs,
+        )
+        self.train_dataset = with_example_ids(self.train_dataset)
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {name: with_example_ids(ds) for name, ds in self.eval_dataset.items()}
+        else:
+            self.eval_dataset = with_example_ids(self.eval_dataset)
+        self.model_accepts_loss_kwargs = False
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["input_ids", "labels", EXAMPLE_ID]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        row_losses, masked, _ = self.diffusion_row_losses(
+            model, inputs["input_ids"], inputs[EXAMPLE_ID], maskable=inputs["maskable"],
+            attention_mask=inputs["attention_mask"],
+        )
+        loss = sft_loss(row_losses, inputs["answer_lengths"])
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["masked_fraction"].append(
+            (masked.sum() / inputs["maskable"].sum().clamp_min(1)).item()
+        )
+        return (loss, {"masked": masked}) if return_outputs else loss
