@@ -45,3 +45,21 @@ def word_tokenizer(vocab_size: int = 320, mask_id: int = 300, eos_id: int = 301,
         bos_token=f"t{bos_id}",
         mask_token=f"t{mask_id}",
     )
+
+
+# Chat template of the tiny tokenizer: per turn "<role> content <eot>", the generation prompt is the assistant role.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ 't57' if m['role'] == 'user' else 't58' }} {{ m['content'] }} t59 {% endfor %}"
+    "{% if add_generation_prompt %}t58 {% endif %}"
+)
+
+
+def tiny_chat_tokenizer():
+    """Word tokenizer over the tiny model's 64 ids: mask t60, eos t61, bos t62, user t57, assistant t58, eot t59."""
+    tokenizer = word_tokenizer(vocab_size=64, mask_id=60, eos_id=61, bos_id=62)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def words(ids) -> str:
+    return " ".join(f"t{i}" for i in ids)

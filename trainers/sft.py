@@ -21,7 +21,7 @@ class MaskedDiffusionSFTConfig(DiffusionArguments, SFTConfig):
     """[`trl.SFTConfig`] plus the masked-diffusion settings, with defaults that are safe on a CPU.
 
     Differences from SFTConfig: `bf16` defaults to True only when CUDA is available (bf16 on a CPU is ~25x slower);
-    `gradient_checkpointing` defaults to False; `completion_only_loss` is always True (LLaDA never masks the prompt);
+    activation (gradient) checkpointing defaults to False; `completion_only_loss` is always True (LLaDA never masks the prompt);
     packing and padding-free batches are rejected (a bidirectional model would attend across documents).
     """
 
@@ -35,8 +35,11 @@ class MaskedDiffusionSFTConfig(DiffusionArguments, SFTConfig):
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
     )
-    gradient_checkpointing: bool = field(
+    activation_checkpointing: bool | None = field(
         default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
     )
 
     def __post_init__(self):
