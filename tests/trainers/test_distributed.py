@@ -1,0 +1,32 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.utils import tiny_model
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_agree_on_loss_and_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name in ("pretrain", "sft"):
+        first, second = ranks[0][name], ranks[1][name]
+        assert first["world_size"] == second["world_size"] == 2
+        assert len(first["losses"]) == 3 and first["losses"] == second["losses"]
+        for key, tensor in first["state"].items():
+            assert torch.equal(tensor, second["state"][key]), (name, key)
+        # and they did train: the weights left their initial values
+        initial = tiny_model().state_dict()
+        assert any(not torch.equal(first["state"][key], initial[key]) for key in initial)
