@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.trainers.test_pretraining import config, repetitive_corpus
 from tests.utils import tiny_model
+from trainers import MaskedDiffusionTrainer
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -30,3 +32,9 @@ def test_two_cpu_processes_agree_on_loss_and_weights(tmp_path):
         # and they did train: the weights left their initial values
         initial = tiny_model().state_dict()
         assert any(not torch.equal(first["state"][key], initial[key]) for key in initial)
+    # 2 processes x batch 4 is one batch of 8: the same loss as a single process with batch 8
+    single = MaskedDiffusionTrainer(tiny_model(), config(tmp_path / "single", per_device_train_batch_size=8,
+                                                         max_steps=3), train_dataset=repetitive_corpus())
+    single.train()
+    single_losses = [e["loss"] for e in single.state.log_history if "loss" in e]
+    assert ranks[0]["pretrain"]["losses"] == pytest.approx(single_losses, rel=1e-5)
