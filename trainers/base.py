@@ -6,7 +6,9 @@ resumed from a checkpoint corrupts its batches exactly as the uninterrupted run,
 at every evaluation, so evaluations are comparable.
 """
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -101,6 +103,28 @@ class DiffusionTrainerMixin:
         noisy, masked = forward_process(input_ids, model_mask_id(model), p_mask, maskable=maskable, draws=draws)
         outputs = model(input_ids=noisy, attention_mask=attention_mask, logits_to_keep=masked)
         return weighted_token_losses(outputs.logits, input_ids, masked, p_mask), masked, input_ids
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save as usual, plus the training record and a LLaDA model card (README.md) next to the weights."""
+        super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero():
+            self._write_model_card(Path(output_dir or self.args.output_dir))
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | list[str] | None = None,
+                          tags=None, **kwargs):
+        """The card `push_to_hub` uploads: a LLaDA card rendered from the saved files and this trainer's state."""
+        if self.is_world_process_zero():
+            names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+            self._write_model_card(Path(self.args.output_dir), names)
+
+    def _write_model_card(self, folder: Path, dataset_names: list[str] | None = None) -> None:
+        from hub_cards.cards import TRAINING_RECORD, card_for_folder, training_record
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / TRAINING_RECORD).write_text(json.dumps(training_record(self, dataset_names), indent=2) + "\n")
+        if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
+            repo_id = self.args.hub_model_id or folder.name
+            card_for_folder(folder, repo_id).save(folder / "README.md")
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation computes the diffusion objective with the fixed evaluation noise."""

@@ -7,9 +7,12 @@ LLADA_LORA_TARGET_MODULES = r".*\.blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out|ff
 
 
 def with_llada_defaults(peft_config):
-    """Fill in LLaDA's target modules when the LoRA config names none."""
+    """Fill in LLaDA's target modules when the LoRA config names none, and the CAUSAL_LM task type (LLaDA loads
+    through AutoModelForCausalLM, so saved adapters load with AutoPeftModelForCausalLM)."""
     if getattr(peft_config, "target_modules", "unset") is None:
         peft_config.target_modules = LLADA_LORA_TARGET_MODULES
+    if getattr(peft_config, "task_type", "unset") is None:
+        peft_config.task_type = "CAUSAL_LM"
     return peft_config
 
 
