@@ -36,11 +36,15 @@ def python_docs_corpus(min_chars: int = 200) -> Dataset:
 
 def train_tokenizer(texts, vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `texts` (under a second for the docs corpus), with LLaDA's special
-    tokens (BOS, EOS = pad, `<|mdm_mask|>` as `mask_token`, chat headers) and its chat template."""
+    tokens (BOS, EOS = pad, `<|mdm_mask|>` as `mask_token`, chat headers), its chat template, and one token per
+    digit."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # digits are single tokens (as in Llama), so numbers tokenize the same wherever they appear
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
