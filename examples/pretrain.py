@@ -10,12 +10,11 @@
 
 from dataclasses import dataclass, field
 
-from datasets import load_dataset
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trainers import MaskedDiffusionConfig, MaskedDiffusionTrainer
 from trainers.local_data import python_docs_corpus, train_tokenizer
-from trainers.model_loading import load_model, load_tokenizer
+from trainers.loading import PRESETS, load_dataset_arg, load_model, load_tokenizer
 
 
 @dataclass
@@ -34,16 +33,12 @@ def main(script_args: PretrainScriptArguments, training_args: MaskedDiffusionCon
     model_name = model_args.model_name_or_path or "llada-tiny"
     if script_args.dataset_name is None:
         dataset = python_docs_corpus()
-    elif script_args.dataset_name.endswith((".json", ".jsonl", ".csv", ".parquet", ".txt")):
-        kind = {"jsonl": "json", "txt": "text"}.get(script_args.dataset_name.rsplit(".", 1)[1],
-                                                    script_args.dataset_name.rsplit(".", 1)[1])
-        dataset = load_dataset(kind, data_files=script_args.dataset_name, split="train")
     else:
-        dataset = load_dataset(script_args.dataset_name, script_args.dataset_config,
-                               split=script_args.dataset_train_split)
+        dataset = load_dataset_arg(script_args.dataset_name, script_args.dataset_config,
+                                   script_args.dataset_train_split)
     if script_args.tokenizer_name_or_path:
         tokenizer = load_tokenizer(script_args.tokenizer_name_or_path, script_args.trust_remote_code)
-    elif model_name.startswith("llada-"):
+    elif model_name in PRESETS:
         tokenizer = train_tokenizer(dataset[training_args.dataset_text_field])
     else:
         tokenizer = load_tokenizer(model_name, script_args.trust_remote_code)

@@ -11,12 +11,11 @@
 
 from dataclasses import dataclass, field
 
-from datasets import load_dataset
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trainers import MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
 from trainers.local_data import addition_task, python_docs_corpus, train_tokenizer
-from trainers.model_loading import load_model, load_tokenizer
+from trainers.loading import PRESETS, load_dataset_arg, load_model, load_tokenizer
 
 
 @dataclass
@@ -32,15 +31,12 @@ def main(script_args: SFTScriptArguments, training_args: MaskedDiffusionSFTConfi
     model_name = model_args.model_name_or_path or "llada-tiny"
     if script_args.dataset_name is None:
         dataset = addition_task(2000, seed=training_args.seed).remove_columns("answer")
-    elif script_args.dataset_name.endswith((".json", ".jsonl", ".csv", ".parquet")):
-        kind = script_args.dataset_name.rsplit(".", 1)[1].replace("jsonl", "json")
-        dataset = load_dataset(kind, data_files=script_args.dataset_name, split="train")
     else:
-        dataset = load_dataset(script_args.dataset_name, script_args.dataset_config,
-                               split=script_args.dataset_train_split)
+        dataset = load_dataset_arg(script_args.dataset_name, script_args.dataset_config,
+                                   script_args.dataset_train_split)
     if script_args.tokenizer_name_or_path:
         tokenizer = load_tokenizer(script_args.tokenizer_name_or_path, training_args.trust_remote_code)
-    elif model_name.startswith("llada-"):
+    elif model_name in PRESETS:
         tokenizer = train_tokenizer(python_docs_corpus()["text"])
     else:
         tokenizer = load_tokenizer(model_name, training_args.trust_remote_code)

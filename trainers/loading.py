@@ -1,6 +1,7 @@
-"""Model and tokenizer set-up for the scripts: a Hub id, a local folder, or a preset name for a fresh model."""
+"""What the scripts load: a model (Hub id, local folder, or a preset for a fresh model), its tokenizer, a dataset."""
 
 import torch
+from datasets import Dataset, load_dataset
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from modeling_llada import LLaDAConfig, LLaDAModelLM
@@ -57,3 +58,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # LLaDA pads with EOS
     return tokenizer
+
+
+LOCAL_DATA_FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet", "txt": "text"}
+
+
+def load_dataset_arg(name: str, config: str | None = None, split: str = "train") -> Dataset:
+    """`--dataset_name`: local data files by extension (json/jsonl/csv/parquet/txt), else a Hub dataset id."""
+    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if extension in LOCAL_DATA_FORMATS:
+        return load_dataset(LOCAL_DATA_FORMATS[extension], data_files=name, split="train")
+    return load_dataset(name, config, split=split)
