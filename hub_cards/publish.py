@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .cards import TRAINING_RECORD, card_for_folder
 
-CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py")
+CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
 MODEL_FILES = ("config.json", "generation_config.json", *CODE_FILES)

@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from .configuration_llada import LLaDAConfig
 from .generation_llada import LLaDAGenerateOutput, LLaDAGenerationConfig, LLaDAGenerationMixin, num_transfer_tokens
+from .likelihood_llada import LikelihoodEstimate, LLaDALikelihoodMixin
 from .modeling_llada import AUTO_MAP, LLaDAModel, LLaDAModelLM, LLaDAOutput, LLaDAPreTrainedModel
 
 
@@ -27,6 +28,8 @@ __all__ = [
     "LLaDAGenerateOutput",
     "LLaDAGenerationConfig",
     "LLaDAGenerationMixin",
+    "LLaDALikelihoodMixin",
+    "LikelihoodEstimate",
     "LLaDAModel",
     "LLaDAModelLM",
     "LLaDAOutput",

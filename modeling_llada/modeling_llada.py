@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_llada import LLaDAConfig
 from .generation_llada import LLaDAGenerationMixin
+from .likelihood_llada import LLaDALikelihoodMixin
 
 logger = logging.get_logger(__name__)
 
@@ -346,10 +347,11 @@ class LLaDAModel(LLaDAPreTrainedModel):
             )
 
 
-class LLaDAModelLM(LLaDAGenerationMixin, LLaDAPreTrainedModel):
+class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedModel):
     """LLaDA with its output head: predicts the clean token at every position of a (partly masked) canvas.
 
-    `generate` runs the reverse diffusion process (see `generation_llada.py`).
+    `generate` runs the reverse diffusion process (see `generation_llada.py`); `log_likelihood` and `perplexity`
+    estimate the likelihood bound (see `likelihood_llada.py`).
     """
 
     _tied_weights_keys = {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}

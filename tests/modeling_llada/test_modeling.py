@@ -226,7 +226,7 @@ def test_save_and_reload_is_bit_exact(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == modeling.AUTO_MAP
     assert config["model_type"] == "llada"
-    for code_file in ("configuration_llada.py", "modeling_llada.py", "generation_llada.py"):
+    for code_file in ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py"):
         assert (tmp_path / code_file).exists()
 
 
@@ -247,7 +247,8 @@ REMOTE_SCRIPT = textwrap.dedent(
     model = models[0].eval()
     with torch.no_grad():
         torch.save({"logits": model(ids).logits, "state": model.state_dict(),
-                    "generated": model.generate(ids, max_new_tokens=8, steps=8, block_length=4)}, out_path)
+                    "generated": model.generate(ids, max_new_tokens=8, steps=8, block_length=4),
+                    "likelihood": model.log_likelihood(ids[0, :3], ids[0, 3:], mc_num=16).log_likelihood}, out_path)
     """
 )
 
@@ -271,6 +272,7 @@ def test_saved_folder_loads_with_trust_remote_code_without_our_package(tmp_path)
     with torch.no_grad():
         assert torch.equal(remote["logits"], model(ids).logits)
         assert torch.equal(remote["generated"], model.generate(ids, max_new_tokens=8, steps=8, block_length=4))
+    assert remote["likelihood"] == model.log_likelihood(ids[0, :3], ids[0, 3:], mc_num=16).log_likelihood
 
 
 # --- bad inputs ------------------------------------------------------------------------------------------------
