@@ -1,0 +1,181 @@
+"""An lm-evaluation-harness model for LLaDA, registered as `llada` (needs the `eval` extra: `pip install lm-eval`).
+
+    import trainers.lm_eval_llada  # registers the model
+    lm_eval.simple_evaluate(model="llada", model_args="pretrained=GSAI-ML/LLaDA-8B-Base,mc_num=128", tasks=[...])
+
+- `loglikelihood`: the model's likelihood bound (`model.log_likelihood`, Monte-Carlo with `mc_num` samples, exact
+  for one-token continuations), CFG through `cfg_scale`; `is_greedy` says whether every continuation token is the
+  argmax when the whole continuation is masked.
+- `loglikelihood_rolling`: the unconditional bound of each document, in chunks of the model's max length.
+- `generate_until`: diffusion `generate` with the model args as generation kwargs, cut at the stop sequences.
+- `peft=<adapter path or Hub id>` evaluates a LoRA adapter on its base, which the official evaluation cannot.
+"""
+
+import math
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
+
+from .loading import load_tokenizer
+
+GENERATION_ARGS = ("steps", "block_length", "temperature", "remasking", "cfg_scale", "logits_eos_inf",
+                   "confidence_eos_eot_inf", "early_exit", "top_k", "top_p")
+
+
+def _parse(value):
+    """lm-eval passes model args as strings; turn them into Python values."""
+    if not isinstance(value, str):
+        return value
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+@register_model("llada")
+class LLaDAEvalModel(LM):
+    """LLaDA for lm-evaluation-harness.
+
+    Model args: `pretrained` (Hub id or folder), `peft` (adapter), `tokenizer`, `dtype` (default float32 on CPU,
+    bfloat16 on CUDA), `device`, `batch_size` (rows per forward), `mc_num` (likelihood samples, 128), `cfg_scale`,
+    `seed`, `max_new_tokens` (generation canvas; `max_gen_toks` of a task, rounded up to whole blocks, overrides it),
+    and the generation kwargs `steps`, `block_length`, `temperature`, `remasking`, `logits_eos_inf`,
+    `confidence_eos_eot_inf`, `early_exit`, `top_k`, `top_p`.
+    """
+
+    def __init__(self, pretrained: str, peft: str | None = None, tokenizer: str | None = None, dtype: str | None = None,
+                 device: str | None = None, batch_size: int | str = 16, mc_num: int = 128, cfg_scale: float = 0.0,
+                 seed: int = 0, max_new_tokens: int | None = None, trust_remote_code: bool = False, **generation):
+        super().__init__()
+        from transformers import AutoModel
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        trust_remote_code = _parse(trust_remote_code)
+        model = AutoModel.from_pretrained(pretrained, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
+        if peft:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, peft)
+        self.model = model.to(device).eval()
+        self.llada = self.model.get_base_model() if peft else self.model
+        self.tokenizer = load_tokenizer(tokenizer or pretrained, trust_remote_code)  # adapters share the base's
+        self._device = torch.device(device)
+        self.batch_size = int(_parse(batch_size)) if batch_size != "auto" else 16
+        self.mc_num, self.cfg_scale, self.seed = int(_parse(mc_num)), float(_parse(cfg_scale)), int(_parse(seed))
+        self.max_new_tokens = _parse(max_new_tokens)
+        unknown = set(generation) - set(GENERATION_ARGS)
+        if unknown:
+            raise ValueError(f"Unknown model args {sorted(unknown)}; generation args are {GENERATION_ARGS}.")
+        self.generation = {key: _parse(value) for key, value in generation.items()}
+        self.forward_passes = 0  # counted over generate_until, for tokens-per-forward reporting
+        self.generated_tokens = 0
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def apply_chat_template(self, chat_history, add_generation_prompt=True) -> str:
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    # -- likelihoods ---------------------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        # the tokenizer's own special tokens (BOS or not), as TRL adds them to training data
+        return self.tokenizer(text)["input_ids"]
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        whole = self._encode(context + continuation)
+        context_ids = self._encode(context)
+        split = len(context_ids)
+        if whole[:split] != context_ids:  # the boundary merged: score the continuation's own tokens
+            return context_ids, self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        return context_ids, whole[split:]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        pairs = []
+        for request in requests:
+            context, continuation = request.args
+            prompt, answer = self._encode_pair(context, continuation)
+            pairs.append((prompt, answer))
+        results = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            # with an adapter, `self.llada` is the base model with the LoRA layers injected: they are active
+            estimates = self.llada.log_likelihood(chunk, mc_num=self.mc_num, batch_size=self.batch_size * 8,
+                                                  cfg_scale=self.cfg_scale, seed=self.seed)
+            results.extend((e.log_likelihood, g) for e, g in zip(estimates, self._is_greedy(chunk)))
+        return results
+
+    @torch.no_grad()
+    def _is_greedy(self, pairs) -> list[bool]:
+        """Whether each continuation is the argmax at every position when the whole continuation is masked."""
+        mask_id, pad = self.llada.config.mask_token_id, self.llada.config.pad_token_id or 0
+        longest = max(len(p) + len(a) for p, a in pairs)
+        ids = torch.full((len(pairs), longest), pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        answer = torch.zeros_like(ids, dtype=torch.bool)
+        for row, (prompt, continuation) in enumerate(pairs):  # per request, once, to build the padded batch
+            ids[row, : len(prompt) + len(continuation)] = torch.tensor(prompt + continuation)
+            attention[row, : len(prompt) + len(continuation)] = 1
+            answer[row, len(prompt) : len(prompt) + len(continuation)] = True
+        ids, attention, answer = ids.to(self.device), attention.to(self.device), answer.to(self.device)
+        logits = self.llada(ids.masked_fill(answer, mask_id), attention_mask=attention, logits_to_keep=answer).logits
+        hits = (logits.argmax(-1) == ids[answer]).long()
+        rows = answer.nonzero()[:, 0]
+        misses = torch.zeros(len(pairs), dtype=torch.long, device=self.device).index_add_(0, rows, 1 - hits)
+        return (misses == 0).tolist()
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        prefix = self._encode("")  # what the tokenizer puts before any text (BOS or nothing)
+        window = self.llada.config.max_sequence_length - len(prefix)
+        documents = []
+        for request in requests:
+            ids = self.tokenizer(request.args[0], add_special_tokens=False)["input_ids"]
+            documents.append([ids[i : i + window] for i in range(0, len(ids), window)] or [[]])
+        flat = [(prefix, chunk) for chunks in documents for chunk in chunks if chunk]
+        estimates = iter(self.llada.log_likelihood(flat, mc_num=self.mc_num, batch_size=self.batch_size * 8,
+                                                   seed=self.seed)) if flat else iter(())
+        return [sum(next(estimates).log_likelihood for chunk in chunks if chunk) for chunks in documents]
+
+    # -- generation -------------------------------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        outputs = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            contexts = [request.args[0] for request in chunk]
+            settings = [request.args[1] for request in chunk]
+            until = settings[0].get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            length = self._canvas_length(settings[0].get("max_gen_toks"))
+            prompts = [self._encode(context) for context in contexts]
+            longest = max(len(p) for p in prompts)
+            pad = self.llada.config.pad_token_id or 0
+            ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=self.device)
+            mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+            kwargs = {**self.generation, "max_new_tokens": length, "return_dict_in_generate": True}
+            torch.manual_seed(self.seed)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            self.forward_passes += int((length / out.tokens_per_forward).sum())
+            self.generated_tokens += length * len(chunk)
+            for row in out.sequences[:, longest:]:
+                text = self.tokenizer.decode(row, skip_special_tokens=False)
+                for stop in [*until, *(self.tokenizer.eos_token and [self.tokenizer.eos_token] or [])]:
+                    text = text.split(stop)[0]
+                outputs.append(text)
+        return outputs
+
+    def _canvas_length(self, max_gen_toks) -> int:
+        length = int(max_gen_toks) if max_gen_toks else int(self.max_new_tokens or 128)
+        block = self.generation.get("block_length") or length
+        return int(math.ceil(length / block) * block)
