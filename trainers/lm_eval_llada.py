@@ -12,6 +12,7 @@
 """
 
 import math
+import time
 
 import torch
 from lm_eval.api.model import LM
@@ -78,8 +79,9 @@ class LLaDAEvalModel(LM):
         if unknown:
             raise ValueError(f"Unknown model args {sorted(unknown)}; generation args are {GENERATION_ARGS}.")
         self.generation = {key: _parse(value) for key, value in generation.items()}
-        self.forward_passes = 0  # counted over generate_until, for tokens-per-forward reporting
+        self.forward_passes = 0  # counted over generate_until, for tokens/s and forward passes per token
         self.generated_tokens = 0
+        self.generation_seconds = 0.0
 
     @property
     def tokenizer_name(self) -> str:
@@ -165,7 +167,11 @@ class LLaDAEvalModel(LM):
             mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=self.device)
             kwargs = {**self.generation, "max_new_tokens": length, "return_dict_in_generate": True}
             torch.manual_seed(self.seed)
+            started = time.perf_counter()
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            if ids.is_cuda:
+                torch.cuda.synchronize()
+            self.generation_seconds += time.perf_counter() - started
             self.forward_passes += int((length / out.tokens_per_forward).sum())
             self.generated_tokens += length * len(chunk)
             for row in out.sequences[:, longest:]:

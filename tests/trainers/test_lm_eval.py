@@ -135,3 +135,27 @@ def test_unknown_model_args_raise(tmp_path):
     tiny_chat_tokenizer().save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="Unknown model args"):
         trainers.lm_eval_llada.LLaDAEvalModel(pretrained=str(tmp_path / "m"), num_beams=2)
+
+
+@pytest.mark.slow
+def test_evaluate_script_prints_results_and_generation_speed(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rows = tiny_task()
+    write_tasks(tmp_path, rows)
+    tiny_model().save_pretrained(tmp_path / "m")
+    tiny_chat_tokenizer().save_pretrained(tmp_path / "m")
+    script = Path(__file__).resolve().parents[2] / "examples" / "evaluate.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", str(tmp_path / "m"), "--tasks", "tiny_mc,tiny_gen",
+         "--include_path", str(tmp_path), "--mc_num", "4", "--steps", "4", "--output", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tiny_mc" in result.stdout and "tiny_gen" in result.stdout and "forward passes per token" in result.stdout
+    summary = json.loads((tmp_path / "r.json").read_text())
+    # 8 prompts x a 4-token canvas in 4 steps: one forward pass per token
+    assert summary["speed"]["generated_tokens"] == 32
+    assert summary["speed"]["forward_passes_per_token"] == 1.0
