@@ -42,10 +42,20 @@ class DiffusionArguments:
     eval_noise_seed: int = field(
         default=1234, metadata={"help": "Seed of the fixed corruption used for eval_loss (comparable evaluations)."}
     )
+    eval_likelihood_mc_num: int = field(
+        default=0,
+        metadata={
+            "help": "When > 0, evaluation also reports eval_nll_bound (per token) and eval_perplexity from the "
+            "model's likelihood estimator (model.log_likelihood) with this many Monte-Carlo samples per example; "
+            "SFT examples are scored on their answer given the prompt."
+        },
+    )
 
     def _check_diffusion_arguments(self) -> None:
         if not 0.0 < self.mask_eps < 1.0:
             raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}; the reference uses 1e-3.")
+        if self.eval_likelihood_mc_num < 0:
+            raise ValueError(f"eval_likelihood_mc_num must be >= 0, got {self.eval_likelihood_mc_num}.")
         if not 0.0 <= self.random_length_probability <= 1.0:
             raise ValueError(f"random_length_probability must be in [0, 1], got {self.random_length_probability}.")
 
@@ -125,6 +135,36 @@ class DiffusionTrainerMixin:
         if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
             repo_id = self.args.hub_model_id or folder.name
             card_for_folder(folder, repo_id).save(folder / "README.md")
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if self.args.eval_likelihood_mc_num > 0 and not isinstance(dataset, dict):  # dicts recurse per dataset
+            extra = self._likelihood_metrics(dataset, metric_key_prefix)
+            metrics.update(extra)
+            self.log(extra)
+        return metrics
+
+    def _likelihood_pairs(self, dataset) -> list[tuple[list[int], list[int]]]:
+        """(prompt, answer) id pairs of an evaluation dataset: whole blocks for pre-training (empty prompt)."""
+        return [([], list(example["input_ids"])) for example in dataset]
+
+    @torch.no_grad()
+    def _likelihood_metrics(self, dataset, prefix: str) -> dict[str, float]:
+        """The likelihood bound of the evaluation examples, from the model's own estimator (one implementation)."""
+        import math
+
+        model = self.accelerator.unwrap_model(self.model)
+        llada = model.get_base_model() if hasattr(model, "get_base_model") else model
+        was_training = llada.training
+        llada.eval()
+        estimates = llada.log_likelihood(self._likelihood_pairs(dataset), mc_num=self.args.eval_likelihood_mc_num,
+                                         batch_size=self.args.per_device_eval_batch_size * 4,
+                                         seed=self.args.eval_noise_seed)
+        llada.train(was_training)
+        tokens = sum(e.answer_length for e in estimates)
+        nll = -sum(e.log_likelihood for e in estimates) / tokens
+        return {f"{prefix}_nll_bound": nll, f"{prefix}_perplexity": math.exp(nll)}
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation computes the diffusion objective with the fixed evaluation noise."""

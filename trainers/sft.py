@@ -137,6 +137,14 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
             self.eval_dataset = with_example_ids(self.eval_dataset)
         self.model_accepts_loss_kwargs = False
 
+    def _likelihood_pairs(self, dataset) -> list[tuple[list[int], list[int]]]:
+        """SFT examples are scored on their answer given their prompt (TRL's labels mark the answer)."""
+        pairs = []
+        for example in dataset:
+            prompt_length = sum(label == -100 for label in example["labels"])
+            pairs.append((list(example["input_ids"][:prompt_length]), list(example["input_ids"][prompt_length:])))
+        return pairs
+
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = ["input_ids", "labels", EXAMPLE_ID]

@@ -100,3 +100,18 @@ def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_losses(tmp_path
     resumed = losses(tmp_path / "a", resume_from_checkpoint=str(tmp_path / "a" / "run" / "checkpoint-3"))
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-6), step
+
+
+def test_evaluation_reports_the_likelihood_bound_from_the_models_estimator(tmp_path):
+    import math
+
+    model = tiny_model()
+    eval_set = repetitive_corpus(8)
+    trainer = MaskedDiffusionTrainer(model, config(tmp_path, eval_likelihood_mc_num=8, eval_noise_seed=5),
+                                     train_dataset=repetitive_corpus(), eval_dataset=eval_set)
+    metrics = trainer.evaluate()
+    blocks = [list(example["input_ids"]) for example in trainer.eval_dataset]
+    estimates = model.log_likelihood([([], block) for block in blocks], mc_num=8, seed=5)
+    expected = -sum(e.log_likelihood for e in estimates) / sum(len(b) for b in blocks)
+    assert metrics["eval_nll_bound"] == pytest.approx(expected, rel=1e-6)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(expected), rel=1e-6)

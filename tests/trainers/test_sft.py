@@ -160,3 +160,18 @@ def test_sft_on_a_memorisation_set_makes_generate_answer_correctly(tmp_path):
     after = model.generate(torch.tensor(prompts), max_new_tokens=4, steps=4)
     assert sum(before[i, 3:6].tolist() == answers[i] for i in range(8)) == 0
     assert [after[i, 3:].tolist() for i in range(8)] == [answer + [EOS] for answer in answers]
+
+
+def test_sft_evaluation_scores_answers_given_prompts_with_the_estimator(tmp_path):
+    model = tiny_model()
+    trainer = MaskedDiffusionSFTTrainer(model, sft_config(tmp_path, eval_likelihood_mc_num=4, eval_noise_seed=3),
+                                        train_dataset=variable_length_set(), eval_dataset=variable_length_set(),
+                                        processing_class=tiny_chat_tokenizer())
+    metrics = trainer.evaluate()
+    pairs = []
+    for example in trainer.eval_dataset:
+        cut = sum(label == -100 for label in example["labels"])
+        pairs.append((example["input_ids"][:cut], example["input_ids"][cut:]))
+    estimates = model.log_likelihood(pairs, mc_num=4, seed=3)
+    expected = -sum(e.log_likelihood for e in estimates) / sum(len(a) for _, a in pairs)
+    assert metrics["eval_nll_bound"] == pytest.approx(expected, rel=1e-6)
