@@ -22,6 +22,9 @@ from transformers.utils.logging import tqdm
 logger = logging.get_logger(__name__)
 
 REMASKING_STRATEGIES = ("low_confidence", "random", "margin", "entropy")
+KV_CACHE_MODES = ("prefix", "dual")
+# Parallel decoding compares scores with a probability-like threshold: only these scores live in [0, 1].
+PARALLEL_REMASKING = ("low_confidence", "margin")
 
 # The diffusion fields of LLaDAGenerationConfig and their defaults (None = resolved at generate time).
 _DIFFUSION_DEFAULTS: dict[str, Any] = {
@@ -37,6 +40,9 @@ _DIFFUSION_DEFAULTS: dict[str, Any] = {
     "logits_eos_inf": False,
     "confidence_eos_eot_inf": False,
     "early_exit": False,
+    "threshold": None,
+    "factor": None,
+    "kv_cache": None,
     "num_return_sequences": 1,
     "output_history": False,
     "return_dict_in_generate": False,
@@ -78,6 +84,15 @@ class LLaDAGenerationConfig(GenerationConfig):
             committed only when nothing else is left in the block.
         early_exit (`bool`, defaults to False): once a row has committed an EOS with no mask before it, fill its
             remaining masks with EOS and stop spending forward passes on it. Nothing before the first EOS changes.
+        threshold (`float`, *optional*): confidence-aware parallel decoding (Fast-dLLM): each step commits every
+            masked position of the current block whose confidence is at least `threshold` (at least one per row), and
+            a block ends when it is complete; `steps` is then unused. With `low_confidence` or `margin` remasking.
+        factor (`float`, *optional*): the factor-based variant: commit the n most confident positions, n the largest
+            with (n + 1) * (1 - c_n) < factor (c_n the n-th highest confidence), at least one.
+        kv_cache (`str`, *optional*): approximate key/value caching, refreshed when a block starts: `"prefix"`
+            reuses the keys/values of the prompt and finished blocks; `"dual"` also those after the current block.
+            Cached entries go stale as the canvas fills in, so results can differ from the exact sampler; the first
+            step of every block is exact. None (default) keeps the exact sampler.
         num_return_sequences (`int`, defaults to 1): samples per prompt.
         output_history (`bool`, defaults to False): return every step's canvas and the step that committed each
             position (implies a [`LLaDAGenerateOutput`]).
@@ -122,6 +137,19 @@ class LLaDAGenerationConfig(GenerationConfig):
             raise ValueError(f"`remasking` must be one of {REMASKING_STRATEGIES}, got {self.remasking!r}.")
         if self.max_new_tokens is not None:
             check_block_schedule(self.max_new_tokens, self.block_length, self.steps)
+        if self.kv_cache is not None and self.kv_cache not in KV_CACHE_MODES:
+            raise ValueError(f"`kv_cache` must be None or one of {KV_CACHE_MODES}, got {self.kv_cache!r}.")
+        if self.threshold is not None and self.factor is not None:
+            raise ValueError("Set either `threshold` or `factor` for parallel decoding, not both.")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}; Fast-dLLM uses 0.9.")
+        if self.factor is not None and not self.factor > 0:
+            raise ValueError(f"`factor` must be > 0, got {self.factor!r}.")
+        if (self.threshold is not None or self.factor is not None) and self.remasking not in PARALLEL_REMASKING:
+            raise ValueError(
+                f"Parallel decoding (threshold/factor) compares confidences in [0, 1]; use remasking in "
+                f"{PARALLEL_REMASKING}, not {self.remasking!r}."
+            )
 
     def update(self, **kwargs) -> dict[str, Any]:
         """Set the given fields; return the kwargs that are not fields of this config."""
@@ -224,6 +252,23 @@ def select_top_k(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     keep_rank = torch.arange(scores.shape[-1], device=scores.device)[None] < k[:, None]
     chosen = torch.zeros_like(keep_rank).scatter(-1, order, keep_rank)
     return chosen & torch.isfinite(scores)
+
+
+def select_parallel(scores: torch.Tensor, threshold: float | None, factor: float | None) -> torch.Tensor:
+    """Confidence-aware parallel decoding: boolean (b, W) of the positions to commit this step.
+
+    threshold: every finite score >= threshold. factor: the n best, n the largest with (n + 1) * (1 - c_n) < factor.
+    Either way at least the best position of every row that has one.
+    """
+    finite = torch.isfinite(scores)
+    order = scores.argsort(dim=-1, descending=True, stable=True)
+    ranked = scores.gather(-1, order)
+    if threshold is not None:
+        count = (ranked >= threshold).sum(-1)
+    else:
+        n = torch.arange(1, scores.shape[-1] + 1, device=scores.device, dtype=ranked.dtype)
+        count = ((n + 1) * (1 - ranked) < factor).cumprod(-1).sum(-1)
+    return select_top_k(scores, count.clamp_min(1)) & finite
 
 
 _U32 = 0xFFFFFFFF
@@ -449,23 +494,36 @@ class LLaDAGenerationMixin:
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         history = [] if config.output_history else None
         stream = _StreamState(streamer, canvas, prompt_length, mask_id) if streamer is not None else None
-        bar = tqdm(total=steps, desc="denoising", disable=not config.progress_bar, leave=False)
+        parallel_total = None if (config.threshold is not None or config.factor is not None) else steps
+        bar = tqdm(total=parallel_total, desc="denoising", disable=not config.progress_bar, leave=False)
 
+        parallel = config.threshold is not None or config.factor is not None
         step = 0
         for block in range(num_blocks):
             block_end = prompt_length + (block + 1) * block_length
             window_start = first_hole if (block == 0 and has_holes) else prompt_length + block * block_length
             window = slice(window_start, block_end)
             schedule = num_transfer_tokens((canvas[:, window] == mask_id).sum(-1), steps_per_block)
-            for block_step in range(steps_per_block):
+            cache = None  # refreshed by the first step of every block
+            block_step = 0
+            while True:
+                if parallel:  # a block ends when it is complete (one host sync per step)
+                    if not bool((canvas[:, window] == mask_id).any()):
+                        break
+                elif block_step == steps_per_block:
+                    break
                 if config.early_exit and bool(finished.all()):
                     break
                 forwards += (~finished).long()
                 noise = (seeds, step, relative_positions[:, window].expand(batch, -1)) if needs_noise else None
-                proposal, scores = self._denoising_scores(
-                    canvas, attention_mask, window, prompt_positions, config, processors, warpers, eos_tensor, noise
+                proposal, scores, cache = self._denoising_scores(
+                    canvas, attention_mask, window, prompt_positions, config, processors, warpers, eos_tensor, noise,
+                    cache,
                 )
-                transfer = select_top_k(scores, schedule[:, block_step])
+                if parallel:
+                    transfer = select_parallel(scores, config.threshold, config.factor)
+                else:
+                    transfer = select_top_k(scores, schedule[:, block_step])
                 canvas[:, window] = torch.where(transfer, proposal, canvas[:, window])
                 commit_step[:, window].masked_fill_(transfer, step)
                 sampled += transfer.sum(-1)
@@ -477,6 +535,7 @@ class LLaDAGenerationMixin:
                     stream.update(canvas)
                 bar.update(1)
                 step += 1
+                block_step += 1
             if config.early_exit and bool(finished.all()):
                 break
         bar.close()
@@ -503,12 +562,16 @@ class LLaDAGenerationMixin:
         warpers: LogitsProcessorList,
         eos_tensor: torch.Tensor,
         noise: tuple[torch.Tensor, int, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass: proposals (b, W) for the window and their commit scores (-inf where not committable).
+        cache=None,
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One forward pass: proposals (b, W) for the window, their commit scores (-inf where not committable), and
+        the key/value cache (with `kv_cache`; None starts a refresh).
 
         noise: (row seeds, step, relative positions of the window) for the counter RNG when sampling is random.
         """
-        logits = self._window_logits(canvas, attention_mask, window, prompt_positions, config.cfg_scale)
+        logits, cache = self._window_logits(
+            canvas, attention_mask, window, prompt_positions, config.cfg_scale, config.kv_cache, cache
+        )
         if config.logits_eos_inf and eos_tensor.numel():
             logits[..., eos_tensor] = -torch.inf
         batch, width, vocab = logits.shape
@@ -533,7 +596,7 @@ class LLaDAGenerationMixin:
         if config.confidence_eos_eot_inf and eos_tensor.numel():
             confidence = confidence - _EOS_CONFIDENCE_OFFSET * torch.isin(proposal, eos_tensor)
         masked = canvas[:, window] == config.mask_token_id
-        return proposal, confidence.masked_fill(~masked, -torch.inf)
+        return proposal, confidence.masked_fill(~masked, -torch.inf), cache
 
     def _window_logits(
         self,
@@ -542,16 +605,32 @@ class LLaDAGenerationMixin:
         window: slice,
         prompt_positions: torch.Tensor,
         cfg_scale: float,
-    ) -> torch.Tensor:
-        """Logits (b, W, V) of the window positions; with CFG, conditional and unconditional rows in one forward."""
+        kv_cache: str | None = None,
+        cache=None,
+    ):
+        """Logits (b, W, V) of the window positions, and the key/value cache.
+
+        With CFG the conditional and unconditional rows go through one forward. With `kv_cache`, a step without a
+        cache runs the whole canvas and fills one; later steps run only the window and after it (`prefix`) or the
+        window alone (`dual`) against the cached keys/values of the rest.
+        """
+        rows, mask = canvas, attention_mask
         if cfg_scale > 0:
-            unconditional = canvas.masked_fill(prompt_positions, self.config.mask_token_id)
-            both = torch.cat([canvas, unconditional])
+            rows = torch.cat([canvas, canvas.masked_fill(prompt_positions, self.config.mask_token_id)])
             mask = torch.cat([attention_mask, attention_mask]) if attention_mask is not None else None
-            logits = self(both, attention_mask=mask, logits_to_keep=window, validate_inputs=False).logits
+        if kv_cache is None:
+            logits = self(rows, attention_mask=mask, logits_to_keep=window, validate_inputs=False).logits
+        elif cache is None:
+            out = self(rows, attention_mask=mask, logits_to_keep=window, validate_inputs=False, use_cache=True)
+            logits, cache = out.logits, out.past_key_values
+        else:
+            start, stop = window.start, (rows.shape[1] if kv_cache == "prefix" else window.stop)
+            logits = self(rows[:, start:stop], attention_mask=mask, logits_to_keep=slice(0, window.stop - start),
+                          past_key_values=cache, cache_position=start, validate_inputs=False).logits
+        if cfg_scale > 0:
             cond, uncond = logits.chunk(2)
-            return uncond + (cfg_scale + 1) * (cond - uncond)
-        return self(canvas, attention_mask=attention_mask, logits_to_keep=window, validate_inputs=False).logits
+            logits = uncond + (cfg_scale + 1) * (cond - uncond)
+        return logits, cache
 
     @staticmethod
     def _finish_rows_at_eos(
@@ -681,5 +760,6 @@ __all__ = [
     "LLaDAGenerationMixin",
     "counter_uniform",
     "mix32",
+    "select_parallel",
     "num_transfer_tokens",
 ]

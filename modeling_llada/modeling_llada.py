@@ -73,6 +73,40 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
+class LLaDACache:
+    """Key/value cache of a LLaDA canvas (the transformers `past_key_values` of this model).
+
+    A forward with `use_cache=True` and no cache stores every layer's rotated keys and values of all L positions. A
+    later forward over a slice of the canvas starting at `cache_position` computes fresh keys and values for its own
+    positions and reads the cached ones everywhere else. In a bidirectional model cached entries go stale as the
+    canvas fills in, so diffusion generation refreshes the cache once per block (REFERENCE.md section 7).
+    """
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.keys[layer_idx].shape[2] if self.keys else 0
+
+    def store(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        if layer_idx == len(self.keys):
+            self.keys.append(keys)
+            self.values.append(values)
+        else:
+            self.keys[layer_idx], self.values[layer_idx] = keys, values
+
+    def around(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, start: int):
+        """Keys and values of the whole canvas: the fresh ones at [start, start + len) and cached ones elsewhere."""
+        end = start + keys.shape[2]
+        cached_k, cached_v = self.keys[layer_idx], self.values[layer_idx]
+        if cached_k.shape[0] != keys.shape[0]:
+            raise ValueError(f"The cache holds {cached_k.shape[0]} rows but the input has {keys.shape[0]}.")
+        full_k = torch.cat([cached_k[:, :, :start], keys, cached_k[:, :, end:]], dim=2)
+        full_v = torch.cat([cached_v[:, :, :start], values, cached_v[:, :, end:]], dim=2)
+        return full_k, full_v
+
+
 class LLaDABlock(GradientCheckpointingLayer):
     """One pre-norm Transformer block: bidirectional attention, then a SwiGLU MLP.
 
@@ -110,6 +144,8 @@ class LLaDABlock(GradientCheckpointingLayer):
         x: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
+        cache: LLaDACache | None = None,
+        cache_position: int | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, length, _ = x.shape
@@ -118,7 +154,11 @@ class LLaDABlock(GradientCheckpointingLayer):
         v = self.v_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rotary
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        # (A key/value cache slots in here: k and v are (b, kv_heads, L, head_dim) after rotation.)
+        if cache is not None:
+            if cache_position is None:  # a full forward: remember this canvas's keys and values
+                cache.store(self.layer_idx, k, v)
+            else:  # a slice: attend to the cached keys and values of the rest of the canvas
+                k, v = cache.around(self.layer_idx, k, v, cache_position)
         attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
         out, weights = attention_fn(
             self,
@@ -138,9 +178,13 @@ class LLaDABlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
+        cache: LLaDACache | None = None,
+        cache_position: int | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attention(self.attn_norm(hidden_states), rotary, attention_mask, **kwargs)
+        attended, weights = self.attention(
+            self.attn_norm(hidden_states), rotary, attention_mask, cache, cache_position, **kwargs
+        )
         hidden_states = hidden_states + self.dropout(attended)
         x = self.ff_norm(hidden_states)
         x = self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
@@ -182,10 +226,12 @@ class LLaDAOutput(ModelOutput):
         last_hidden_state: (b, L, d_model) output of the final norm, when `output_hidden_states`.
         hidden_states: the embeddings and the output of every block, each (b, L, d_model), when requested.
         attentions: per-block (b, heads, L, L) attention weights, eager attention only, when requested.
+        past_key_values: the [`LLaDACache`] filled or read by this forward, with `use_cache=True`.
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    past_key_values: "LLaDACache | None" = None
     last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
@@ -258,6 +304,9 @@ class LLaDAModel(LLaDAPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         validate_inputs: bool = True,
+        past_key_values: LLaDACache | None = None,
+        use_cache: bool = False,
+        cache_position: int | None = None,
         **kwargs,
     ) -> LLaDAOutput:
         """Run the Transformer over a whole canvas (no causal mask).
@@ -269,6 +318,10 @@ class LLaDAModel(LLaDAPreTrainedModel):
             position_ids: (b, L); defaults to 0..L-1 for every row (RoPE is relative, so left padding is harmless).
             inputs_embeds: (b, L, d_model) instead of `input_ids`.
             validate_inputs: check ids and mask (one host sync); internal loops that validated once pass False.
+            use_cache / past_key_values / cache_position: `use_cache=True` without a cache runs the whole canvas and
+                returns a [`LLaDACache`] of it; with `past_key_values` and `cache_position=s`, the inputs are the
+                canvas slice starting at s, `attention_mask` still covers the whole canvas, and the other positions
+                are read from the cache (positions default to s, s+1, ...).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -277,30 +330,55 @@ class LLaDAModel(LLaDAPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("LLaDA forward needs exactly one of `input_ids` or `inputs_embeds`.")
         if validate_inputs:
-            self._validate_inputs(input_ids, inputs_embeds, attention_mask)
+            canvas_length = past_key_values.get_seq_length() if cache_position is not None else None
+            self._validate_inputs(input_ids, inputs_embeds, attention_mask, canvas_length)
         if inputs_embeds is None:
             inputs_embeds = self.transformer.wte(input_ids)
         hidden = self.embedding_dropout(inputs_embeds)
         b, length = hidden.shape[:2]
+        start = cache_position if cache_position is not None else 0
+        if cache_position is not None and past_key_values is None:
+            raise ValueError("cache_position needs past_key_values (a LLaDACache from a use_cache=True forward).")
+        if use_cache and past_key_values is None:
+            past_key_values = LLaDACache()
         if position_ids is None:
-            position_ids = torch.arange(length, device=hidden.device)[None]
+            position_ids = torch.arange(start, start + length, device=hidden.device)[None]
         rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        if cache_position is not None:
+            mask = self._cached_attention_mask(attention_mask)
+        else:
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
 
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for block in self.transformer.blocks:
-            hidden, weights = block(hidden, rotary, mask, **kwargs)
+            hidden, weights = block(hidden, rotary, mask, past_key_values, cache_position, **kwargs)
             if output_hidden_states:
                 all_hidden += (hidden,)
             if output_attentions:
                 all_attentions += (weights,)
         return LLaDAOutput(
-            last_hidden_state=self.transformer.ln_f(hidden), hidden_states=all_hidden, attentions=all_attentions
+            last_hidden_state=self.transformer.ln_f(hidden),
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+            past_key_values=past_key_values,
         )
 
+    def _cached_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Padding mask of a slice's queries against the whole canvas's keys: (b, 1, 1, L) bool, or None."""
+        if self.config._attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(
+                f"Cached forwards support the sdpa and eager attention implementations, not "
+                f"{self.config._attn_implementation!r}; load the model with attn_implementation='sdpa'."
+            )
+        return None if attention_mask is None else attention_mask[:, None, None, :].bool()
+
     def _validate_inputs(
-        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        canvas_length: int | None = None,
     ) -> None:
         shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:2])
         if len(shape) != 2 or (inputs_embeds is not None and inputs_embeds.dim() != 3):
@@ -321,10 +399,12 @@ class LLaDAModel(LLaDAPreTrainedModel):
             vocab = self.config.padded_vocab_size
             checks.append(((input_ids < 0) | (input_ids >= vocab)).any())
         if attention_mask is not None and attention_mask.dim() == 2:
-            if tuple(attention_mask.shape) != shape:
+            expected = shape if canvas_length is None else (shape[0], canvas_length)
+            if tuple(attention_mask.shape) != expected:
                 raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {shape}; "
-                    "pass a (batch, length) mask with 1 for tokens and 0 for padding, as the tokenizer returns it."
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {shape}"
+                    + ("" if canvas_length is None else f" in a cached canvas of length {canvas_length}")
+                    + "; pass a (batch, length) mask with 1 for tokens and 0 for padding, as the tokenizer returns it."
                 )
             checks.append((attention_mask == 0).all(dim=-1).any())
         elif attention_mask is not None and attention_mask.dim() != 4:
@@ -392,6 +472,9 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
         output_attentions: bool | None = None,
         logits_to_keep: int | slice | torch.Tensor = 0,
         validate_inputs: bool = True,
+        past_key_values: LLaDACache | None = None,
+        use_cache: bool = False,
+        cache_position: int | None = None,
         **kwargs,
     ) -> LLaDAOutput:
         """Logits of the clean tokens for a (partly masked) canvas.
@@ -416,6 +499,9 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             validate_inputs=validate_inputs,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            cache_position=cache_position,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -441,10 +527,11 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
         return LLaDAOutput(
             loss=loss,
             logits=logits,
+            past_key_values=outputs.past_key_values,
             last_hidden_state=hidden if outputs.hidden_states is not None else None,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
 
 
-__all__ = ["AUTO_MAP", "LLaDAPreTrainedModel", "LLaDAModel", "LLaDAModelLM", "LLaDAOutput"]
+__all__ = ["AUTO_MAP", "LLaDACache", "LLaDAPreTrainedModel", "LLaDAModel", "LLaDAModelLM", "LLaDAOutput"]
