@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trainers import MaskedDiffusionConfig, MaskedDiffusionTrainer
-from trainers.local_data import python_docs_corpus, train_tokenizer
-from trainers.loading import PRESETS, load_dataset_arg, load_model, load_tokenizer
+from trainers.local_data import python_docs_corpus
+from trainers.loading import load_dataset_arg, load_model_and_tokenizer
 
 
 @dataclass
@@ -36,14 +36,10 @@ def main(script_args: PretrainScriptArguments, training_args: MaskedDiffusionCon
     else:
         dataset = load_dataset_arg(script_args.dataset_name, script_args.dataset_config,
                                    script_args.dataset_train_split)
-    if script_args.tokenizer_name_or_path:
-        tokenizer = load_tokenizer(script_args.tokenizer_name_or_path, script_args.trust_remote_code)
-    elif model_name in PRESETS:
-        tokenizer = train_tokenizer(dataset[training_args.dataset_text_field])
-    else:
-        tokenizer = load_tokenizer(model_name, script_args.trust_remote_code)
-    model = load_model(model_name, tokenizer, model_args.dtype, model_args.attn_implementation,
-                       script_args.trust_remote_code, training_args.seed)
+    model, tokenizer = load_model_and_tokenizer(
+        model_name, script_args.tokenizer_name_or_path, lambda: dataset[training_args.dataset_text_field],
+        model_args.dtype, model_args.attn_implementation, script_args.trust_remote_code, training_args.seed,
+    )
     trainer = MaskedDiffusionTrainer(model, training_args, train_dataset=dataset, processing_class=tokenizer,
                                      peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

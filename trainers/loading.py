@@ -53,6 +53,29 @@ def load_model(
     return AutoModel.from_pretrained(model_name_or_path, **kwargs)
 
 
+def load_model_and_tokenizer(
+    model_name_or_path: str,
+    tokenizer_name_or_path: str | None,
+    texts_for_a_new_tokenizer,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> tuple[LLaDAModelLM, PreTrainedTokenizerBase]:
+    """The scripts' model and tokenizer: the named tokenizer, else the model's, else (for a preset) a new BPE
+    trained on `texts_for_a_new_tokenizer()`."""
+    from .local_data import train_tokenizer
+
+    if tokenizer_name_or_path:
+        tokenizer = load_tokenizer(tokenizer_name_or_path, trust_remote_code)
+    elif model_name_or_path in PRESETS:
+        tokenizer = train_tokenizer(texts_for_a_new_tokenizer())
+    else:
+        tokenizer = load_tokenizer(model_name_or_path, trust_remote_code)
+    model = load_model(model_name_or_path, tokenizer, dtype, attn_implementation, trust_remote_code, seed)
+    return model, tokenizer
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
