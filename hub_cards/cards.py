@@ -128,17 +128,47 @@ def _prompt_code(has_chat_template: bool) -> str:
     return 'input_ids = tokenizer("Diffusion language models", return_tensors="pt").input_ids.to(model.device)'
 
 
-def _card_data(*, library_name, base_model, license, datasets, tags, eval_results, model_name) -> ModelCardData:
+def _render(
+    template: str,
+    repo_id: str,
+    *,
+    library_name: str,
+    base_model: str | None,
+    license: str,
+    datasets: list[str],
+    training: dict[str, Any] | None,
+    eval_results: list[dict[str, Any]] | None,
+    extra_tags: list[str],
+    generation_config: dict[str, Any] | None,
+    has_chat_template: bool,
+    **template_values,
+) -> ModelCard:
+    """The metadata and the parts every card shares, then the template's own values."""
+    datasets = list(datasets) or list((training or {}).get("datasets") or [])
+    model_name = repo_id.split("/")[-1]
     results = [EvalResult(**result) for result in eval_results] if eval_results else None
-    return ModelCardData(
+    data = ModelCardData(
         license=license,
         library_name=library_name,
         pipeline_tag="text-generation",
-        tags=tags,
+        tags=[*BASE_TAGS, *extra_tags, *(["trl"] if training else []), CITATION_KEY],
         base_model=base_model,
-        datasets=list(datasets) or None,
+        datasets=datasets or None,
         eval_results=results,
         model_name=model_name if results else None,
+    )
+    return ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATES / template),
+        model_name=model_name,
+        repo_id=repo_id,
+        base_model=base_model,
+        generation_kwargs=_generation_kwargs(generation_config),
+        prompt_code=_prompt_code(has_chat_template),
+        training=_describe_training(training),
+        datasets=datasets,
+        versions=versions(),
+        **template_values,
     )
 
 
@@ -160,28 +190,15 @@ def build_model_card(
     eval_results: dicts of `huggingface_hub.EvalResult` fields (task_type, dataset_type, dataset_name, metric_type,
     metric_value, ...), written as `model-index`.
     """
-    tags = [*BASE_TAGS, *(["trl"] if training else []), *extra_tags, CITATION_KEY]
-    datasets = list(datasets) or list((training or {}).get("datasets") or [])
-    model_name = repo_id.split("/")[-1]
-    data = _card_data(library_name="transformers", base_model=base_model, license=license, datasets=datasets,
-                      tags=tags, eval_results=eval_results, model_name=model_name)
-    kv = 1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or config["n_heads"])
-    return ModelCard.from_template(
-        data,
-        template_path=str(TEMPLATES / "model_card.md"),
-        model_name=model_name,
-        repo_id=repo_id,
-        base_model=base_model,
+    return _render(
+        "model_card.md", repo_id, library_name="transformers", base_model=base_model, license=license,
+        datasets=datasets, training=training, eval_results=eval_results, extra_tags=list(extra_tags),
+        generation_config=generation_config, has_chat_template=has_chat_template,
         config=config,
-        kv_heads=kv,
+        kv_heads=1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or config["n_heads"]),
         mlp_hidden=config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * config["d_model"],
         embedding_rows=config.get("embedding_size") or config["vocab_size"],
         num_parameters=count_parameters(config),
-        generation_kwargs=_generation_kwargs(generation_config),
-        prompt_code=_prompt_code(has_chat_template),
-        training=_describe_training(training),
-        datasets=datasets,
-        versions=versions(),
     )
 
 
@@ -198,27 +215,14 @@ def build_adapter_card(
     has_chat_template: bool = False,
 ) -> ModelCard:
     """Card of a LoRA adapter; `adapter_config["base_model_name_or_path"]` names the base model."""
-    base_model = adapter_config["base_model_name_or_path"]
-    tags = [*BASE_TAGS, "lora", "peft", *(["trl"] if training else []), CITATION_KEY]
-    datasets = list(datasets) or list((training or {}).get("datasets") or [])
-    model_name = repo_id.split("/")[-1]
-    data = _card_data(library_name="peft", base_model=base_model, license=license, datasets=datasets, tags=tags,
-                      eval_results=eval_results, model_name=model_name)
     target = adapter_config.get("target_modules")
-    return ModelCard.from_template(
-        data,
-        template_path=str(TEMPLATES / "adapter_card.md"),
-        model_name=model_name,
-        repo_id=repo_id,
-        base_model=base_model,
+    return _render(
+        "adapter_card.md", repo_id, library_name="peft", base_model=adapter_config["base_model_name_or_path"],
+        license=license, datasets=datasets, training=training, eval_results=eval_results,
+        extra_tags=["lora", "peft"], generation_config=generation_config, has_chat_template=has_chat_template,
         adapter=adapter_config,
         target_modules=target if isinstance(target, str) else ", ".join(sorted(target or [])),
         num_adapter_parameters=num_adapter_parameters,
-        generation_kwargs=_generation_kwargs(generation_config),
-        prompt_code=_prompt_code(has_chat_template),
-        training=_describe_training(training),
-        datasets=datasets,
-        versions=versions(),
     )
 
 

@@ -60,6 +60,15 @@ class DiffusionArguments:
             raise ValueError(f"random_length_probability must be in [0, 1], got {self.random_length_probability}.")
 
 
+def resolve_args(args, config_class, default_output_dir: str):
+    """The trainer's config: the one given (it must be a `config_class`), else the defaults."""
+    if args is None:
+        return config_class(output_dir=default_output_dir)
+    if not isinstance(args, config_class):
+        raise TypeError(f"args must be a {config_class.__name__}, got {type(args).__name__}.")
+    return args
+
+
 def with_example_ids(dataset: Dataset | None) -> Dataset | None:
     """Number the examples: their corruption is keyed on this id."""
     if dataset is None or EXAMPLE_ID in dataset.column_names:

@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, with_example_ids
+from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
 from .objectives import pretraining_loss
 from .peft_utils import maybe_wrap_with_peft
 
@@ -99,9 +99,7 @@ class MaskedDiffusionTrainer(DiffusionTrainerMixin, Trainer):
 
     def __init__(self, model, args: MaskedDiffusionConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, peft_config=None, **kwargs):
-        args = args if args is not None else MaskedDiffusionConfig(output_dir="llada-pretrain")
-        if not isinstance(args, MaskedDiffusionConfig):
-            raise TypeError(f"args must be a MaskedDiffusionConfig, got {type(args).__name__}.")
+        args = resolve_args(args, MaskedDiffusionConfig, "llada-pretrain")
         model = maybe_wrap_with_peft(model, peft_config)
         eos = model.config.eos_token_id
         eos = eos[0] if isinstance(eos, list) else eos

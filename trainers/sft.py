@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, with_example_ids
+from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
 from .objectives import sft_loss
 from .peft_utils import with_llada_defaults
 
@@ -111,9 +111,7 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
 
     def __init__(self, model, args: MaskedDiffusionSFTConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, peft_config=None, **kwargs):
-        args = args if args is not None else MaskedDiffusionSFTConfig(output_dir="llada-sft")
-        if not isinstance(args, MaskedDiffusionSFTConfig):
-            raise TypeError(f"args must be a MaskedDiffusionSFTConfig, got {type(args).__name__}.")
+        args = resolve_args(args, MaskedDiffusionSFTConfig, "llada-sft")
         if processing_class is None:
             raise ValueError("Pass the tokenizer as processing_class (it tokenizes the data and is saved with the model).")
         convert = lambda ds: split_last_assistant_turn(ds) if ds is not None and "messages" in ds.column_names else ds  # noqa: E731
