@@ -5,8 +5,10 @@ only: pickled weights never leave the machine) with a freshly rendered card, and
 `dry_run=True` stops after staging and touches no network.
 """
 
+import argparse
 import json
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,3 +201,37 @@ def publish(
     commit = api.upload_folder(folder_path=str(result.staged), repo_id=repo_id, commit_message=commit_message)
     result.url = getattr(commit, "commit_url", str(commit))
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llada-hf publish", description="Publish a LLaDA model or adapter folder "
+                                     "to the Hugging Face Hub with a generated card (never pickled weights).")
+    parser.add_argument("folder", help="a folder written by save_pretrained / trainer.save_model")
+    parser.add_argument("repo_id", help="the Hub repository, e.g. org/name")
+    parser.add_argument("--dry-run", action="store_true", help="check, stage and print what would be uploaded")
+    parser.add_argument("--merge", action="store_true", help="merge an adapter into its base and publish the model")
+    parser.add_argument("--base-model", help="Hub id of the base model (adapters trained from a local base)")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--dataset", action="append", default=[], help="a dataset id for the card (repeatable)")
+    parser.add_argument("--eval-results", help="JSON list of huggingface_hub EvalResult fields for model-index")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--staging-dir", help="where to stage the upload (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    try:
+        result = publish(
+            args.folder, args.repo_id, dry_run=args.dry_run, merge=args.merge, base_model=args.base_model,
+            private=args.private, staging_dir=args.staging_dir, license=args.license, datasets=args.dataset,
+            eval_results=json.loads(args.eval_results) if args.eval_results else None,
+        )
+    except IncompleteFolderError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(f"{'would upload' if args.dry_run else 'uploaded'} {result.kind} to {args.repo_id} from {result.staged}:")
+    for name in result.files:
+        print(f"  {name}")
+    if args.dry_run:
+        print("\n" + result.card)
+    else:
+        print(result.url)
+    return 0
+
