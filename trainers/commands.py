@@ -202,8 +202,10 @@ def publish(argv: list[str] | None = None) -> int:
 
 
 def evaluate(argv: list[str] | None = None) -> dict:
-    from .lm_eval_llada import main
-
+    try:
+        from .lm_eval_llada import main
+    except ImportError as error:
+        raise SystemExit(f"llada-hf eval needs lm-evaluation-harness: pip install 'llada-hf[eval]' ({error}).")
     return main(argv)
 
 
