@@ -12,7 +12,6 @@ per step), and "same as exact" is the share of generated tokens identical to the
 import argparse
 import hashlib
 import json
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from datasets import Dataset
 
 from modeling_llada import LLaDAConfig, LLaDAModelLM
 from trainers import MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
-from trainers.local_data import python_docs_corpus, train_tokenizer
+from trainers.local_data import digit_copy_task, python_docs_corpus, train_tokenizer
 
 SETTINGS = [
     ("exact (1 token/step)", {}),
@@ -33,15 +32,6 @@ SETTINGS = [
     ("threshold 0.9 + dual cache", {"threshold": 0.9, "kv_cache": "dual"}),
     ("factor 1.0 + dual cache", {"factor": 1.0, "kv_cache": "dual"}),
 ]
-
-
-def copy_task(count: int, digits: int, seed: int) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(count):
-        text = " ".join(rng.choice("0123456789") for _ in range(digits))
-        pairs.append((f"Repeat: {text}", text))
-    return pairs
 
 
 def train_or_load(args, tokenizer, train_pairs) -> LLaDAModelLM:
@@ -85,9 +75,9 @@ def main() -> None:
     args = parser.parse_args()
 
     tokenizer = train_tokenizer(python_docs_corpus()["text"], vocab_size=1024)
-    train_pairs = copy_task(3000, args.digits, seed=0)
+    train_pairs = digit_copy_task(3000, args.digits, seed=0)
     seen = {p for p, _ in train_pairs}
-    test_pairs = [pair for pair in copy_task(4 * args.examples, args.digits, seed=1) if pair[0] not in seen]
+    test_pairs = [pair for pair in digit_copy_task(4 * args.examples, args.digits, seed=1) if pair[0] not in seen]
     test_pairs = test_pairs[: args.examples]
     model = train_or_load(args, tokenizer, train_pairs)
 

@@ -8,7 +8,6 @@ This file travels with every checkpoint (trust_remote_code): it imports only tor
 """
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -483,8 +482,9 @@ class LLaDAGenerationMixin:
         processors = LogitsProcessorList(logits_processor or [])
         warpers = self._build_sampling_warpers(config)
         # Mask tokens inside the prompt (infilling) join the first block's window; one host sync, once.
-        first_hole = int((canvas[:, :prompt_length] == mask_id).any(0).long().argmax()) if prompt_length else 0
-        has_holes = bool((canvas[:, :prompt_length] == mask_id).any()) if prompt_length else False
+        hole_columns = (canvas[:, :prompt_length] == mask_id).any(0)
+        has_holes = prompt_length > 0 and bool(hole_columns.any())
+        first_hole = int(hole_columns.long().argmax()) if has_holes else 0
 
         num_blocks = gen_length // block_length
         steps_per_block = steps // num_blocks

@@ -12,7 +12,6 @@ os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="llada-hf-test-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import modeling_llada  # noqa: E402,F401  (registers the Auto classes)
 from modeling_llada import LLaDAModelLM  # noqa: E402

@@ -77,3 +77,13 @@ def addition_task(size: int, seed: int = 0, low: int = 0, high: int = 99, conver
             rows["completion"].append(" " + answer)
         rows["answer"].append(a + b)
     return Dataset.from_dict(rows)
+
+
+def digit_copy_task(count: int, digits: int, seed: int) -> list[tuple[str, str]]:
+    """("Repeat: 3 1 4 1 5", "3 1 4 1 5") pairs: answers that can be checked exactly."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        text = " ".join(rng.choice("0123456789") for _ in range(digits))
+        pairs.append((f"Repeat: {text}", text))
+    return pairs

@@ -11,7 +11,6 @@
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -21,16 +20,6 @@ from datasets import Dataset
 from transformers.utils.logging import tqdm
 
 EOT = "<|eot_id|>"
-
-
-def digit_copy_task(count: int, digits: int, seed: int) -> list[tuple[str, str]]:
-    """("Repeat: 3 1 4 1 5", "3 1 4 1 5") pairs: answers that can be checked exactly."""
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(count):
-        text = " ".join(rng.choice("0123456789") for _ in range(digits))
-        pairs.append((f"Repeat: {text}", text))
-    return pairs
 
 
 def _chat_ids(tokenizer, question: str) -> list[int]:
@@ -106,7 +95,7 @@ def quickstart(argv: list[str] | None = None) -> dict:
 
     from . import MaskedDiffusionConfig, MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer, MaskedDiffusionTrainer
     from .live_view import DenoisingView, plot_losses, plot_unmasking_order
-    from .local_data import python_docs_corpus, train_tokenizer
+    from .local_data import digit_copy_task, python_docs_corpus, train_tokenizer
 
     began = time.perf_counter()
     output = Path(args.output_dir)

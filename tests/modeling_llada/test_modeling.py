@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 import modeling_llada.modeling_llada as modeling
 from modeling_llada import LLaDAConfig, LLaDAModelLM
-from tests.utils import tiny_config, tiny_model
+from tests.utils import tiny_model
 
 
 def official_parameter_names(n_layers: int, tied: bool) -> set[str]:
