@@ -147,3 +147,26 @@ def test_likelihood_quick_run(tmp_path):
     for row in summary["curve"]:
         assert 0 < row["ar_nll"] < 10 and 0 < row["llada_nll_bound"] < 10  # ln(512) = 6.2 at initialisation
     assert (tmp_path / "likelihood.png").stat().st_size > 10_000
+
+
+def test_both_models_see_the_same_batches_in_the_same_order(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from trainers import MaskedDiffusionConfig, MaskedDiffusionTrainer, pack_dataset
+
+    words = reversal.word_list(40, seed=0)
+    tokenizer = reversal.poem_tokenizer(words)
+    rows, block = reversal.pretraining_rows(reversal.make_poems(40, 4, 3, words, seed=0), tokenizer, "rows", 1, 0)
+    llada, llama = common.model_pair(tokenizer, 32, 2, 4, 96, 64, seed=0)
+    settings = common.optimiser_settings(10, 8, 1e-3, seed=0, warmup_steps=1)
+    diffusion = MaskedDiffusionTrainer(llada, MaskedDiffusionConfig(output_dir=str(tmp_path / "a"), block_size=block,
+                                                                     random_length_probability=0.0, **settings),
+                                       train_dataset=rows, processing_class=tokenizer)
+    blocks = pack_dataset(rows, block, tokenizer.eos_token_id)
+    autoregressive = Trainer(model=llama, args=TrainingArguments(output_dir=str(tmp_path / "b"), **settings),
+                             train_dataset=blocks,
+                             data_collator=common.collate_ar_blocks)
+    first, second = list(diffusion.get_train_dataloader()), list(autoregressive.get_train_dataloader())
+    assert len(first) == len(second) == 5
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, second))
+    assert not torch.equal(first[0]["input_ids"], torch.tensor(blocks["input_ids"][:8]))  # shuffled, not file order

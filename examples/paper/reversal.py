@@ -82,7 +82,8 @@ def poem_text(poem: list[str]) -> str:
 
 
 def line_pairs(poems: list[list[str]], direction: str) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: "next : <line i> ." -> "<line i+1> ." or "previous : <line i+1> ." -> "<line i> ."."""
+    """(prompt, completion) pairs: "next : <line i> ." -> " <line i+1> ." (forward) or
+    "previous : <line i+1> ." -> " <line i> ." (reversed)."""
     pairs = []
     for poem in poems:
         for before, after in zip(poem, poem[1:]):
@@ -285,7 +286,8 @@ def main(argv=None) -> dict:
         "pairs per direction": {"held-out": len(line_pairs(held_out, "forward")),
                                 "SFT poems": len(line_pairs(sft_poems, "forward"))},
         "optimiser steps (LLaDA, Llama)": steps,
-        "accuracy after SFT": results, "recitation before SFT (held-out)": recited, "seconds": round(time.time() - began, 1),
+        "accuracy after SFT": results, "recitation before SFT (held-out)": recited,
+        "seconds": round(time.time() - began, 1),
     }
     print(f"optimiser steps (LLaDA, Llama): {steps}")
     print("After SFT, exact match of the generated line:")
