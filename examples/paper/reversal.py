@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
                               args.seed)
     print(describe_pair(llada, llama))
 
-    # 1. pre-training on the poems in reading order; one poem per row (BOS poem EOS), identical rows for both models
+    # 1. pre-training on the poems in reading order only (see --layout); the same blocks for both models
     rows, block = pretraining_rows(poems, tokenizer, args.layout, args.passes, args.seed)
     shared = optimiser_settings(args.pretrain_steps, args.batch_size, args.learning_rate, args.seed,
                                 warmup_steps=max(1, args.pretrain_steps // 20))
