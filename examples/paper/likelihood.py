@@ -94,7 +94,8 @@ def main(argv=None) -> dict:
     held_out = pack_dataset(held_text, args.block_size, eos, tokenizer)["input_ids"][: args.held_out_blocks]
     llada, llama = model_pair(tokenizer, args.d_model, args.n_layers, args.n_heads, args.mlp_hidden_size,
                               args.block_size, args.seed)
-    print(describe_pair(llada, llama))
+    parameters = describe_pair(llada, llama)
+    print(parameters)
     print(f"training blocks: {len(blocks)} x {args.block_size} tokens "
           f"({args.steps * args.batch_size / len(blocks):.1f} epochs); held-out blocks: {len(held_out)}")
 
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
 
     rows = [{"step": s, "tokens": s * args.batch_size * args.block_size, "ar_nll": ar_curve.curve[s],
              "llada_nll_bound": llada_curve.curve[s]} for s in points]
-    summary = {"seed": args.seed, "parameters": describe_pair(llada, llama), "arguments": vars(args),
+    summary = {"seed": args.seed, "parameters": parameters, "arguments": vars(args),
                "training_blocks": len(blocks), "held_out_blocks": len(held_out), "curve": rows,
                "seconds": round(time.time() - began, 1)}
     print("| step | tokens seen | AR NLL (exact) | LLaDA NLL bound | bound / AR |")

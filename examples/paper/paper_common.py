@@ -6,7 +6,6 @@ The LLaDA side is this project's model and trainers; the autoregressive side is 
 vocabulary, data order, optimiser, schedule and number of optimiser steps; only the objective differs.
 """
 
-import math
 import sys
 from pathlib import Path
 
@@ -106,7 +105,3 @@ def llada_nll_bound_per_token(model, blocks: list[list[int]], mc_num: int, seed:
     estimates = model.log_likelihood([(block[:1], block[1:]) for block in blocks], mc_num=mc_num, seed=seed)
     model.train(was_training)
     return -sum(e.log_likelihood for e in estimates) / sum(e.answer_length for e in estimates)
-
-
-def perplexity(nll: float) -> float:
-    return math.exp(min(nll, 50.0))

@@ -233,7 +233,8 @@ def main(argv=None) -> dict:
     tokenizer = poem_tokenizer(words)
     llada, llama = model_pair(tokenizer, args.d_model, args.n_layers, args.n_heads, args.mlp_hidden_size, 64,
                               args.seed)
-    print(describe_pair(llada, llama))
+    parameters = describe_pair(llada, llama)
+    print(parameters)
 
     # 1. pre-training on the poems in reading order only (see --layout); the same blocks for both models
     rows, block = pretraining_rows(poems, tokenizer, args.layout, args.passes, args.seed)
@@ -282,7 +283,7 @@ def main(argv=None) -> dict:
             for direction in DIRECTIONS
         }
     summary = {
-        "seed": args.seed, "layout": args.layout, "parameters": describe_pair(llada, llama), "arguments": vars(args),
+        "seed": args.seed, "layout": args.layout, "parameters": parameters, "arguments": vars(args),
         "pairs per direction": {"held-out": len(line_pairs(held_out, "forward")),
                                 "SFT poems": len(line_pairs(sft_poems, "forward"))},
         "optimiser steps (LLaDA, Llama)": steps,
