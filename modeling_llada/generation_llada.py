@@ -622,11 +622,11 @@ class LLaDAGenerationMixin:
             logits = self(rows, attention_mask=mask, logits_to_keep=window, validate_inputs=False).logits
         elif cache is None:
             out = self(rows, attention_mask=mask, logits_to_keep=window, validate_inputs=False, use_cache=True)
-            logits, cache = out.logits, out.past_key_values
+            logits, cache = out.logits, out.cache
         else:
             start, stop = window.start, (rows.shape[1] if kv_cache == "prefix" else window.stop)
             logits = self(rows[:, start:stop], attention_mask=mask, logits_to_keep=slice(0, window.stop - start),
-                          past_key_values=cache, cache_position=start, validate_inputs=False).logits
+                          cache=cache, cache_position=start, validate_inputs=False).logits
         if cfg_scale > 0:
             cond, uncond = logits.chunk(2)
             logits = uncond + (cfg_scale + 1) * (cond - uncond)

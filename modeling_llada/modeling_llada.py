@@ -34,6 +34,34 @@ AUTO_MAP = {
 }
 
 
+# -- Compatibility with every transformers release we support (5.20 up to the newest 5.x) ---------------------------
+# The only place in the modeling files that knows about older releases; the rest follows the newest conventions.
+# 5.24 renamed the cache argument and output field `past_key_values` to `cache`; its ModelOutput still reads
+# `output.past_key_values` and older releases (and older callers) pass `past_key_values=`.
+
+
+def legacy_cache_argument(cache, kwargs: dict):
+    """The cache passed as `cache=` or, from callers written before transformers 5.24, as `past_key_values=`."""
+    legacy = kwargs.pop("past_key_values", None)
+    if legacy is not None:
+        if cache is not None:
+            raise ValueError("Pass the cache once, as `cache=` (`past_key_values=` is its pre-5.24 name).")
+        logger.warning_once("`past_key_values=` is deprecated in transformers >= 5.24; pass `cache=` instead.")
+        return legacy
+    return cache
+
+
+class LegacyCacheOutputMixin:
+    """Gives an output with a `cache` field the pre-5.24 attribute `past_key_values` (5.24's ModelOutput has it)."""
+
+    @property
+    def past_key_values(self):
+        return self.cache
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
 class LLaDARMSNorm(nn.Module):
     """RMSNorm computed in fp32 and cast back before the weight, as in the official (OLMo) implementation."""
 
@@ -74,7 +102,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class LLaDACache:
-    """Key/value cache of a LLaDA canvas (the transformers `past_key_values` of this model).
+    """Key/value cache of a LLaDA canvas (the transformers `cache` of this model, formerly `past_key_values`).
 
     A forward with `use_cache=True` and no cache stores every layer's rotated keys and values of all L positions. A
     later forward over a slice of the canvas starting at `cache_position` computes fresh keys and values for its own
@@ -217,7 +245,7 @@ def eager_attention(
 
 
 @dataclass
-class LLaDAOutput(ModelOutput):
+class LLaDAOutput(LegacyCacheOutputMixin, ModelOutput):
     """Output of [`LLaDAModelLM`].
 
     Args:
@@ -226,12 +254,13 @@ class LLaDAOutput(ModelOutput):
         last_hidden_state: (b, L, d_model) output of the final norm, when `output_hidden_states`.
         hidden_states: the embeddings and the output of every block, each (b, L, d_model), when requested.
         attentions: per-block (b, heads, L, L) attention weights, eager attention only, when requested.
-        past_key_values: the [`LLaDACache`] filled or read by this forward, with `use_cache=True`.
+        cache: the [`LLaDACache`] filled or read by this forward, with `use_cache=True` (transformers >= 5.24 name;
+            `past_key_values` still reads it).
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: "LLaDACache | None" = None
+    cache: "LLaDACache | None" = None
     last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
@@ -304,7 +333,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         validate_inputs: bool = True,
-        past_key_values: LLaDACache | None = None,
+        cache: LLaDACache | None = None,
         use_cache: bool = False,
         cache_position: int | None = None,
         **kwargs,
@@ -318,8 +347,8 @@ class LLaDAModel(LLaDAPreTrainedModel):
             position_ids: (b, L); defaults to 0..L-1 for every row (RoPE is relative, so left padding is harmless).
             inputs_embeds: (b, L, d_model) instead of `input_ids`.
             validate_inputs: check ids and mask (one host sync); internal loops that validated once pass False.
-            use_cache / past_key_values / cache_position: `use_cache=True` without a cache runs the whole canvas and
-                returns a [`LLaDACache`] of it; with `past_key_values` and `cache_position=s`, the inputs are the
+            use_cache / cache / cache_position: `use_cache=True` without a cache runs the whole canvas and
+                returns a [`LLaDACache`] of it; with `cache` and `cache_position=s`, the inputs are the
                 canvas slice starting at s, `attention_mask` still covers the whole canvas, and the other positions
                 are read from the cache (positions default to s, s+1, ...).
         """
@@ -327,20 +356,21 @@ class LLaDAModel(LLaDAPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        cache = legacy_cache_argument(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("LLaDA forward needs exactly one of `input_ids` or `inputs_embeds`.")
         if validate_inputs:
-            canvas_length = past_key_values.get_seq_length() if cache_position is not None else None
+            canvas_length = cache.get_seq_length() if cache_position is not None and cache is not None else None
             self._validate_inputs(input_ids, inputs_embeds, attention_mask, canvas_length)
         if inputs_embeds is None:
             inputs_embeds = self.transformer.wte(input_ids)
         hidden = self.embedding_dropout(inputs_embeds)
         b, length = hidden.shape[:2]
         start = cache_position if cache_position is not None else 0
-        if cache_position is not None and past_key_values is None:
-            raise ValueError("cache_position needs past_key_values (a LLaDACache from a use_cache=True forward).")
-        if use_cache and past_key_values is None:
-            past_key_values = LLaDACache()
+        if cache_position is not None and cache is None:
+            raise ValueError("cache_position needs `cache` (the LLaDACache of a use_cache=True forward).")
+        if use_cache and cache is None:
+            cache = LLaDACache()
         if position_ids is None:
             position_ids = torch.arange(start, start + length, device=hidden.device)[None]
         rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
@@ -352,7 +382,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for block in self.transformer.blocks:
-            hidden, weights = block(hidden, rotary, mask, past_key_values, cache_position, **kwargs)
+            hidden, weights = block(hidden, rotary, mask, cache, cache_position, **kwargs)
             if output_hidden_states:
                 all_hidden += (hidden,)
             if output_attentions:
@@ -361,7 +391,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
             last_hidden_state=self.transformer.ln_f(hidden),
             hidden_states=all_hidden,
             attentions=all_attentions,
-            past_key_values=past_key_values,
+            cache=cache,
         )
 
     def _cached_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -472,7 +502,7 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
         output_attentions: bool | None = None,
         logits_to_keep: int | slice | torch.Tensor = 0,
         validate_inputs: bool = True,
-        past_key_values: LLaDACache | None = None,
+        cache: LLaDACache | None = None,
         use_cache: bool = False,
         cache_position: int | None = None,
         **kwargs,
@@ -499,7 +529,7 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             validate_inputs=validate_inputs,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             cache_position=cache_position,
             **kwargs,
@@ -527,7 +557,7 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
         return LLaDAOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             last_hidden_state=hidden if outputs.hidden_states is not None else None,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

@@ -25,17 +25,17 @@ def test_a_cached_forward_over_a_slice_equals_the_full_forward_of_the_same_canva
     mask[1, :3] = 0
     full = model(ids, attention_mask=mask, use_cache=True)
     for start, stop in ((5, 12), (5, 9), (0, 4)):
-        part = model(ids[:, start:stop], attention_mask=mask, past_key_values=full.past_key_values,
+        part = model(ids[:, start:stop], attention_mask=mask, cache=full.cache,
                      cache_position=start)
         torch.testing.assert_close(part.logits, full.logits[:, start:stop], rtol=1e-5, atol=1e-5)
 
 
 def test_cached_forwards_need_sdpa_or_eager():
     model = tiny_model()
-    cache = model(torch.randint(0, 60, (1, 6)), use_cache=True).past_key_values
+    cache = model(torch.randint(0, 60, (1, 6)), use_cache=True).cache
     model.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="sdpa and eager"):
-        model(torch.randint(0, 60, (1, 2)), past_key_values=cache, cache_position=4)
+        model(torch.randint(0, 60, (1, 2)), cache=cache, cache_position=4)
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
@@ -122,3 +122,15 @@ def test_streaming_and_early_exit_work_with_fast_modes(official_model, kwargs):
 def test_invalid_fast_decoding_settings_raise(official_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         official_model.generate(PROMPT, max_new_tokens=16, **kwargs)
+
+
+def test_the_pre_5_24_cache_names_still_work():
+    """Callers written for transformers < 5.24 pass `past_key_values=` and read `output.past_key_values`."""
+    model = tiny_model()
+    ids = torch.randint(0, 60, (1, 8))
+    full = model(ids, use_cache=True)
+    assert full.past_key_values is full.cache
+    part = model(ids[:, 4:], past_key_values=full.cache, cache_position=4)
+    torch.testing.assert_close(part.logits, full.logits[:, 4:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="once"):
+        model(ids[:, 4:], cache=full.cache, past_key_values=full.cache, cache_position=4)
