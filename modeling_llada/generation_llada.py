@@ -27,9 +27,11 @@ PARALLEL_REMASKING = ("low_confidence", "margin")
 
 # The diffusion fields of LLaDAGenerationConfig and their defaults (None = resolved at generate time).
 _DIFFUSION_DEFAULTS: dict[str, Any] = {
-    "max_new_tokens": 128,
+    "max_new_tokens": None,
+    "max_length": None,
     "steps": None,
     "block_length": None,
+    "do_sample": None,
     "temperature": 0.0,
     "top_k": None,
     "top_p": None,
@@ -50,7 +52,47 @@ _DIFFUSION_DEFAULTS: dict[str, Any] = {
     "eos_token_id": None,
     "pad_token_id": None,
 }
+DEFAULT_MAX_NEW_TOKENS = 128
 _METADATA_FIELDS = ("_commit_hash", "_from_model_config", "transformers_version")
+# transformers GenerationConfig fields that have nothing to act on in diffusion whatever their value.
+_IGNORED_STANDARD_FIELDS = ("use_cache", "low_memory", "disable_compile", "compile_config")
+
+
+def _standard_generation_defaults() -> dict[str, set]:
+    """transformers' own generation fields and the values that mean "not set" for each (None, the value a plain
+    `GenerationConfig()` holds, and the global default `generate` applies to unset fields)."""
+    plain = GenerationConfig()
+    global_defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)()
+    neutral = {}
+    for name, value in vars(plain).items():
+        if name.startswith("_") or name in _DIFFUSION_DEFAULTS or name in _METADATA_FIELDS:
+            continue
+        neutral[name] = [None, value, global_defaults.get(name)]
+    return neutral
+
+
+def unsupported_generation_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The transformers generation settings in `values` that diffusion generation cannot honour (set to something
+    other than their neutral default). Fields that are not transformers' are left to the caller."""
+    standard = _standard_generation_defaults()
+    return {
+        name: value
+        for name, value in values.items()
+        if name in standard and name not in _IGNORED_STANDARD_FIELDS and not any(
+            value is neutral or (type(value) is type(neutral) and value == neutral) for neutral in standard[name]
+        )
+    }
+
+
+def unsupported_settings_error(settings: dict[str, Any], where: str) -> ValueError:
+    listed = ", ".join(f"{name}={value!r}" for name, value in sorted(settings.items()))
+    return ValueError(
+        f"{where} sets {listed}: not supported by LLaDA's diffusion generation, which fills a masked canvas over "
+        f"`steps` denoising steps rather than producing tokens left to right (no beam search, no per-token "
+        f"penalties or scores). Remove them; per-step logits processors can be passed as `logits_processor=`. "
+        f"The diffusion settings are {sorted(_DIFFUSION_DEFAULTS)}."
+    )
+
 
 # Offset that puts EOS proposals below every ordinary confidence when `confidence_eos_eot_inf` is on. All
 # confidences lie in [-log(vocab), 1], so any offset beyond that keeps EOS last while preserving their own order.
@@ -60,7 +102,9 @@ _EOS_CONFIDENCE_OFFSET = 1e4
 class LLaDAGenerationConfig(GenerationConfig):
     r"""Generation settings of the LLaDA reverse process; saved as `generation_config.json`.
 
-    Only diffusion-relevant fields are accepted; anything else raises, as in transformers.
+    Only diffusion-relevant fields are accepted. transformers' own generation fields load when they hold their neutral
+    value (`num_beams=1`, `repetition_penalty=1.0`, ...) and raise, naming them, when they ask for something diffusion
+    cannot do; unknown fields raise, as in transformers.
 
     Args:
         max_new_tokens (`int`, defaults to 128): N, the number of masked positions appended to the prompt.
@@ -68,6 +112,10 @@ class LLaDAGenerationConfig(GenerationConfig):
             CFG). Must be a multiple of the number of blocks. Defaults to `max_new_tokens` (one token per step).
         block_length (`int`, *optional*): B, the block size; blocks are filled left to right (semi-autoregressive
             when B < N). `max_new_tokens` must be a multiple of it. Defaults to `max_new_tokens` (one block).
+        max_length (`int`, *optional*): the prompt plus the answer, as in transformers; used when `max_new_tokens` is
+            not set (`max_new_tokens` defaults to 128 when neither is).
+        do_sample (`bool`, *optional*): transformers' switch: False is greedy whatever `temperature` says, True samples
+            at `temperature` (1.0 when it is 0). Unset, `temperature > 0` means sampling.
         temperature (`float`, defaults to 0.0): 0 proposes the argmax; > 0 samples with float64 Gumbel noise.
         top_k (`int`, *optional*) / top_p (`float`, *optional*): with temperature > 0, restrict sampled proposals to the
             k most likely tokens / the nucleus of probability mass p of the model's distribution (before temperature).
@@ -110,9 +158,16 @@ class LLaDAGenerationConfig(GenerationConfig):
             import transformers
 
             self.transformers_version = transformers.__version__
-        if kwargs:
+        # transformers' own fields (a generation_config.json written by GenerationConfig) load when they are neutral
+        # (num_beams=1, repetition_penalty=1.0, ...); anything that asks for a behaviour diffusion lacks raises.
+        unsupported = unsupported_generation_settings(kwargs)
+        if unsupported:
+            raise unsupported_settings_error(unsupported, "This generation config")
+        standard = _standard_generation_defaults()
+        unknown = sorted(name for name in kwargs if name not in standard)
+        if unknown:
             raise ValueError(
-                f"LLaDAGenerationConfig got unexpected fields {sorted(kwargs)}; valid fields are "
+                f"LLaDAGenerationConfig got unexpected fields {unknown}; valid fields are "
                 f"{sorted(_DIFFUSION_DEFAULTS)}."
             )
         self.validate()
@@ -124,8 +179,10 @@ class LLaDAGenerationConfig(GenerationConfig):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
-        for name in ("max_new_tokens", "steps", "block_length", "top_k", "num_return_sequences"):
+        for name in ("max_new_tokens", "max_length", "steps", "block_length", "top_k", "num_return_sequences"):
             positive_int(name, getattr(self, name))
+        if self.do_sample not in (None, True, False):
+            raise ValueError(f"`do_sample` must be True, False or None, got {self.do_sample!r}.")
         if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
             raise ValueError(f"`temperature` must be >= 0 (0 means argmax proposals), got {self.temperature!r}.")
         if not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
@@ -151,14 +208,42 @@ class LLaDAGenerationConfig(GenerationConfig):
             )
 
     def update(self, **kwargs) -> dict[str, Any]:
-        """Set the given fields; return the kwargs that are not fields of this config."""
+        """Set the given fields; return the kwargs that are neither fields of this config nor transformers' generation
+        fields. Neutral transformers fields (`num_beams=1`, ...) are accepted and ignored; others raise."""
+        unsupported = unsupported_generation_settings(kwargs)
+        if unsupported:
+            raise unsupported_settings_error(unsupported, "The generation call")
+        standard = _standard_generation_defaults()
         unused = {}
         for key, value in kwargs.items():
             if key in _DIFFUSION_DEFAULTS:
                 setattr(self, key, value)
-            else:
+            elif key not in standard and key not in _METADATA_FIELDS:
                 unused[key] = value
         return unused
+
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature the sampler uses: transformers' `do_sample` decides when set (False = greedy, True =
+        sample at `temperature`, 1.0 if that is 0); unset, `temperature > 0` means sampling (LLaDA's convention)."""
+        if self.do_sample is False:
+            return 0.0
+        if self.do_sample and not self.temperature:
+            return 1.0
+        return float(self.temperature)
+
+    def resolved_max_new_tokens(self, prompt_length: int) -> int:
+        """N: `max_new_tokens`, else `max_length` minus the prompt, else 128."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if self.max_length is not None:
+            if self.max_length <= prompt_length:
+                raise ValueError(
+                    f"max_length ({self.max_length}) leaves no room to generate after a prompt of {prompt_length} "
+                    "tokens; raise it or pass max_new_tokens instead."
+                )
+            return self.max_length - prompt_length
+        return DEFAULT_MAX_NEW_TOKENS
 
     @classmethod
     def from_model_config(cls, model_config) -> "LLaDAGenerationConfig":
@@ -170,12 +255,16 @@ class LLaDAGenerationConfig(GenerationConfig):
         )
 
     def to_diff_dict(self) -> dict[str, Any]:
+        """The non-default fields, and always `do_sample`: tools that fill in their own defaults (the text-generation
+        pipeline samples at 0.7 unless the model's config says otherwise) then keep LLaDA's greedy default."""
         defaults = self.__class__().to_dict()
-        return {
+        diff = {
             key: value
             for key, value in self.to_dict().items()
             if key == "transformers_version" or defaults.get(key, object()) != value
         }
+        diff["do_sample"] = self.sampling_temperature > 0
+        return diff
 
     def get_generation_mode(self, *args, **kwargs):
         raise NotImplementedError("LLaDA generation is diffusion; it has no autoregressive generation mode.")
@@ -358,6 +447,11 @@ class LLaDAGenerationMixin:
             )
         except OSError:
             logger.info("No generation_config.json found; using LLaDA's default generation settings.")
+        except ValueError as error:
+            raise ValueError(
+                f"The generation_config.json of {pretrained_model_name_or_path} cannot drive LLaDA's generation: "
+                f"{error} Fix the file, or pass `generation_config=LLaDAGenerationConfig(...)` to from_pretrained."
+            ) from error
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, attention_mask=None, **kwargs) -> dict:
         """Not used by diffusion generation; present because wrappers (PEFT's CausalLM model) swap it around."""
@@ -367,9 +461,13 @@ class LLaDAGenerationMixin:
     def _as_llada_generation_config(config: GenerationConfig) -> LLaDAGenerationConfig:
         if isinstance(config, LLaDAGenerationConfig):
             return config
-        # A plain GenerationConfig (e.g. from a tool): keep the fields that mean the same thing in diffusion.
-        values = {k: getattr(config, k) for k in _DIFFUSION_DEFAULTS if getattr(config, k, None) is not None}
-        return LLaDAGenerationConfig(**values)
+        # A plain GenerationConfig (from a tool or a user): the fields it sets that mean the same in diffusion carry
+        # over (do_sample, temperature, max_new_tokens, ...); one that asks for what diffusion lacks raises.
+        values = {k: v for k, v in config.to_dict().items() if v is not None and k not in _METADATA_FIELDS}
+        unsupported = unsupported_generation_settings(values)
+        if unsupported:
+            raise unsupported_settings_error(unsupported, "The GenerationConfig passed to generate()")
+        return LLaDAGenerationConfig(**{k: v for k, v in values.items() if k in _DIFFUSION_DEFAULTS})
 
     def _resolve_generation_config(
         self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]
@@ -384,6 +482,7 @@ class LLaDAGenerationMixin:
                 f"fields {sorted(_DIFFUSION_DEFAULTS)}."
             )
         config.validate()
+        config.temperature, config.do_sample = config.sampling_temperature, None  # one switch for sampling from here on
         model_config = self.config
         if config.mask_token_id is None:
             config.mask_token_id = getattr(model_config, "mask_token_id", None)
@@ -454,7 +553,7 @@ class LLaDAGenerationMixin:
         eos_ids = [] if config.eos_token_id is None else (
             list(config.eos_token_id) if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id]
         )
-        gen_length = config.max_new_tokens
+        gen_length = config.resolved_max_new_tokens(input_ids.shape[1])
         block_length = config.block_length or gen_length
         steps = config.steps or gen_length
         self._check_generate_inputs(input_ids, attention_mask, config, gen_length, block_length, steps, eos_ids)
