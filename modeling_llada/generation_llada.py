@@ -718,7 +718,10 @@ class LLaDAGenerationMixin:
             rows = torch.cat([canvas, canvas.masked_fill(prompt_positions, self.config.mask_token_id)])
             mask = torch.cat([attention_mask, attention_mask]) if attention_mask is not None else None
         if kv_cache is None:
-            logits = self(rows, attention_mask=mask, logits_to_keep=window, validate_inputs=False).logits
+            # Positions as a tensor, not a slice: every block then has the same call signature, so a compiled forward
+            # (`model.forward = torch.compile(model.forward)`) compiles once instead of once per block.
+            keep = torch.arange(window.start, window.stop, device=canvas.device)
+            logits = self(rows, attention_mask=mask, logits_to_keep=keep, validate_inputs=False).logits
         elif cache is None:
             out = self(rows, attention_mask=mask, logits_to_keep=window, validate_inputs=False, use_cache=True)
             logits, cache = out.logits, out.cache
