@@ -8,6 +8,7 @@ This file travels with every checkpoint (trust_remote_code): it imports only tor
 """
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ _DIFFUSION_DEFAULTS: dict[str, Any] = {
     "factor": None,
     "kv_cache": None,
     "num_return_sequences": 1,
+    "seed": None,
     "output_history": False,
     "return_dict_in_generate": False,
     "progress_bar": False,
@@ -141,6 +143,11 @@ class LLaDAGenerationConfig(GenerationConfig):
             Cached entries go stale as the canvas fills in, so results can differ from the exact sampler; the first
             step of every block is exact. None (default) keeps the exact sampler.
         num_return_sequences (`int`, defaults to 1): samples per prompt.
+        seed (`int` or `list[int]`, *optional*): the sampler's seed (temperature > 0 or random remasking). Every row
+            draws its own noise from its prompt's seed and its copy index, so repeated prompts and the
+            `num_return_sequences` copies are independent samples. An int seeds the whole call (prompt i gets a seed
+            derived from it and i); a list gives one seed per prompt, and a prompt then samples the same alone as in
+            any batch, padded or not. None draws the seed from torch's RNG (`torch.manual_seed` reproduces a call).
         output_history (`bool`, defaults to False): return every step's canvas and the step that committed each
             position (implies a [`LLaDAGenerateOutput`]).
         return_dict_in_generate (`bool`, defaults to False): return a [`LLaDAGenerateOutput`] instead of ids.
@@ -183,10 +190,21 @@ class LLaDAGenerationConfig(GenerationConfig):
             positive_int(name, getattr(self, name))
         if self.do_sample not in (None, True, False):
             raise ValueError(f"`do_sample` must be True, False or None, got {self.do_sample!r}.")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0 (0 means argmax proposals), got {self.temperature!r}.")
-        if not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
-            raise ValueError(f"`cfg_scale` must be >= 0 (0 disables guidance), got {self.cfg_scale!r}.")
+        def finite_number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not finite_number(self.temperature) or self.temperature < 0:
+            raise ValueError(
+                f"`temperature` must be a finite number >= 0 (0 means argmax proposals), got {self.temperature!r}."
+            )
+        if not finite_number(self.cfg_scale) or self.cfg_scale < 0:
+            raise ValueError(
+                f"`cfg_scale` must be a finite number >= 0 (0 disables guidance; the paper uses up to 3), got "
+                f"{self.cfg_scale!r}."
+            )
+        seeds = self.seed if isinstance(self.seed, (list, tuple)) else [self.seed]
+        if self.seed is not None and (not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+            raise ValueError(f"`seed` must be an integer or a list of integers (one per prompt), got {self.seed!r}.")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
         if self.remasking not in REMASKING_STRATEGIES:
@@ -393,16 +411,23 @@ def counter_uniform(row_seed: torch.Tensor, step: int, position: torch.Tensor, l
     return ((high << 21) + (low >> 11)).double().add_(0.5).mul_(2.0**-53)
 
 
-def row_seeds(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, copies: int) -> torch.Tensor:
-    """A 32-bit seed per row from one draw of torch's global RNG (so `torch.manual_seed` reproduces a call), the
-    row's unpadded prompt and its copy index (`num_return_sequences`). input_ids (b * copies, P)."""
-    base = int(torch.randint(0, 2**31, (1,)))
-    keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    relative = keep.long().cumsum(-1)  # 1-based position among real tokens
-    token_hash = mix32((mix32(input_ids & _U32) ^ mix32(relative * 0x9E37)) & _U32)
-    prompt_hash = (token_hash * keep).sum(-1) & _U32
-    copy_index = torch.arange(input_ids.shape[0], device=input_ids.device) % copies
-    return mix32((prompt_hash ^ mix32(copy_index + base)) & _U32)
+def row_seeds(num_prompts: int, copies: int, seed: int | list[int] | None, device=None) -> torch.Tensor:
+    """One 32-bit seed per generated row, (num_prompts * copies,), rows ordered prompt-major as `repeat_interleave`.
+
+    Each prompt gets a seed (from `seed`: one per prompt, or derived from one int and the prompt's index, or from one
+    draw of torch's global RNG when None) and each of its copies a seed mixed from it and the copy index: rows are
+    independent samples, and a row depends only on its prompt's seed, never on the rest of the batch.
+    """
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != num_prompts:
+            raise ValueError(f"`seed` holds {len(seed)} seeds for {num_prompts} prompts; pass one per prompt.")
+        prompt_seeds = torch.tensor([int(x) & _U32 for x in seed], dtype=torch.long, device=device)
+    else:
+        base = int(torch.randint(0, 2**31, (1,))) if seed is None else int(seed) & _U32
+        index = torch.arange(num_prompts, device=device)
+        prompt_seeds = mix32((mix32(torch.full_like(index, base)) + index * 0x9E3779B1) & _U32)
+    copy_index = torch.arange(num_prompts * copies, device=device) % copies
+    return mix32((mix32(prompt_seeds.repeat_interleave(copies)) + copy_index * 0x85EBCA6B + 0x27D4EB2F) & _U32)
 
 
 class LLaDAGenerationMixin:
@@ -549,6 +574,8 @@ class LLaDAGenerationMixin:
         device = self.get_input_embeddings().weight.device
         input_ids = input_ids.to(device)
         attention_mask = attention_mask.to(device) if attention_mask is not None else None
+        if attention_mask is None and input_ids.shape[0] > 1 and config.pad_token_id is not None:
+            attention_mask = self._infer_left_padding(input_ids, config.pad_token_id)
         mask_id = config.mask_token_id
         eos_ids = [] if config.eos_token_id is None else (
             list(config.eos_token_id) if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id]
@@ -572,12 +599,12 @@ class LLaDAGenerationMixin:
         prompt_positions = (positions[None] < prompt_length) & (canvas != mask_id)
         eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long)
         # Positions counted from each row's first real token, and per-row seeds: the sampler's randomness then
-        # depends on the row alone, so a padded batch samples what each of its rows samples alone.
+        # depends on the row and its prompt's seed alone, so a padded row samples what it samples alone.
         pad_count = (attention_mask[:, :prompt_length] == 0).sum(-1) if attention_mask is not None else None
         relative_positions = positions[None] - (pad_count[:, None] if pad_count is not None else 0)
         needs_noise = config.temperature > 0 or config.remasking == "random"
-        prompt_mask = attention_mask[:, :prompt_length] if attention_mask is not None else None
-        seeds = row_seeds(input_ids, prompt_mask, config.num_return_sequences) if needs_noise else None
+        copies = config.num_return_sequences
+        seeds = row_seeds(batch // copies, copies, config.seed, device) if needs_noise else None
         processors = LogitsProcessorList(logits_processor or [])
         warpers = self._build_sampling_warpers(config)
         # Mask tokens inside the prompt (infilling) join the first block's window; one host sync, once.
@@ -607,7 +634,9 @@ class LLaDAGenerationMixin:
             block_step = 0
             while True:
                 if parallel:  # a block ends when it is complete (one host sync per step)
-                    if not bool((canvas[:, window] == mask_id).any()):
+                    # Every step commits at least one position per row unless nothing is committable (every token
+                    # banned): then the block cannot finish, and the check after the loop says why.
+                    if block_step == window.stop - window.start or not bool((canvas[:, window] == mask_id).any()):
                         break
                 elif block_step == steps_per_block:
                     break
@@ -638,6 +667,13 @@ class LLaDAGenerationMixin:
             if config.early_exit and bool(finished.all()):
                 break
         bar.close()
+        unfilled = int((canvas == mask_id).sum())  # one host sync per call
+        if unfilled:
+            raise ValueError(
+                f"Generation left {unfilled} position(s) masked: at some step every candidate token of a position "
+                "had probability 0 or a non-finite score. A logits processor that bans every token, or non-finite "
+                "logits (NaN weights, fp16 overflow), does this; check `logits_processor` and the model's dtype."
+            )
         if stream is not None:
             stream.end(canvas)
 
@@ -671,6 +707,10 @@ class LLaDAGenerationMixin:
         logits, cache = self._window_logits(
             canvas, attention_mask, window, prompt_positions, config.cfg_scale, config.kv_cache, cache
         )
+        # The mask token and the rows that pad the embedding beyond the tokenizer's vocabulary are never a clean
+        # token: proposing one would leave a [MASK] (or an undecodable id) in the answer.
+        logits[..., config.mask_token_id] = -torch.inf
+        logits[..., getattr(self.config, "vocab_size", logits.shape[-1]):] = -torch.inf
         if config.logits_eos_inf and eos_tensor.numel():
             logits[..., eos_tensor] = -torch.inf
         batch, width, vocab = logits.shape
@@ -759,6 +799,23 @@ class LLaDAGenerationMixin:
         generated.masked_fill_(fill, int(eos_tensor[0]))
         commit_step[:, prompt_length:].masked_fill_(fill, step)
         return finished
+
+    @staticmethod
+    def _infer_left_padding(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor | None:
+        """The attention mask of a batch passed without one: leading pad tokens are padding (one host sync).
+
+        Without a mask the padding would be attended to and every padded row would differ from its unpadded run.
+        Returns None when no row starts with the pad token.
+        """
+        leading_pad = (input_ids == pad_token_id).long().cumprod(-1).bool()
+        if not bool(leading_pad.any()):
+            return None
+        logger.warning_once(
+            f"generate() got a batch whose rows start with the pad token ({pad_token_id}) but no attention_mask; "
+            "treating those leading pad tokens as left padding. Pass the attention_mask the tokenizer returns to "
+            "silence this."
+        )
+        return (~leading_pad).long()
 
     @staticmethod
     def _build_sampling_warpers(config: LLaDAGenerationConfig) -> LogitsProcessorList:

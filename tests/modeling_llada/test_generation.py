@@ -44,23 +44,42 @@ def test_num_transfer_tokens_spreads_the_remainder_over_the_first_steps():
 @pytest.mark.parametrize("block_length", [4, 8, 16])
 def test_padded_batch_rows_equal_single_row_runs(official_model, remasking, cfg_scale, block_length):
     kwargs = dict(max_new_tokens=16, steps=16, block_length=block_length, remasking=remasking, cfg_scale=cfg_scale)
-    torch.manual_seed(0)
-    batch = official_model.generate(BATCH_IDS, attention_mask=BATCH_MASK, **kwargs)
+    batch = official_model.generate(BATCH_IDS, attention_mask=BATCH_MASK, seed=[10, 11, 12], **kwargs)
     for row in range(3):
         pad = int((BATCH_MASK[row] == 0).sum())
-        torch.manual_seed(0)
-        single = official_model.generate(BATCH_IDS[row : row + 1, pad:], **kwargs)
+        single = official_model.generate(BATCH_IDS[row : row + 1, pad:], seed=[10 + row], **kwargs)
         assert batch[row, pad:].tolist() == single[0].tolist(), row
 
 
 def test_padded_batch_rows_equal_single_rows_when_sampling(official_model):
     kwargs = dict(max_new_tokens=16, steps=8, block_length=8, temperature=0.8, top_p=0.9)
-    torch.manual_seed(3)
-    batch = official_model.generate(BATCH_IDS, attention_mask=BATCH_MASK, **kwargs)
+    batch = official_model.generate(BATCH_IDS, attention_mask=BATCH_MASK, seed=[3, 4, 5], **kwargs)
     for row in range(3):
         pad = int((BATCH_MASK[row] == 0).sum())
-        torch.manual_seed(3)
-        assert batch[row, pad:].tolist() == official_model.generate(BATCH_IDS[row : row + 1, pad:], **kwargs)[0].tolist()
+        single = official_model.generate(BATCH_IDS[row : row + 1, pad:], seed=[3 + row], **kwargs)
+        assert batch[row, pad:].tolist() == single[0].tolist()
+
+
+def test_a_prompt_repeated_in_a_sampled_batch_gives_independent_rows_and_a_seed_reproduces_the_batch(official_model):
+    repeated = PROMPT.repeat(4, 1)
+    kwargs = dict(max_new_tokens=16, steps=16, temperature=1.0)
+    torch.manual_seed(5)
+    first = official_model.generate(repeated, **kwargs)
+    assert len({tuple(row) for row in first.tolist()}) == 4  # four different samples
+    torch.manual_seed(5)
+    assert torch.equal(official_model.generate(repeated, **kwargs), first)
+    # an explicit seed needs no global RNG, and its first prompt samples what it samples alone
+    seeded = official_model.generate(repeated, seed=9, **kwargs)
+    assert torch.equal(official_model.generate(repeated, seed=9, **kwargs), seeded)
+    assert torch.equal(official_model.generate(PROMPT, seed=9, **kwargs)[0], seeded[0])
+    assert len({tuple(row) for row in seeded.tolist()}) == 4
+
+
+def test_seed_lists_need_one_seed_per_prompt(official_model):
+    with pytest.raises(ValueError, match="2 seeds for 1 prompts"):
+        official_model.generate(PROMPT, max_new_tokens=8, temperature=1.0, seed=[1, 2])
+    with pytest.raises(ValueError, match="`seed` must be an integer"):
+        official_model.generate(PROMPT, max_new_tokens=8, temperature=1.0, seed="1")
 
 
 def test_seed_reproduces_sampling_and_other_seeds_differ(official_model):
@@ -282,8 +301,12 @@ def test_streaming_a_batch_raises(official_model):
         (dict(max_new_tokens=16, block_length=4, steps=6), r"steps \(6\) must be a multiple of the number of blocks \(4"),
         (dict(steps=0), "`steps` must be a positive integer, got 0"),
         (dict(remasking="lowest"), r"`remasking` must be one of .*'lowest'"),
-        (dict(temperature=-0.5), "`temperature` must be >= 0.*-0.5"),
-        (dict(cfg_scale=-1.0), "`cfg_scale` must be >= 0"),
+        (dict(temperature=-0.5), "`temperature` must be a finite number >= 0.*-0.5"),
+        (dict(temperature=float("nan")), "`temperature` must be a finite number >= 0.*nan"),
+        (dict(temperature=float("inf")), "`temperature` must be a finite number >= 0.*inf"),
+        (dict(cfg_scale=-1.0), "`cfg_scale` must be a finite number >= 0"),
+        (dict(cfg_scale=float("nan")), "`cfg_scale` must be a finite number >= 0.*nan"),
+        (dict(cfg_scale=float("inf")), "`cfg_scale` must be a finite number >= 0.*inf"),
         (dict(top_p=1.5), "`top_p` must be in"),
         (dict(max_new_tokens=250), r"8 \+ max_new_tokens 250 = 258 exceeds the model's max_sequence_length \(256\)"),
         (dict(num_beams=2), r"num_beams=2: not supported by LLaDA's diffusion generation"),
@@ -333,3 +356,42 @@ def test_peft_wrapped_model_generates_like_the_base_model(fixture_dir, task_type
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type=task_type))
     out = peft_model.generate(input_ids=PROMPT, max_new_tokens=16, block_length=8)
     assert torch.equal(out, expected)
+
+
+class BanEverything(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        return torch.full_like(scores, -torch.inf)
+
+
+class OnlyTheMaskToken(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        allowed = torch.full_like(scores, -torch.inf)
+        allowed[:, MASK] = 0.0
+        return allowed
+
+
+@pytest.mark.parametrize("threshold", [None, 0.9])
+@pytest.mark.parametrize("processor", [BanEverything(), OnlyTheMaskToken()])
+def test_a_processor_that_leaves_no_token_raises_instead_of_returning_masks(official_model, processor, threshold):
+    with pytest.raises(ValueError, match=r"left \d+ position\(s\) masked.*logits processor"):
+        official_model.generate(PROMPT, max_new_tokens=8, steps=8, threshold=threshold,
+                                logits_processor=LogitsProcessorList([processor]))
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=100.0), dict(temperature=100.0, remasking="random"),
+                                    dict(cfg_scale=1e6), dict(temperature=5.0, top_p=1.0, cfg_scale=3.0)])
+def test_extreme_settings_never_leave_a_mask_or_an_id_outside_the_vocabulary(kwargs):
+    # head rows 60..63 pad the vocabulary (OLMo style)
+    model = tiny_model(vocab_size=60, embedding_size=64, mask_token_id=59, eos_token_id=58, pad_token_id=58,
+                       bos_token_id=57)
+    torch.manual_seed(0)
+    out = model.generate(torch.randint(0, 58, (4, 6)), max_new_tokens=16, steps=16, block_length=8, **kwargs)
+    assert not (out == 59).any() and (out < 60).all()
+
+
+def test_a_padded_batch_without_attention_mask_is_read_as_left_padded(official_model, caplog):
+    kwargs = dict(max_new_tokens=16, steps=16, block_length=8)
+    expected = official_model.generate(BATCH_IDS, attention_mask=BATCH_MASK, **kwargs)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(official_model.generate(BATCH_IDS, **kwargs), expected)
+    assert "treating those leading pad tokens as left padding" in caplog.text
