@@ -13,6 +13,7 @@ This file travels with every checkpoint (trust_remote_code): it imports only tor
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -37,12 +38,21 @@ class LikelihoodEstimate:
         return -self.log_likelihood / max(self.answer_length, 1)
 
 
-def _as_list(ids) -> list[int]:
+def _as_list(ids, name: str) -> list[int]:
+    """Token ids as a list of ints; floats, booleans and other non-integers are refused, never truncated."""
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
-            raise ValueError(f"Pass 1-D token id sequences (one prompt, one answer), got shape {tuple(ids.shape)}.")
+            raise ValueError(f"Pass 1-D token id sequences (one prompt, one answer), got {name} of shape "
+                             f"{tuple(ids.shape)}.")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer token ids, got a tensor of dtype {ids.dtype}; pass the "
+                             "tokenizer's ids (torch.long).")
         return ids.tolist()
-    return [int(i) for i in ids]
+    values = list(ids)
+    bad = [value for value in values if not isinstance(value, numbers.Integral) or isinstance(value, bool)]
+    if bad:
+        raise ValueError(f"{name} must hold integer token ids, got {bad[:4]!r}; pass the tokenizer's ids.")
+    return [int(value) for value in values]
 
 
 def _pair_seed(seed: int, prompt: list[int], answer: list[int]) -> int:
@@ -140,16 +150,29 @@ class LLaDALikelihoodMixin:
         """
         single = answer_ids is not None
         pairs = [(prompt_ids, answer_ids)] if single else list(prompt_ids)
-        pairs = [(_as_list(p), _as_list(a)) for p, a in pairs]
+        pairs = [(_as_list(p, "prompt_ids"), _as_list(a, "answer_ids")) for p, a in pairs]
         if mc_num < 1 or batch_size < 1:
             raise ValueError(f"mc_num and batch_size must be >= 1, got {mc_num} and {batch_size}.")
-        if cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}.")
+        if not math.isfinite(cfg_scale) or cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}.")
+        vocab = self.get_input_embeddings().weight.shape[0]
+        limit = getattr(self.config, "max_sequence_length", None)
         for prompt, answer in pairs:
             if not answer:
                 raise ValueError("Every answer needs at least one token.")
             if self.config.mask_token_id in answer or self.config.mask_token_id in prompt:
                 raise ValueError(f"Prompt and answer must not contain the mask token id ({self.config.mask_token_id}).")
+            outside = sorted({i for i in prompt + answer if not 0 <= i < vocab})
+            if outside:
+                raise ValueError(
+                    f"Token ids {outside[:8]} are outside the model's vocabulary [0, {vocab}); check that the "
+                    "tokenizer matches this model."
+                )
+            if limit is not None and len(prompt) + len(answer) > limit:
+                raise ValueError(
+                    f"A prompt of {len(prompt)} and an answer of {len(answer)} tokens make {len(prompt) + len(answer)} "
+                    f"tokens, more than the model's max_sequence_length ({limit}); shorten the prompt (keep its end)."
+                )
         device = self.get_input_embeddings().weight.device
 
         # Rows of (sequence, answer mask, weight, pair index) for every pair; then one pass in chunks.

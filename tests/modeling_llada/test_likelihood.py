@@ -113,6 +113,12 @@ def test_perplexity_is_the_exponential_of_the_unconditional_bound(official_model
     (dict(prompt_ids=[1, 300], answer_ids=[4]), "mask token id"),
     (dict(prompt_ids=[1], answer_ids=list(range(13)), exact=True), "exceeds 12"),
     (dict(prompt_ids=[1], answer_ids=[2], mc_num=0), "mc_num"),
+    (dict(prompt_ids=torch.tensor([1.7, 2.2]), answer_ids=[4]), "prompt_ids must hold integer token ids.*float32"),
+    (dict(prompt_ids=[1, 2], answer_ids=[4.9]), r"answer_ids must hold integer token ids, got \[4.9\]"),
+    (dict(prompt_ids=[1, 2], answer_ids=[320, 5]), r"Token ids \[320\] are outside the model's vocabulary \[0, 320\)"),
+    (dict(prompt_ids=[-1, 2], answer_ids=[5]), r"Token ids \[-1\] are outside"),
+    (dict(prompt_ids=list(range(250)), answer_ids=list(range(10))), "260 tokens, more than the model's max_sequence"),
+    (dict(prompt_ids=[1], answer_ids=[2], cfg_scale=float("nan")), "cfg_scale must be a finite number"),
 ])
 def test_invalid_requests_raise(official_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
