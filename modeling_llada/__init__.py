@@ -9,7 +9,14 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from .configuration_llada import LLaDAConfig
 from .generation_llada import LLaDAGenerateOutput, LLaDAGenerationConfig, LLaDAGenerationMixin, num_transfer_tokens
 from .likelihood_llada import LikelihoodEstimate, LLaDALikelihoodMixin
-from .modeling_llada import AUTO_MAP, LLaDAModel, LLaDAModelLM, LLaDAOutput, LLaDAPreTrainedModel
+from .modeling_llada import (
+    AUTO_MAP,
+    LLaDAModel,
+    LLaDAModelLM,
+    LLaDAModelOutput,
+    LLaDAOutput,
+    LLaDAPreTrainedModel,
+)
 
 
 def _register() -> None:
@@ -32,6 +39,7 @@ __all__ = [
     "LikelihoodEstimate",
     "LLaDAModel",
     "LLaDAModelLM",
+    "LLaDAModelOutput",
     "LLaDAOutput",
     "LLaDAPreTrainedModel",
     "num_transfer_tokens",

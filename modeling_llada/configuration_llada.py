@@ -16,6 +16,9 @@ SUPPORTED_BLOCK_TYPES = ("llama",)
 SUPPORTED_ACTIVATIONS = ("silu",)
 SUPPORTED_LAYER_NORMS = ("rms",)
 
+# The special tokens of the LLaDA-8B vocabulary: the defaults of the id fields below, meaningful in that vocabulary.
+LLADA_8B_TOKEN_IDS = {"mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081, "bos_token_id": 126080}
+
 
 class LLaDAConfig(PreTrainedConfig):
     r"""Configuration of a LLaDA masked-diffusion language model (arXiv 2502.09992).
@@ -42,8 +45,12 @@ class LLaDAConfig(PreTrainedConfig):
         weight_tying (`bool`, defaults to `False`): share the input embedding with the output head
             (alias `tie_word_embeddings`).
         include_bias (`bool`): biases in every linear layer. include_qkv_bias (`bool`): biases in q/k/v only.
-        mask_token_id (`int`, defaults to 126336): the `[MASK]` id of the diffusion process.
-        eos_token_id / pad_token_id / bos_token_id (`int`): 126081 / 126081 / 126080 for the 8B models.
+        mask_token_id (`int`, *optional*, defaults to 126336): the `[MASK]` id of the diffusion process; generation and
+            training need it.
+        eos_token_id / pad_token_id / bos_token_id (`int`, *optional*): 126081 / 126081 / 126080 for the 8B models.
+            The four id defaults are those of the 8B vocabulary: where `vocab_size` is too small to hold one, it becomes
+            `None` (so `LLaDAConfig(vocab_size=99)` builds, with no special tokens). An id given that does not fit the
+            vocabulary is an error.
         init_std (`float`, defaults to 0.02): std of the normal initialisation of fresh weights.
         embedding_dropout, residual_dropout, attention_dropout (`float`, default 0.0): dropout probabilities.
         scale_logits (`bool`, defaults to `False`): multiply logits by `1/sqrt(d_model)`.
@@ -100,10 +107,10 @@ class LLaDAConfig(PreTrainedConfig):
     # Initialisation.
     init_std: float = 0.02
     # Special tokens.
-    mask_token_id: int = 126336
-    eos_token_id: int | list[int] | None = 126081
-    pad_token_id: int | None = 126081
-    bos_token_id: int | None = 126080
+    mask_token_id: int | None = LLADA_8B_TOKEN_IDS["mask_token_id"]
+    eos_token_id: int | list[int] | None = LLADA_8B_TOKEN_IDS["eos_token_id"]
+    pad_token_id: int | None = LLADA_8B_TOKEN_IDS["pad_token_id"]
+    bos_token_id: int | None = LLADA_8B_TOKEN_IDS["bos_token_id"]
     # LLaDA decodes a whole canvas per step; the key/value cache is opt-in (see generation).
     use_cache: bool = False
 
@@ -111,6 +118,10 @@ class LLaDAConfig(PreTrainedConfig):
         # Fields of the official files that have no effect here (init_device, precision, flash_attention, ...)
         # land in kwargs and are stored as plain attributes by the parent.
         super().__post_init__(**kwargs)
+        if isinstance(self.vocab_size, int):
+            for name, default in LLADA_8B_TOKEN_IDS.items():
+                if getattr(self, name) == default and default >= self.vocab_size:
+                    setattr(self, name, None)  # the 8B token does not exist in this smaller vocabulary
         self._validate_llada()
 
     # -- derived sizes ---------------------------------------------------------------------------------------------
@@ -201,17 +212,17 @@ class LLaDAConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 fail(f"`{name}` must be in [0, 1), got {value}.")
-        self._check_token_id("mask_token_id", self.mask_token_id, required=True)
+        self._check_token_id("mask_token_id", self.mask_token_id)
         eos_ids = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
         for eos in eos_ids:
             self._check_token_id("eos_token_id", eos)
         self._check_token_id("pad_token_id", self.pad_token_id)
         self._check_token_id("bos_token_id", self.bos_token_id)
-        if self.mask_token_id in eos_ids:
+        if self.mask_token_id is not None and self.mask_token_id in eos_ids:
             fail(f"`mask_token_id` ({self.mask_token_id}) must differ from `eos_token_id` ({self.eos_token_id}).")
 
-    def _check_token_id(self, name: str, value: Any, required: bool = False) -> None:
-        if value is None and not required:
+    def _check_token_id(self, name: str, value: Any) -> None:
+        if value is None:
             return
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
             raise ValueError(

@@ -761,14 +761,16 @@ class LLaDAGenerationMixin:
             # Positions as a tensor, not a slice: every block then has the same call signature, so a compiled forward
             # (`model.forward = torch.compile(model.forward)`) compiles once instead of once per block.
             keep = torch.arange(window.start, window.stop, device=canvas.device)
-            logits = self(rows, attention_mask=mask, logits_to_keep=keep, validate_inputs=False).logits
+            logits = self(rows, attention_mask=mask, logits_to_keep=keep, validate_inputs=False,
+                          return_dict=True).logits
         elif cache is None:
-            out = self(rows, attention_mask=mask, logits_to_keep=window, validate_inputs=False, use_cache=True)
+            out = self(rows, attention_mask=mask, logits_to_keep=window, validate_inputs=False, use_cache=True,
+                       return_dict=True)
             logits, cache = out.logits, out.cache
         else:
             start, stop = window.start, (rows.shape[1] if kv_cache == "prefix" else window.stop)
             logits = self(rows[:, start:stop], attention_mask=mask, logits_to_keep=slice(0, window.stop - start),
-                          cache=cache, cache_position=start, validate_inputs=False).logits
+                          cache=cache, cache_position=start, validate_inputs=False, return_dict=True).logits
         if cfg_scale > 0:
             cond, uncond = logits.chunk(2)
             logits = uncond + (cfg_scale + 1) * (cond - uncond)

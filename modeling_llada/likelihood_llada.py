@@ -155,6 +155,9 @@ class LLaDALikelihoodMixin:
             raise ValueError(f"mc_num and batch_size must be >= 1, got {mc_num} and {batch_size}.")
         if not math.isfinite(cfg_scale) or cfg_scale < 0:
             raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}.")
+        if self.config.mask_token_id is None:
+            raise ValueError("The model config has no `mask_token_id`; set it to the id of the [MASK] token "
+                             "(model.config.mask_token_id = ...) before estimating likelihoods.")
         vocab = self.get_input_embeddings().weight.shape[0]
         limit = getattr(self.config, "max_sequence_length", None)
         for prompt, answer in pairs:
@@ -242,11 +245,12 @@ class LLaDALikelihoodMixin:
             unconditional = noisy.masked_fill(prompt, mask_id)
             both_mask = torch.cat([attention_mask, attention_mask]) if attention_mask is not None else None
             logits = self(torch.cat([noisy, unconditional]), attention_mask=both_mask,
-                          logits_to_keep=torch.cat([masked, masked]), validate_inputs=False).logits
+                          logits_to_keep=torch.cat([masked, masked]), validate_inputs=False, return_dict=True).logits
             cond, uncond = logits.float().chunk(2)
             logits = uncond + (cfg_scale + 1) * (cond - uncond)
         else:
-            logits = self(noisy, attention_mask=attention_mask, logits_to_keep=masked, validate_inputs=False).logits
+            logits = self(noisy, attention_mask=attention_mask, logits_to_keep=masked, validate_inputs=False,
+                          return_dict=True).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[masked][:, None]).squeeze(-1)
         rows = masked.nonzero()[:, 0]
         return torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device).index_add_(0, rows, log_probs.double())

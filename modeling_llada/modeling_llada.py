@@ -15,9 +15,11 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_flash_attention_utils import FlashAttentionKwargs
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_llada import LLaDAConfig
 from .generation_llada import LLaDAGenerationMixin
@@ -245,25 +247,67 @@ def eager_attention(
 
 
 @dataclass
+class LLaDAModelOutput(LegacyCacheOutputMixin, ModelOutput):
+    """Output of [`LLaDAModel`].
+
+    Args:
+        last_hidden_state: (b, L, d_model) output of the final norm.
+        cache: the [`LLaDACache`] filled or read by this forward, with `use_cache=True` (transformers >= 5.24 name;
+            `past_key_values` still reads it).
+        hidden_states: with `output_hidden_states`, L+1 tensors of (b, L, d_model): the input of every block, then
+            the output of the final norm (the official implementation's and transformers' convention).
+        attentions: with `output_attentions`, per-block (b, heads, L, L) attention weights (eager attention only).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    cache: "LLaDACache | None" = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
 class LLaDAOutput(LegacyCacheOutputMixin, ModelOutput):
     """Output of [`LLaDAModelLM`].
 
     Args:
         loss: masked-token cross-entropy when `labels` are given (no shift: position i predicts token i).
         logits: (b, L', embedding_size) scores of the clean token at every kept position.
-        last_hidden_state: (b, L, d_model) output of the final norm, when `output_hidden_states`.
-        hidden_states: the embeddings and the output of every block, each (b, L, d_model), when requested.
-        attentions: per-block (b, heads, L, L) attention weights, eager attention only, when requested.
         cache: the [`LLaDACache`] filled or read by this forward, with `use_cache=True` (transformers >= 5.24 name;
             `past_key_values` still reads it).
+        hidden_states: as in [`LLaDAModelOutput`]; the last one is the input of the output head.
+        attentions: as in [`LLaDAModelOutput`].
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: "LLaDACache | None" = None
-    last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# Keyword arguments that transformers passes to the forward of any model (`TransformersKwargs`: loss normalisation by
+# the Trainer, packed-sequence boundaries for flash attention, ...). Any other unknown keyword is a mistake.
+TRANSFORMERS_FORWARD_KWARGS = (
+    TransformersKwargs.__required_keys__
+    | TransformersKwargs.__optional_keys__
+    | FlashAttentionKwargs.__required_keys__
+    | FlashAttentionKwargs.__optional_keys__
+)
+
+
+def check_forward_kwargs(kwargs: dict, model_name: str) -> None:
+    """Raise on keyword arguments that neither the forward nor transformers' calling convention defines."""
+    unknown = sorted(set(kwargs) - TRANSFORMERS_FORWARD_KWARGS)
+    if unknown:
+        hint = ""
+        if "shift_labels" in unknown:
+            hint = " LLaDA predicts the token at its own position: pass the targets as `labels`, unshifted."
+        raise TypeError(
+            f"{model_name}.forward() got unexpected keyword arguments {unknown}.{hint} Besides its named arguments it "
+            f"accepts transformers' keyword arguments {sorted(TRANSFORMERS_FORWARD_KWARGS)}."
+        )
+    if kwargs.get("is_causal"):
+        raise ValueError(f"{model_name} attends bidirectionally (no causal mask); `is_causal=True` is not supported.")
 
 
 class LLaDAPreTrainedModel(PreTrainedModel):
@@ -284,6 +328,14 @@ class LLaDAPreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         type(self.config)._auto_class = "AutoConfig"
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, **kw):
+        """Resize embedding and head; keeps `vocab_size` and `embedding_size` consistent with the new matrices."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kw)
+        rows = embeddings.weight.shape[0]
+        self.config.embedding_size = rows
+        self.config.vocab_size = min(self.config.vocab_size, rows) if new_num_tokens is None else new_num_tokens
+        return embeddings
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -324,6 +376,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.transformer.wte = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -336,8 +389,8 @@ class LLaDAModel(LLaDAPreTrainedModel):
         cache: LLaDACache | None = None,
         use_cache: bool = False,
         cache_position: int | None = None,
-        **kwargs,
-    ) -> LLaDAOutput:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> LLaDAModelOutput:
         """Run the Transformer over a whole canvas (no causal mask).
 
         Args:
@@ -346,17 +399,25 @@ class LLaDAModel(LLaDAPreTrainedModel):
                 a prepared 4-D mask is passed through unchanged.
             position_ids: (b, L); defaults to 0..L-1 for every row (RoPE is relative, so left padding is harmless).
             inputs_embeds: (b, L, d_model) instead of `input_ids`.
-            validate_inputs: check ids and mask (one host sync); internal loops that validated once pass False.
+            validate_inputs: check ids and mask (one host sync; under `torch.compile` only the shapes are checked);
+                internal loops that validated once pass False.
             use_cache / cache / cache_position: `use_cache=True` without a cache runs the whole canvas and
                 returns a [`LLaDACache`] of it; with `cache` and `cache_position=s`, the inputs are the
                 canvas slice starting at s, `attention_mask` still covers the whole canvas, and the other positions
                 are read from the cache (positions default to s, s+1, ...).
+            kwargs: transformers' keyword arguments (`TransformersKwargs`); the attention ones (e.g. `cu_seq_lens_q`
+                for flash attention) reach the attention function, unknown ones raise a TypeError.
+            return_dict: `False` returns the fields of [`LLaDAModelOutput`] that are set, as a tuple.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         cache = legacy_cache_argument(cache, kwargs)
+        check_forward_kwargs(kwargs, type(self).__name__)
+        # what is left for the attention functions (is_causal is checked and always False here)
+        for name in ("num_items_in_batch", "output_router_logits", "is_causal"):
+            kwargs.pop(name, None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("LLaDA forward needs exactly one of `input_ids` or `inputs_embeds`.")
         if validate_inputs:
@@ -379,19 +440,19 @@ class LLaDAModel(LLaDAPreTrainedModel):
         else:
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
 
-        all_hidden = (hidden,) if output_hidden_states else None
+        all_hidden = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for block in self.transformer.blocks:
-            hidden, weights = block(hidden, rotary, mask, cache, cache_position, **kwargs)
             if output_hidden_states:
                 all_hidden += (hidden,)
+            hidden, weights = block(hidden, rotary, mask, cache, cache_position, **kwargs)
             if output_attentions:
                 all_attentions += (weights,)
-        return LLaDAOutput(
-            last_hidden_state=self.transformer.ln_f(hidden),
-            hidden_states=all_hidden,
-            attentions=all_attentions,
-            cache=cache,
+        hidden = self.transformer.ln_f(hidden)
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        return LLaDAModelOutput(
+            last_hidden_state=hidden, cache=cache, hidden_states=all_hidden, attentions=all_attentions
         )
 
     def _cached_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -417,17 +478,8 @@ class LLaDAModel(LLaDAPreTrainedModel):
                 f"got {tuple((input_ids if input_ids is not None else inputs_embeds).shape)}. Add a batch dimension "
                 "with `ids[None]` for a single sequence."
             )
-        if shape[1] > self.config.max_sequence_length:
-            logger.warning_once(
-                f"Sequence length {shape[1]} exceeds max_sequence_length={self.config.max_sequence_length}; "
-                "LLaDA was not trained on such canvases and quality may degrade."
-            )
-        checks = []
-        if input_ids is not None:
-            if input_ids.dtype.is_floating_point:
-                raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}.")
-            vocab = self.config.padded_vocab_size
-            checks.append(((input_ids < 0) | (input_ids >= vocab)).any())
+        if input_ids is not None and input_ids.dtype.is_floating_point:
+            raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}.")
         if attention_mask is not None and attention_mask.dim() == 2:
             expected = shape if canvas_length is None else (shape[0], canvas_length)
             if tuple(attention_mask.shape) != expected:
@@ -436,12 +488,24 @@ class LLaDAModel(LLaDAPreTrainedModel):
                     + ("" if canvas_length is None else f" in a cached canvas of length {canvas_length}")
                     + "; pass a (batch, length) mask with 1 for tokens and 0 for padding, as the tokenizer returns it."
                 )
-            checks.append((attention_mask == 0).all(dim=-1).any())
         elif attention_mask is not None and attention_mask.dim() != 4:
             raise ValueError(
                 f"attention_mask must be 2-D (batch, length) or a prepared 4-D mask; got shape "
                 f"{tuple(attention_mask.shape)}."
             )
+        if torch.compiler.is_compiling():
+            # The checks below read tensor values (a host sync, a graph break): a compiled forward checks shapes only.
+            return
+        if shape[1] > self.config.max_sequence_length:
+            logger.warning_once(
+                f"Sequence length {shape[1]} exceeds max_sequence_length={self.config.max_sequence_length}; "
+                "LLaDA was not trained on such canvases and quality may degrade."
+            )
+        checks = []
+        if input_ids is not None:
+            checks.append(((input_ids < 0) | (input_ids >= self.config.padded_vocab_size)).any())
+        if attention_mask is not None and attention_mask.dim() == 2:
+            checks.append((attention_mask == 0).all(dim=-1).any())
         if not checks:
             return
         flags = torch.stack(checks).tolist()  # a single host sync for all checks
@@ -483,14 +547,12 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.model.transformer.ff_out = value
 
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, **kw):
-        """Resize embedding and head; keeps `vocab_size` and `embedding_size` consistent with the new matrices."""
-        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kw)
-        rows = embeddings.weight.shape[0]
-        self.config.embedding_size = rows
-        self.config.vocab_size = min(self.config.vocab_size, rows) if new_num_tokens is None else new_num_tokens
-        return embeddings
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True: `generate` is the diffusion reverse process (pipelines and `from_pretrained` read this)."""
+        return True
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -505,22 +567,27 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
         cache: LLaDACache | None = None,
         use_cache: bool = False,
         cache_position: int | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LLaDAOutput:
         """Logits of the clean tokens for a (partly masked) canvas.
 
         Args:
             input_ids / attention_mask / position_ids / inputs_embeds: as in [`LLaDAModel.forward`].
-            labels: (b, L) ids to predict, -100 where ignored. The loss is their plain cross-entropy with no shift;
-                the diffusion objectives (1/p_mask weighting, normalisation) live in `trainers/`.
+            labels: (b, L) ids to predict, -100 where ignored. The loss is their plain cross-entropy with no shift
+                (averaged over the predicted tokens, or summed and divided by `num_items_in_batch` when the Trainer
+                passes it); the diffusion objectives (1/p_mask weighting, normalisation) live in `trainers/`.
             logits_to_keep: compute the head only on some positions: an int n > 0 keeps the last n, a slice or an
                 index tensor selects positions (0 keeps all); a boolean (b, L) tensor selects positions per row and
                 gives flat (number selected, embedding_size) logits. Generation scores only the current block this
                 way, and the diffusion losses only the masked positions.
+            kwargs / return_dict: as in [`LLaDAModel.forward`].
         Returns:
             [`LLaDAOutput`] with `logits` of shape (b, kept positions, embedding_size), or (kept, embedding_size) for a
             boolean `logits_to_keep`.
         """
+        cache = legacy_cache_argument(cache, kwargs)
+        check_forward_kwargs(kwargs, type(self).__name__)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -532,6 +599,7 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
             cache=cache,
             use_cache=use_cache,
             cache_position=cache_position,
+            return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -553,15 +621,29 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
         if labels is not None:
             if logits.dim() != 3 or logits.shape[1] != labels.shape[1]:
                 raise ValueError("`labels` need logits for every position; do not combine them with logits_to_keep.")
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100)
+            reduction = "mean" if num_items_in_batch is None else "sum"
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100, reduction=reduction
+            )
+            if num_items_in_batch is not None:
+                if torch.is_tensor(num_items_in_batch):
+                    num_items_in_batch = num_items_in_batch.to(loss.device)
+                loss = loss / num_items_in_batch
         return LLaDAOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
-            last_hidden_state=hidden if outputs.hidden_states is not None else None,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
 
 
-__all__ = ["AUTO_MAP", "LLaDACache", "LLaDAPreTrainedModel", "LLaDAModel", "LLaDAModelLM", "LLaDAOutput"]
+__all__ = [
+    "AUTO_MAP",
+    "LLaDACache",
+    "LLaDAPreTrainedModel",
+    "LLaDAModel",
+    "LLaDAModelLM",
+    "LLaDAModelOutput",
+    "LLaDAOutput",
+]

@@ -109,6 +109,25 @@ def test_mlp_hidden_size_none_falls_back_to_ratio():
     assert config.padded_vocab_size == 320
 
 
+def test_a_small_vocabulary_drops_the_8b_token_ids_it_cannot_hold():
+    # transformers' rule: a config builds from its sizes alone, e.g. for tests
+    config = LLaDAConfig(vocab_size=99)
+    assert (config.mask_token_id, config.eos_token_id, config.pad_token_id, config.bos_token_id) == (None,) * 4
+    assert LLaDAConfig(vocab_size=126200).mask_token_id is None
+    assert LLaDAConfig(vocab_size=126200).eos_token_id == 126081
+    # ids given explicitly are kept, and checked
+    assert LLaDAConfig(vocab_size=99, mask_token_id=98, eos_token_id=[1, 2]).mask_token_id == 98
+    with pytest.raises(ValueError, match=r"`bos_token_id` must be an integer id in \[0, vocab_size=99\), got 120"):
+        LLaDAConfig(vocab_size=99, bos_token_id=120)
+
+
+def test_no_mask_token_is_allowed_and_survives_a_round_trip(tmp_path):
+    config = LLaDAConfig(vocab_size=99, d_model=64, n_heads=4)
+    config.save_pretrained(tmp_path)
+    assert LLaDAConfig.from_pretrained(tmp_path).mask_token_id is None
+    assert LLaDAConfig(mask_token_id=None).mask_token_id is None
+
+
 def test_multi_query_attention_means_one_kv_head():
     config = LLaDAConfig(multi_query_attention=True)
     assert config.num_key_value_heads == 1
@@ -132,7 +151,7 @@ def test_save_and_reload_round_trips(tmp_path):
         (dict(mask_token_id=200000), "mask_token_id"),
         (dict(eos_token_id=-1), "eos_token_id"),
         (dict(eos_token_id=[126081, 999999]), "eos_token_id"),
-        (dict(mask_token_id=None), "mask_token_id"),
+        (dict(vocab_size=99, mask_token_id=99), "mask_token_id"),
         (dict(mask_token_id=126081), "must differ"),
         (dict(block_type="sequential"), "block_type"),
         (dict(activation_type="gelu"), "activation_type"),

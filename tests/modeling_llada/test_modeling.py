@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 import modeling_llada.modeling_llada as modeling
 from modeling_llada import LLaDAConfig, LLaDAModelLM
-from tests.utils import tiny_model
+from tests.utils import tiny_config, tiny_model
 
 
 def official_parameter_names(n_layers: int, tied: bool) -> set[str]:
@@ -146,8 +146,9 @@ def test_eager_returns_attention_weights_that_ignore_padding():
 def test_gradient_checkpointing_gives_the_same_gradients():
     def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
         model = tiny_model().train()
-        if checkpointing:
-            model.activation_checkpointing_enable()
+        if checkpointing:  # the newer transformers name, and the one of transformers 5.20 (deprecated since)
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
         ids = torch.randint(0, 60, (2, 8), generator=torch.Generator().manual_seed(0))
         model(ids, labels=ids).loss.backward()
         return {n: p.grad for n, p in model.named_parameters()}
@@ -179,13 +180,65 @@ def test_logits_to_keep_selects_positions_of_the_full_output():
     torch.testing.assert_close(model(ids, logits_to_keep=keep).logits, full[keep])
 
 
-def test_hidden_states_are_embeddings_plus_one_per_block():
+def test_hidden_states_are_the_block_inputs_then_the_final_norm_output():
+    # the official implementation's and transformers' convention: n_layers + 1 states, the last one after ln_f
     model = tiny_model()
     ids = torch.randint(0, 60, (1, 5))
     out = model(ids, output_hidden_states=True)
     assert len(out.hidden_states) == 3
     torch.testing.assert_close(out.hidden_states[0], model.model.transformer.wte(ids))
-    torch.testing.assert_close(out.last_hidden_state, model.model.transformer.ln_f(out.hidden_states[-1]))
+    block_0 = model.model.transformer.blocks[0]
+    rotary = modeling.rotary_cos_sin(torch.arange(5)[None], 8, model.config.rope_theta)
+    torch.testing.assert_close(out.hidden_states[1], block_0(out.hidden_states[0], rotary)[0])
+    torch.testing.assert_close(out.hidden_states[-1], model.model(ids).last_hidden_state)
+    torch.testing.assert_close(out.logits, model.get_output_embeddings()(out.hidden_states[-1]))
+
+
+def test_return_dict_false_returns_the_set_fields_as_a_tuple():
+    model = tiny_model()
+    ids = torch.randint(0, 60, (2, 5))
+    out = model(ids, labels=ids, output_hidden_states=True)
+    loss, logits, hidden_states = model(ids, labels=ids, output_hidden_states=True, return_dict=False)
+    torch.testing.assert_close(loss, out.loss)
+    torch.testing.assert_close(logits, out.logits)
+    assert len(hidden_states) == len(out.hidden_states)
+    (last_hidden_state,) = model.model(ids, return_dict=False)
+    torch.testing.assert_close(last_hidden_state, model.model(ids).last_hidden_state)
+    model.config.return_dict = False
+    assert isinstance(model(ids), tuple)
+
+
+@pytest.mark.parametrize("model_class", ["LLaDAModel", "LLaDAModelLM"])
+def test_unknown_forward_arguments_raise_and_are_named(model_class):
+    model = getattr(modeling, model_class)(tiny_config()).eval()
+    ids = torch.randint(0, 60, (1, 5))
+    with pytest.raises(TypeError, match=rf"{model_class}.forward\(\) got unexpected keyword arguments \['attn_mask'\]"):
+        model(ids, attn_mask=torch.ones_like(ids))
+    with pytest.raises(TypeError, match=r"\['shift_labels'\].*unshifted"):
+        model(ids, shift_labels=ids)
+
+
+def test_num_items_in_batch_normalises_the_loss_as_the_trainer_expects():
+    # gradient accumulation: the Trainer passes the count of predicted tokens over all accumulated batches
+    model = tiny_model()
+    ids = torch.randint(0, 60, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[:, 2:5] = ids[:, 2:5]
+    mean = model(ids, labels=labels).loss
+    torch.testing.assert_close(model(ids, labels=labels, num_items_in_batch=torch.tensor(12)).loss, mean / 2)
+
+
+def test_transformers_keyword_arguments_are_accepted_but_not_a_causal_mask():
+    model = tiny_model()
+    ids = torch.randint(0, 60, (2, 6))
+    torch.testing.assert_close(model(ids, output_router_logits=False, is_causal=False).logits, model(ids).logits)
+    with pytest.raises(ValueError, match="bidirectionally"):
+        model(ids, is_causal=True)
+
+
+def test_only_the_model_with_the_head_can_generate():
+    assert LLaDAModelLM.can_generate()
+    assert not modeling.LLaDAModel.can_generate()
 
 
 def test_resize_token_embeddings_grows_embedding_head_and_config():
@@ -195,6 +248,10 @@ def test_resize_token_embeddings_grows_embedding_head_and_config():
     assert model.get_output_embeddings().weight.shape == (72, 32)
     assert (model.config.vocab_size, model.config.embedding_size) == (72, 72)
     assert model(torch.tensor([[70, 71, 3]])).logits.shape == (1, 3, 72)
+    bare = modeling.LLaDAModel(tiny_config())
+    bare.resize_token_embeddings(70, pad_to_multiple_of=8)
+    assert (bare.config.vocab_size, bare.config.embedding_size) == (70, 72)
+    assert bare(torch.tensor([[69, 3]])).last_hidden_state.shape == (1, 2, 32)
 
 
 def test_dtype_argument_loads_bf16_weights(fixture_dir, official_model, reference):
@@ -273,6 +330,66 @@ def test_saved_folder_loads_with_trust_remote_code_without_our_package(tmp_path)
         assert torch.equal(remote["logits"], model(ids).logits)
         assert torch.equal(remote["generated"], model.generate(ids, max_new_tokens=8, steps=8, block_length=4))
     assert remote["likelihood"] == model.log_likelihood(ids[0, :3], ids[0, 3:], mc_num=16).log_likelihood
+
+
+# --- torch.compile ------------------------------------------------------------------------------------------------
+
+
+# transformers' mask functions call torch.compiler.is_exporting while compiling, which torch < 2.7 lacks
+needs_compilable_transformers = pytest.mark.skipif(
+    not hasattr(torch.compiler, "is_exporting"), reason="torch < 2.7: transformers' masks do not compile"
+)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Compiled frames are cached per code object across models: start and end each compile test with none."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 60, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    return ids, mask
+
+
+@needs_compilable_transformers
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+@torch.no_grad()
+def test_fullgraph_compiled_forward_gives_the_eager_logits(fresh_dynamo, attn_implementation, padded):
+    # fullgraph=True fails on any graph break (a host sync, a data-dependent branch); aot_eager traces the graph as
+    # inductor would but skips code generation, which takes half a minute on a small CPU
+    model = tiny_model(n_kv_heads=2)
+    model.config._attn_implementation = attn_implementation
+    ids, mask = padded_batch()
+    mask = mask if padded else None
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(
+        compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5
+    )
+
+
+@needs_compilable_transformers
+@pytest.mark.slow
+@torch.no_grad()
+def test_inductor_compiled_forward_gives_the_eager_logits(fresh_dynamo):
+    model = tiny_model(n_kv_heads=2)
+    ids, mask = padded_batch()
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(
+        compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits, rtol=1e-4, atol=1e-5
+    )
+
+
+@needs_compilable_transformers
+def test_compiled_forward_still_checks_shapes(fresh_dynamo):
+    compiled = torch.compile(tiny_model(), backend="eager")
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 4\)"):
+        compiled(torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 4))
 
 
 # --- bad inputs ------------------------------------------------------------------------------------------------
