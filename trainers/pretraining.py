@@ -11,6 +11,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
+from .compat import sync_checkpointing_names
 from .objectives import pretraining_loss
 from .peft_utils import maybe_wrap_with_peft
 
@@ -29,8 +30,13 @@ class MaskedDiffusionConfig(DiffusionArguments, TrainingArguments):
         default=0.01,
         metadata={"help": "Probability of cutting a step's batches to a random length in [1, l] (reference: 0.01)."},
     )
+    # transformers >= 5.23 declares it itself; declared here too, so that the flag exists on older releases.
+    activation_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
 
     def __post_init__(self):
+        sync_checkpointing_names(self)
         super().__post_init__()
         self._check_diffusion_arguments()
         if self.block_size < 1:

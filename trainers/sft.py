@@ -12,6 +12,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
+from .compat import sync_checkpointing_names
 from .objectives import sft_loss
 from .peft_utils import with_llada_defaults
 
@@ -53,6 +54,7 @@ class MaskedDiffusionSFTConfig(DiffusionArguments, SFTConfig):
         if self.completion_only_loss is False:
             raise ValueError("LLaDA SFT never masks the prompt; completion_only_loss=False is not supported.")
         self.completion_only_loss = True
+        sync_checkpointing_names(self)
         super().__post_init__()
         self._check_diffusion_arguments()
 

@@ -41,6 +41,7 @@ from trainers import (
     MaskedDiffusionTrainer,
     pack_dataset,
 )
+from trainers.compat import checkpointing_settings
 
 BOS, EOS, MASK = "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>"
 DIRECTIONS = {"forward": "next", "reversed": "previous"}
@@ -261,7 +262,7 @@ def main(argv=None) -> dict:
     sft_data = Dataset.from_dict({"prompt": [p for p, _ in sft_pairs], "completion": [c for _, c in sft_pairs]})
     sft_shared = optimiser_settings(args.sft_steps, args.batch_size, args.sft_learning_rate, args.seed,
                                     warmup_steps=max(1, args.sft_steps // 20))
-    sft_shared.update(max_length=64, activation_checkpointing=False, completion_only_loss=True)
+    sft_shared.update(max_length=64, completion_only_loss=True, **checkpointing_settings(False))
     from trl import SFTConfig, SFTTrainer
 
     steps["SFT"] = []

@@ -141,3 +141,26 @@ def test_text_generation_pipeline_with_chat_messages_answers_as_generate_does(of
     result = generator(messages, **SETTINGS)[0]["generated_text"]
     assert result[:-1] == messages
     assert result[-1] == {"role": "assistant", "content": expected}
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "is_exporting"), reason="torch < 2.7: transformers' masks do not compile")
+def test_generate_uses_a_compiled_forward_and_compiles_it_once(official_model):
+    """`model.forward = torch.compile(model.forward, fullgraph=True)`: every step of every block reuses one graph."""
+    compilations = []
+
+    def counting_backend(graph_module, example_inputs):
+        compilations.append(graph_module)
+        return graph_module.forward
+
+    ids = PROMPT.repeat(2, 1)
+    kwargs = dict(max_new_tokens=16, steps=16, block_length=4)  # 4 blocks, 4 steps each
+    expected = official_model.generate(ids, **kwargs)
+    torch._dynamo.reset()
+    official_model.forward = torch.compile(official_model.forward, fullgraph=True, backend=counting_backend)
+    try:
+        assert torch.equal(official_model.generate(ids, **kwargs), expected)
+        assert torch.equal(official_model.generate(ids, **kwargs), expected)
+    finally:
+        del official_model.forward  # back to the class's eager forward
+        torch._dynamo.reset()
+    assert len(compilations) == 1
