@@ -5,7 +5,8 @@
     python examples/publish.py runs/sft-lora org/my-llada-lora --base-model org/my-llada-base
     python examples/publish.py runs/sft-lora org/my-llada-merged --merge  # base + adapter as one model
 
-Only safetensors weights, configs, the LLaDA code files and tokenizer files are uploaded; never pickles.
+Only what a model or adapter repository needs is uploaded (an allow-list: configs, safetensors weights checked to
+parse, the LLaDA code files, tokenizer files, the training record, the card); anything else is left out and listed.
 """
 
 import sys

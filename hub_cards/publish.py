@@ -1,7 +1,16 @@
 """Publish a saved LLaDA model or LoRA adapter folder to the Hugging Face Hub.
 
-`publish(folder, repo_id)` checks that the folder is complete, stages the files that may be uploaded (safetensors
-only: pickled weights never leave the machine) with a freshly rendered card, and uploads the staged folder.
+`publish(folder, repo_id)` checks the repository id and that the folder is complete, stages the files on the upload
+allow-list (`ALLOW_LIST`: what a model or adapter repository needs, nothing else) with a freshly rendered card, and
+uploads exactly the staged files. Nothing leaves the machine by accident:
+
+- only allow-listed names are staged; everything else in the folder (`secrets.json`, `.env`, pickles, scripts,
+  sub-folders) is left out and named in `PublishResult.left_out`;
+- a link that leads out of the folder is refused; a link to a file inside the folder is copied as a regular file;
+- every weight file must parse as safetensors before anything is staged;
+- staging happens in a fresh temporary folder (removed afterwards, on success and on failure) or in a caller's
+  `staging_dir` that holds nothing else, and the commit lists the staged files one by one.
+
 `dry_run=True` stops after staging and touches no network.
 """
 
@@ -17,33 +26,77 @@ from .cards import TRAINING_RECORD, card_for_folder
 
 CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
-MODEL_FILES = ("config.json", "generation_config.json", *CODE_FILES)
-ADAPTER_FILES = ("adapter_config.json",)
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+WEIGHTS_INDEX = "model.safetensors.index.json"
+# Exact names each kind of repository may carry, besides the README.md card; a model's weights are its top-level
+# `*.safetensors` files (tensors only: no code, no pickles), an adapter's are adapter_model.safetensors.
+ALLOW_LIST = {
+    "model": frozenset({"config.json", "generation_config.json", WEIGHTS_INDEX, *CODE_FILES, *TOKENIZER_FILES,
+                        TRAINING_RECORD}),
+    "adapter": frozenset({"adapter_config.json", "adapter_model.safetensors", "generation_config.json",
+                          *TOKENIZER_FILES, TRAINING_RECORD}),
+}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModel")
+STAGING_PREFIX = "llada-publish-"
 
 
-class IncompleteFolderError(ValueError):
-    """The folder lacks pieces a Hub repository needs; `problems` names each one."""
+class UnpublishableFolderError(ValueError):
+    """The folder cannot be published as it is; `problems` names each reason, one sentence each."""
 
     def __init__(self, folder: Path, problems: list[str]):
+        self.folder = folder
         self.problems = problems
         lines = "\n".join(f"  - {problem}" for problem in problems)
         super().__init__(f"{folder} cannot be published as it is:\n{lines}")
+
+    def one_line(self) -> str:
+        return f"{self.folder} cannot be published as it is: " + " ".join(self.problems)
+
+
+class IncompleteFolderError(UnpublishableFolderError):
+    """The folder lacks pieces a Hub repository needs."""
+
+
+class UnsafeFolderError(UnpublishableFolderError):
+    """A file that would be uploaded is a link out of the folder, not a regular file, or weights that do not parse."""
 
 
 @dataclass
 class PublishResult:
     kind: str  # "model" or "adapter"
-    staged: Path  # the folder that is (or would be) uploaded
-    files: list[str] = field(default_factory=list)
+    staged: Path | None  # the folder that is (or would be) uploaded; None once a temporary one has been removed
+    files: list[str] = field(default_factory=list)  # exactly the names uploaded (or that would be), sorted
     card: str = ""
     url: str | None = None  # the commit URL, when uploaded
+    left_out: list[str] = field(default_factory=list)  # names in the folder not on the allow-list ("name/": a folder)
 
 
 def folder_kind(folder: Path) -> str:
     return "adapter" if (folder / "adapter_config.json").exists() else "model"
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` when it is a valid Hub model id of the form namespace/name; a ValueError naming it otherwise."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        reason = "it needs exactly one '/', between your user or organisation name and the repository name"
+    else:
+        try:
+            validate_repo_id(repo_id)
+            return repo_id
+        except HFValidationError as error:
+            reason = str(error)
+    raise ValueError(f"invalid Hub repository id {repo_id!r}: expected the form namespace/name, e.g. "
+                     f"your-name/llada-8b-sft ({reason}).")
+
+
+def _is_allowed(name: str, kind: str) -> bool:
+    if kind == "model" and name.endswith(".safetensors") and not name.startswith("."):
+        return True
+    return name in ALLOW_LIST[kind]
 
 
 def check_folder(folder: str | Path, base_model: str | None = None, require_card: bool = False,
@@ -53,7 +106,7 @@ def check_folder(folder: str | Path, base_model: str | None = None, require_card
     if not folder.is_dir():
         return [f"{folder} is not a folder."]
     problems = []
-    has_safetensors = any(folder.glob("*.safetensors"))
+    has_safetensors = any(not p.name.startswith(".") for p in folder.glob("*.safetensors"))
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin")
     if folder_kind(folder) == "adapter":
         adapter = json.loads((folder / "adapter_config.json").read_text())
@@ -84,6 +137,11 @@ def check_folder(folder: str | Path, base_model: str | None = None, require_card
             problems.append("no safetensors weights (model.safetensors or shards)"
                             + (f"; found only pickled {pickled}, which are never uploaded: re-save with "
                                "safe_serialization=True" if pickled else "") + ".")
+        if (folder / WEIGHTS_INDEX).exists():
+            shards = set(json.loads((folder / WEIGHTS_INDEX).read_text()).get("weight_map", {}).values())
+            absent = sorted(name for name in shards if "/" in name or not (folder / name).is_file())
+            if absent:
+                problems.append(f"{WEIGHTS_INDEX} names weight shards that are not in the folder: {', '.join(absent)}.")
         for name in CODE_FILES:
             if not (folder / name).exists():
                 problems.append(f"code file {name} is missing (needed by trust_remote_code loading); "
@@ -99,27 +157,80 @@ def check_folder(folder: str | Path, base_model: str | None = None, require_card
     return problems
 
 
-def _uploadable(path: Path) -> bool:
-    """Weights as safetensors, configs, the LLaDA code files, tokenizer files; never pickles or other scripts."""
-    if path.suffix in PICKLE_SUFFIXES or path.name == "README.md":
-        return False
-    return path.suffix in (".safetensors", ".json") or path.name in CODE_FILES or path.name in TOKENIZER_FILES
+def select_files(folder: str | Path, render_card: bool = True) -> tuple[list[str], list[str]]:
+    """(names to upload, names left out) of a folder, reading nothing but the weight headers; staging nothing.
+
+    The names to upload are those on `ALLOW_LIST` for the folder's kind (plus README.md when `render_card` is False:
+    the folder's own card). A link to a file inside the folder counts as that file (it is copied, never uploaded as
+    a link); an allow-listed name that is a link out of the folder, or not a regular file, raises UnsafeFolderError,
+    and so does a weight file (`*.safetensors`) whose safetensors header does not parse. The folder's README.md is
+    in neither list when the card is rendered: the rendered card replaces it.
+    """
+    folder = Path(folder)
+    root = folder.resolve()
+    if not root.is_dir():
+        raise IncompleteFolderError(folder, [f"{folder} is not a folder."])
+    kind = folder_kind(root)
+    chosen, left_out, problems = [], [], []
+    for path in sorted(root.iterdir()):
+        name = path.name
+        if name == "README.md" and render_card:
+            continue
+        if not (_is_allowed(name, kind) or name == "README.md"):
+            left_out.append(name + "/" if path.is_dir() and not path.is_symlink() else name)
+            continue
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            problems.append(f"{name} is a link to {target}, outside the folder: links out of the folder are never "
+                            "followed; copy the file into the folder (or remove the link).")
+        elif not target.is_file():
+            problems.append(f"{name} is not a regular file.")
+        else:
+            chosen.append(name)
+    if not problems:
+        from safetensors import safe_open
+
+        for name in chosen:
+            if name.endswith(".safetensors"):
+                try:
+                    with safe_open(str(root / name), "pt"):
+                        pass
+                except Exception as error:  # safetensors raises its own error type, or OSError
+                    problems.append(f"weight file {name} is not valid safetensors ({error}); re-save the weights "
+                                    "with save_pretrained(...) or remove the file.")
+    if problems:
+        raise UnsafeFolderError(folder, problems)
+    return chosen, left_out
 
 
 def stage(folder: str | Path, repo_id: str, staging: str | Path, base_model: str | None = None,
           render_card: bool = True, **card_options) -> PublishResult:
-    """Copy what may be uploaded into `staging` and write the card; raise IncompleteFolderError when incomplete."""
+    """Copy the allow-listed files into `staging` and write the card; nothing else is written there.
+
+    Raises ValueError for an invalid `repo_id`, UnsafeFolderError / IncompleteFolderError when the folder cannot be
+    published, and ValueError when `staging` already holds files this upload would not write (leftovers would be
+    mistaken for part of it): all before anything is copied.
+    """
+    check_repo_id(repo_id)
     folder, staging = Path(folder), Path(staging)
+    names, left_out = select_files(folder, render_card=render_card)
     problems = check_folder(folder, base_model, require_card=not render_card)
     if problems:
         raise IncompleteFolderError(folder, problems)
+    files = sorted({*names, "README.md"})
+    # files of an earlier staging of the same upload may be overwritten; anything else (or a link, which a copy
+    # would write through) would pass for part of this upload
+    leftovers = sorted(p.name for p in staging.iterdir() if p.name not in files or p.is_symlink() or not p.is_file()
+                       ) if staging.is_dir() else []
+    if leftovers:
+        raise ValueError(f"the staging folder {staging} already holds files that are not part of this upload "
+                         f"({', '.join(leftovers)}); pass an empty or new staging folder.")
     staging.mkdir(parents=True, exist_ok=True)
-    files = []
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and _uploadable(path):
-            shutil.copy2(path, staging / path.name)
-            files.append(path.name)
-    kind = folder_kind(folder)
+    root = folder.resolve()
+    for name in names:
+        # copyfile follows links inside the folder (checked above) and writes a regular file
+        shutil.copyfile((root / name).resolve(), staging / name)
+    kind = folder_kind(root)
     if kind == "adapter":
         adapter_path = staging / "adapter_config.json"
         adapter = json.loads(adapter_path.read_text())
@@ -136,10 +247,8 @@ def stage(folder: str | Path, repo_id: str, staging: str | Path, base_model: str
             card_options.setdefault("base_model", base_model)
         card = card_for_folder(staging, repo_id, **card_options)
         card.save(staging / "README.md")
-    else:
-        shutil.copy2(folder / "README.md", staging / "README.md")
-    files.append("README.md")
-    return PublishResult(kind=kind, staged=staging, files=sorted(files), card=(staging / "README.md").read_text())
+    return PublishResult(kind=kind, staged=staging, files=files, card=(staging / "README.md").read_text(),
+                         left_out=left_out)
 
 
 def merge_adapter(folder: str | Path, output: str | Path, trust_remote_code: bool = True) -> Path:
@@ -174,40 +283,69 @@ def publish(
     staging_dir: str | Path | None = None,
     **card_options,
 ) -> PublishResult:
-    """Check, stage and (unless `dry_run`) upload a model or adapter folder to `repo_id`.
+    """Check, stage and (unless `dry_run`) upload a model or adapter folder to `repo_id` ("namespace/name").
 
     merge: for an adapter, publish base + adapter merged into one model instead (card names the base).
     base_model: the Hub id of the base model, for an adapter (or merged adapter) trained from a local base.
+    staging_dir: stage here and keep it (to inspect a dry run); it must hold nothing but files this upload writes.
+        Without it the files are staged in a fresh temporary folder `llada-publish-*`, removed before returning
+        (on success and on failure), and `result.staged` is None.
     card_options: `license`, `datasets`, `eval_results` (see `hub_cards.build_model_card`).
-    """
-    folder = Path(folder)
-    staging = Path(staging_dir) if staging_dir is not None else Path(tempfile.mkdtemp(prefix="llada-publish-"))
-    if merge:
-        if folder_kind(folder) != "adapter":
-            raise ValueError(f"--merge applies to adapter folders; {folder} has no adapter_config.json.")
-        # the merged folder takes the base's tokenizer when the adapter has none; it is checked again after merging
-        problems = check_folder(folder, base_model, require_tokenizer=False)
-        if problems:
-            raise IncompleteFolderError(folder, problems)
-        base_model = base_model or json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        folder = merge_adapter(folder, Path(tempfile.mkdtemp(prefix="llada-merged-")))
-    result = stage(folder, repo_id, staging, base_model=base_model, **card_options)
-    if dry_run:
-        return result
-    from huggingface_hub import HfApi
 
+    The commit adds exactly `result.files`, one by one, from the staged folder; `result.left_out` names what the
+    folder held besides (not on `ALLOW_LIST`).
+    """
+    check_repo_id(repo_id)
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX) as scratch:
+        staging = Path(staging_dir) if staging_dir is not None else Path(scratch) / "staged"
+        if merge:
+            if folder_kind(folder) != "adapter":
+                raise ValueError(f"--merge applies to adapter folders; {folder} has no adapter_config.json.")
+            select_files(folder)  # links and weights are checked before the adapter is read
+            # the merged folder takes the base's tokenizer when the adapter has none; it is checked again after merging
+            problems = check_folder(folder, base_model, require_tokenizer=False)
+            if problems:
+                raise IncompleteFolderError(folder, problems)
+            adapter = json.loads((folder / "adapter_config.json").read_text())
+            base_model = base_model or adapter["base_model_name_or_path"]
+            folder = merge_adapter(folder, Path(scratch) / "merged")
+        result = stage(folder, repo_id, staging, base_model=base_model, **card_options)
+        if not dry_run:
+            result.url = _upload(result, repo_id, private=private, token=token, commit_message=commit_message)
+    if staging_dir is None:
+        result.staged = None
+    return result
+
+
+def _upload(result: PublishResult, repo_id: str, *, private: bool, token: str | None, commit_message: str) -> str:
+    """Commit exactly `result.files` from `result.staged`; the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    present = sorted(p.name for p in result.staged.iterdir())
+    if present != result.files:
+        raise RuntimeError(f"the staging folder {result.staged} changed while publishing (holds {present}, staged "
+                           f"{result.files}); nothing was uploaded.")
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(result.staged / name))
+                  for name in result.files]
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(result.staged), repo_id=repo_id, commit_message=commit_message)
-    result.url = getattr(commit, "commit_url", str(commit))
-    return result
+    commit = api.create_commit(repo_id, operations=operations, commit_message=commit_message)
+    return getattr(commit, "commit_url", str(commit))
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, UnpublishableFolderError):
+        return error.one_line()
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llada-hf publish", description="Publish a LLaDA model or adapter folder "
-                                     "to the Hugging Face Hub with a generated card (never pickled weights).")
+                                     "to the Hugging Face Hub with a generated card. Only the files a model or "
+                                     "adapter repository needs are uploaded (never pickles, scripts or other files).")
     parser.add_argument("folder", help="a folder written by save_pretrained / trainer.save_model")
-    parser.add_argument("repo_id", help="the Hub repository, e.g. org/name")
+    parser.add_argument("repo_id", help="the Hub repository, namespace/name (e.g. your-name/llada-8b-sft)")
     parser.add_argument("--dry-run", action="store_true", help="check, stage and print what would be uploaded")
     parser.add_argument("--merge", action="store_true", help="merge an adapter into its base and publish the model")
     parser.add_argument("--base-model", help="Hub id of the base model (adapters trained from a local base)")
@@ -215,23 +353,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", action="append", default=[], help="a dataset id for the card (repeatable)")
     parser.add_argument("--eval-results", help="JSON list of huggingface_hub EvalResult fields for model-index")
     parser.add_argument("--private", action="store_true")
-    parser.add_argument("--staging-dir", help="where to stage the upload (default: a temporary folder)")
+    parser.add_argument("--staging-dir", help="stage here and keep the folder (empty or new; default: a temporary "
+                        "folder, removed afterwards)")
     args = parser.parse_args(argv)
     try:
+        eval_results = json.loads(args.eval_results) if args.eval_results else None
         result = publish(
             args.folder, args.repo_id, dry_run=args.dry_run, merge=args.merge, base_model=args.base_model,
             private=args.private, staging_dir=args.staging_dir, license=args.license, datasets=args.dataset,
-            eval_results=json.loads(args.eval_results) if args.eval_results else None,
+            eval_results=eval_results,
         )
-    except IncompleteFolderError as error:
-        print(error, file=sys.stderr)
+    except ValueError as error:  # the folder, the repo id or an option: the user can fix it
+        print(f"llada-hf publish: {_one_line(error)}", file=sys.stderr)
         return 2
-    print(f"{'would upload' if args.dry_run else 'uploaded'} {result.kind} to {args.repo_id} from {result.staged}:")
+    except Exception as error:  # the Hub, the network, the file system: one line, not a traceback
+        print(f"llada-hf publish: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
+        return 1
+    source = f" from {result.staged}" if result.staged is not None else ""
+    print(f"{'would upload' if args.dry_run else 'uploaded'} {result.kind} to {args.repo_id}{source}, "
+          f"{len(result.files)} files:")
     for name in result.files:
         print(f"  {name}")
+    if result.left_out:
+        print(f"left out (not on the upload allow-list): {', '.join(result.left_out)}")
     if args.dry_run:
         print("\n" + result.card)
     else:
         print(result.url)
     return 0
-

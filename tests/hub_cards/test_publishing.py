@@ -220,6 +220,7 @@ def test_publish_cli_reports_incomplete_folders(tmp_path):
     result = run_publish_cli(str(tmp_path / "model"), "org/tiny", "--dry-run")
     assert result.returncode == 2
     assert "generation_config.json is missing" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr  # one line for the user
 
 
 @pytest.mark.slow
