@@ -7,6 +7,7 @@ aliases of them. Defaults are the LLaDA-8B values.
 This file travels with every checkpoint (trust_remote_code): it imports only torch/transformers.
 """
 
+import math
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -206,8 +207,12 @@ class LLaDAConfig(PreTrainedConfig):
             fail(f"`clip_qkv={self.clip_qkv}` is not supported; set it to null.")
         if self.block_group_size != 1:
             fail(f"`block_group_size={self.block_group_size}` is not supported; use 1.")
-        if not self.rms_norm_eps > 0:
-            fail(f"`rms_norm_eps` must be > 0, got {self.rms_norm_eps}.")
+        for name, advice in (("rope_theta", "LLaDA uses 500000"), ("rms_norm_eps", "LLaDA uses 1e-5"),
+                             ("init_std", "LLaDA uses 0.02")):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                fail(f"`{name}` must be a finite number > 0 (anything else makes every output NaN or meaningless), "
+                     f"got {value!r}; {advice}.")
         for name in ("embedding_dropout", "residual_dropout", "attention_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -218,8 +223,13 @@ class LLaDAConfig(PreTrainedConfig):
             self._check_token_id("eos_token_id", eos)
         self._check_token_id("pad_token_id", self.pad_token_id)
         self._check_token_id("bos_token_id", self.bos_token_id)
-        if self.mask_token_id is not None and self.mask_token_id in eos_ids:
-            fail(f"`mask_token_id` ({self.mask_token_id}) must differ from `eos_token_id` ({self.eos_token_id}).")
+        # The mask token marks what the model must predict: if it were also EOS, BOS or padding, those tokens would be
+        # read as holes to fill (and generation would overwrite the prompt's padding).
+        for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if self.mask_token_id is not None and self.mask_token_id in (value if isinstance(value, list) else [value]):
+                fail(f"`mask_token_id` ({self.mask_token_id}) must differ from `{name}` ({value}); the [MASK] token "
+                     f"needs an id of its own (LLaDA-8B: mask 126336, eos/pad 126081, bos 126080).")
 
     def _check_token_id(self, name: str, value: Any) -> None:
         if value is None:
