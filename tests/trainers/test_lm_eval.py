@@ -84,6 +84,7 @@ def train_on_task(model, rows, tmp_path, **kwargs):
 
 
 @pytest.mark.slow
+@pytest.mark.converges
 def test_fine_tuned_model_beats_chance_on_both_task_kinds(tmp_path):
     rows = tiny_task()
     write_tasks(tmp_path, rows)

@@ -72,6 +72,7 @@ def test_eval_loss_uses_the_same_noise_every_time(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.converges
 def test_a_few_hundred_steps_drive_the_loss_well_below_its_start(tmp_path):
     model = tiny_model()
     corpus = repetitive_corpus(256)

@@ -148,11 +148,14 @@ def test_conversation_not_ending_with_the_assistant_is_rejected(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.converges
 def test_sft_on_a_memorisation_set_makes_generate_answer_correctly(tmp_path):
+    # 300 steps: every row is right from about step 225 on, for model seeds 0-2 and 1 or 2 threads, and the least
+    # likely answer token then has probability ~0.99 (150 steps sat on the edge: 7 of 8 rows on some CPUs).
     dataset, prompts, answers = memorisation_set()
     model = tiny_model(d_model=64, mlp_hidden_size=128)
     before = model.generate(torch.tensor(prompts), max_new_tokens=4, steps=4)
-    trainer = MaskedDiffusionSFTTrainer(model, sft_config(tmp_path, per_device_train_batch_size=8, max_steps=150,
+    trainer = MaskedDiffusionSFTTrainer(model, sft_config(tmp_path, per_device_train_batch_size=8, max_steps=300,
                                                           warmup_steps=10, logging_steps=50),
                                         train_dataset=dataset, processing_class=tiny_chat_tokenizer())
     trainer.train()
