@@ -15,6 +15,7 @@ from datasets import Dataset
 
 from modeling_llada.generation_llada import counter_uniform, mix32
 
+from .checkpoints import AtomicCheckpointsMixin
 from .objectives import DEFAULT_EPS, forward_process, random_length_cut, weighted_token_losses
 
 EXAMPLE_ID = "example_id"
@@ -80,8 +81,11 @@ def _seed32(*parts: int) -> int:
     return hash(tuple(parts)) & _U32  # the hash of a tuple of ints is the same in every process
 
 
-class DiffusionTrainerMixin:
-    """Loss step of the masked-diffusion trainers; mixed into `transformers.Trainer` / `trl.SFTTrainer`."""
+class DiffusionTrainerMixin(AtomicCheckpointsMixin):
+    """Loss step of the masked-diffusion trainers; mixed into `transformers.Trainer` / `trl.SFTTrainer`.
+
+    Checkpoints are atomic and resuming skips incomplete ones (`AtomicCheckpointsMixin`, trainers/checkpoints.py).
+    """
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -120,7 +124,7 @@ class DiffusionTrainerMixin:
         positions = torch.arange(length, device=seeds.device)[None].expand(batch, -1)
         draws = counter_uniform(seeds, 1, positions)
         noisy, masked = forward_process(input_ids, model_mask_id(model), p_mask, maskable=maskable, draws=draws)
-        outputs = model(input_ids=noisy, attention_mask=attention_mask, logits_to_keep=masked)
+        outputs = model(input_ids=noisy, attention_mask=attention_mask, logits_to_keep=masked, return_dict=True)
         return weighted_token_losses(outputs.logits, input_ids, masked, p_mask), masked, input_ids
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):

@@ -134,7 +134,8 @@ class LLaDAEvalModel(LM):
             attention[row, : len(prompt) + len(continuation)] = 1
             answer[row, len(prompt) : len(prompt) + len(continuation)] = True
         ids, attention, answer = ids.to(self.device), attention.to(self.device), answer.to(self.device)
-        logits = self.llada(ids.masked_fill(answer, mask_id), attention_mask=attention, logits_to_keep=answer).logits
+        logits = self.llada(ids.masked_fill(answer, mask_id), attention_mask=attention, logits_to_keep=answer,
+                            return_dict=True).logits
         hits = (logits.argmax(-1) == ids[answer]).long()
         rows = answer.nonzero()[:, 0]
         misses = torch.zeros(len(pairs), dtype=torch.long, device=self.device).index_add_(0, rows, 1 - hits)
