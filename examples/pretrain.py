@@ -8,7 +8,9 @@
     # or with a YAML file of the same flags: python examples/pretrain.py --config pretrain.yaml
 """
 
-from trainers.commands import pretrain
+import sys
+
+from trainers.commands import main
 
 if __name__ == "__main__":
-    pretrain()
+    sys.exit(main(["pretrain", *sys.argv[1:]]))  # mistakes get the CLI's one-line message

@@ -9,7 +9,9 @@
         --dataset_name trl-lib/Capybara --bf16 --use_peft --output_dir runs/capybara
 """
 
-from trainers.commands import sft
+import sys
+
+from trainers.commands import main
 
 if __name__ == "__main__":
-    sft()
+    sys.exit(main(["sft", *sys.argv[1:]]))  # mistakes get the CLI's one-line message

@@ -43,18 +43,41 @@ class MaskedDiffusionConfig(DiffusionArguments, TrainingArguments):
             raise ValueError(f"block_size must be >= 1, got {self.block_size}.")
 
 
+def check_pretraining_dataset(dataset, text_field: str = "text", name: str = "train") -> None:
+    """Check, before anything is tokenized, that `dataset` has rows and a column to pre-train on (`text_field` or
+    tokenized `input_ids`); a `ValueError` naming the dataset, its columns and the setting to change otherwise."""
+    if dataset is None:
+        return
+    if isinstance(dataset, dict):
+        for key, entry in dataset.items():
+            check_pretraining_dataset(entry, text_field, f"eval {key!r}")
+        return
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise ValueError(f"The {name} dataset is empty (0 rows); pre-training needs text to pack into blocks.")
+    columns = list(dataset.column_names or [])
+    if columns and "input_ids" not in columns and text_field not in columns:
+        raise ValueError(
+            f"The {name} dataset has columns {columns}, but neither the text column '{text_field}' "
+            "(dataset_text_field) nor tokenized 'input_ids'; set dataset_text_field to the column holding your text "
+            f"(e.g. dataset_text_field='{columns[0]}')."
+        )
+
+
 def pack_dataset(
     dataset: Dataset,
     block_size: int,
     eos_token_id: int,
     tokenizer: PreTrainedTokenizerBase | None = None,
     text_field: str = "text",
+    name: str = "train",
 ) -> Dataset:
     """Tokenize (if needed) and pack documents into `block_size` blocks, with EOS after every document.
 
     Accepts a dataset with `input_ids` (already tokenized) or a `text_field` column (needs `tokenizer`). The tail that
-    does not fill a whole block is dropped. Returns a dataset with one column, `input_ids`.
+    does not fill a whole block is dropped. Returns a dataset with one column, `input_ids`. `name` ("train", "eval")
+    names the dataset in error messages.
     """
+    check_pretraining_dataset(dataset, text_field, name)
     if "input_ids" in dataset.column_names:
         tokenized = dataset.select_columns(["input_ids"])
     elif text_field in dataset.column_names:
@@ -65,11 +88,6 @@ def pack_dataset(
             batched=True,
             remove_columns=dataset.column_names,
         )
-    else:
-        raise ValueError(
-            f"The dataset needs an 'input_ids' column or a '{text_field}' text column; it has {dataset.column_names}. "
-            "Set dataset_text_field to the name of your text column."
-        )
 
     def pack(batch):
         stream = [token for ids in batch["input_ids"] for token in (*ids, eos_token_id)]
@@ -78,7 +96,12 @@ def pack_dataset(
 
     packed = tokenized.map(pack, batched=True, batch_size=1000, remove_columns=tokenized.column_names)
     if len(packed) == 0:
-        raise ValueError(f"The dataset holds fewer than block_size={block_size} tokens; lower block_size.")
+        tokens = sum(len(ids) for ids in tokenized["input_ids"]) + len(tokenized)
+        raise ValueError(
+            f"The {name} dataset holds {tokens} tokens ({len(tokenized)} document(s), each followed by EOS), fewer "
+            f"than block_size={block_size}, so not one block can be filled; lower block_size to at most {tokens} or "
+            "add text."
+        )
     return packed
 
 
@@ -110,17 +133,21 @@ class MaskedDiffusionTrainer(DiffusionTrainerMixin, Trainer):
         eos = model.config.eos_token_id
         eos = eos[0] if isinstance(eos, list) else eos
 
-        def prepare(dataset):
+        def prepare(dataset, name):
             if dataset is None:
                 return None
+            if isinstance(dataset, dict):
+                return {key: prepare(entry, f"eval {key!r}") for key, entry in dataset.items()}
             return with_example_ids(pack_dataset(dataset, args.block_size, eos, processing_class,
-                                                 args.dataset_text_field))
+                                                 args.dataset_text_field, name))
 
+        check_pretraining_dataset(train_dataset, args.dataset_text_field, "train")  # both, before any tokenizing
+        check_pretraining_dataset(eval_dataset, args.dataset_text_field, "eval")
         super().__init__(
             model=model,
             args=args,
-            train_dataset=prepare(train_dataset),
-            eval_dataset=prepare(eval_dataset),
+            train_dataset=prepare(train_dataset, "train"),
+            eval_dataset=prepare(eval_dataset, "eval"),
             processing_class=processing_class,
             data_collator=data_collator or collate_blocks,
             **kwargs,

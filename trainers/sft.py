@@ -5,16 +5,20 @@ its prompt mask and replace the causal-LM parts: the collator pads answers with 
 emit, the reference behaviour), and `compute_loss` is the SFT diffusion objective with the prompt never masked.
 """
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
+from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 
 from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
 from .compat import sync_checkpointing_names
 from .objectives import sft_loss
 from .peft_utils import with_llada_defaults
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -88,6 +92,49 @@ class DiffusionSFTCollator:
         }
 
 
+def _dataset_label(name: str) -> str:
+    """How messages call a dataset TRL prepares under `name`: "train dataset", "eval dataset", "eval dataset 'x'"."""
+    return f"{name} dataset" if name in ("train", "eval") else f"eval dataset {name!r}"
+
+
+def check_sft_dataset(dataset, name: str = "train", text_field: str = "text") -> None:
+    """Check, before anything is tokenized, that a dataset can be used for SFT; a `ValueError` naming the dataset,
+    its columns and the accepted ones otherwise.
+
+    Accepted (TRL's formats): `prompt` + `completion` (plain text or chat messages), `messages` (a conversation ending
+    with the assistant's answer), `text_field` (plain text, `dataset_text_field`) or tokenized `input_ids`. A dict of
+    datasets is checked entry by entry; an `IterableDataset` only for its columns (when its features are known).
+    """
+    if dataset is None:
+        return
+    if isinstance(dataset, dict):
+        for key, entry in dataset.items():
+            check_sft_dataset(entry, key, text_field)
+        return
+    label = _dataset_label(name)
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise ValueError(f"The {label} is empty (0 rows); pass at least one example (prompt and completion).")
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if not columns and not isinstance(dataset, Dataset):
+        return  # an IterableDataset whose features are unknown until read
+    if {"prompt", "completion"} <= set(columns) or {"messages", text_field, "input_ids"} & set(columns):
+        return
+    hint = ""
+    if "prompt" in columns:
+        hint = " It has 'prompt' but no 'completion' (the answer the model learns)."
+    elif "completion" in columns:
+        hint = " It has 'completion' but no 'prompt'."
+    elif "conversations" in columns:
+        hint = (" 'conversations' (ShareGPT from/value turns) is not read as is: convert it to 'messages' with "
+                "role/content turns (trl.data_utils.maybe_convert_to_chatml).")
+    raise ValueError(
+        f"The {label} has columns {columns}, none of the formats LLaDA SFT accepts: 'prompt' and 'completion' (plain "
+        "text or chat messages), 'messages' (a conversation ending with the assistant's answer), "
+        f"'{text_field}' (plain text; the column named by dataset_text_field) or tokenized 'input_ids'.{hint} Rename "
+        "your columns (dataset.rename_columns) or set dataset_text_field."
+    )
+
+
 def split_last_assistant_turn(dataset: Dataset) -> Dataset:
     """Conversational `messages` -> `prompt` (all earlier turns) + `completion` (the last assistant turn)."""
 
@@ -116,7 +163,16 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
         args = resolve_args(args, MaskedDiffusionSFTConfig, "llada-sft")
         if processing_class is None:
             raise ValueError("Pass the tokenizer as processing_class (it tokenizes the data and is saved with the model).")
-        convert = lambda ds: split_last_assistant_turn(ds) if ds is not None and "messages" in ds.column_names else ds  # noqa: E731
+        if train_dataset is None:
+            raise ValueError("Pass a train_dataset: MaskedDiffusionSFTTrainer prepares (tokenizes) it when built.")
+        check_sft_dataset(train_dataset, "train", args.dataset_text_field)
+        check_sft_dataset(eval_dataset, "eval", args.dataset_text_field)
+
+        def convert(ds):
+            if isinstance(ds, dict):
+                return {name: convert(entry) for name, entry in ds.items()}
+            return split_last_assistant_turn(ds) if ds is not None and "messages" in (ds.column_names or []) else ds
+
         eos = processing_class.eos_token_id
         if eos is None:
             raise ValueError("The tokenizer has no eos_token; LLaDA pads answers with EOS. Set tokenizer.eos_token.")
@@ -136,6 +192,31 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
         else:
             self.eval_dataset = with_example_ids(self.eval_dataset)
         self.model_accepts_loss_kwargs = False
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """TRL's preparation, then a check of what its truncation dropped: rows whose prompt alone fills
+        `max_length` have no answer token left and are removed; when that removes every row, a `ValueError` says by
+        how much the prompts are too long (instead of training on zero samples)."""
+        prepared = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        if not (isinstance(dataset, Dataset) and isinstance(prepared, Dataset)) or len(prepared) == len(dataset):
+            return prepared
+        label, dropped = _dataset_label(dataset_name), len(dataset) - len(prepared)
+        if len(prepared) > 0:
+            logger.warning(f"{dropped} of {len(dataset)} rows of the {label} were dropped: their prompt fills "
+                           f"max_length={args.max_length} tokens, leaving no answer token to learn. Raise max_length "
+                           "to keep them.")
+            return prepared
+        unlimited = copy.copy(args)  # the same preparation without truncation, to measure the prompts
+        unlimited.max_length = None
+        full = super()._prepare_dataset(dataset, processing_class, unlimited, packing, formatting_func, dataset_name)
+        prompts = [sum(token == -100 for token in labels) for labels in full["labels"]]
+        longest = max(len(ids) for ids in full["input_ids"])
+        raise ValueError(
+            f"All {len(dataset)} rows of the {label} were dropped: max_length={args.max_length} leaves no answer "
+            f"token in any of them, because every prompt fills it (prompt lengths: shortest {min(prompts)}, longest "
+            f"{max(prompts)} tokens). Set max_length to at least {max(prompts) + 1} to keep every row ({longest} keeps "
+            "every answer whole), or shorten the prompts."
+        )
 
     def _likelihood_pairs(self, dataset) -> list[tuple[list[int], list[int]]]:
         """SFT examples are scored on their answer given their prompt (TRL's labels mark the answer)."""
