@@ -8,6 +8,7 @@ This file travels with every checkpoint (trust_remote_code): it imports only tor
 """
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,8 @@ _METADATA_FIELDS = ("_commit_hash", "_from_model_config", "transformers_version"
 _IGNORED_STANDARD_FIELDS = ("use_cache", "low_memory", "disable_compile", "compile_config")
 
 
-def _standard_generation_defaults() -> dict[str, set]:
+@functools.cache
+def _standard_generation_defaults() -> dict[str, list]:
     """transformers' own generation fields and the values that mean "not set" for each (None, the value a plain
     `GenerationConfig()` holds, and the global default `generate` applies to unset fields)."""
     plain = GenerationConfig()
