@@ -88,9 +88,13 @@ def unsupported_generation_settings(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def unsupported_settings_error(settings: dict[str, Any], where: str) -> ValueError:
+def reject_unsupported_settings(values: dict[str, Any], where: str) -> None:
+    """Raise, naming them, when `values` hold transformers generation settings diffusion cannot honour."""
+    settings = unsupported_generation_settings(values)
+    if not settings:
+        return
     listed = ", ".join(f"{name}={value!r}" for name, value in sorted(settings.items()))
-    return ValueError(
+    raise ValueError(
         f"{where} sets {listed}: not supported by LLaDA's diffusion generation, which fills a masked canvas over "
         f"`steps` denoising steps rather than producing tokens left to right (no beam search, no per-token "
         f"penalties or scores). Remove them; per-step logits processors can be passed as `logits_processor=`. "
@@ -169,9 +173,7 @@ class LLaDAGenerationConfig(GenerationConfig):
             self.transformers_version = transformers.__version__
         # transformers' own fields (a generation_config.json written by GenerationConfig) load when they are neutral
         # (num_beams=1, repetition_penalty=1.0, ...); anything that asks for a behaviour diffusion lacks raises.
-        unsupported = unsupported_generation_settings(kwargs)
-        if unsupported:
-            raise unsupported_settings_error(unsupported, "This generation config")
+        reject_unsupported_settings(kwargs, "This generation config")
         standard = _standard_generation_defaults()
         unknown = sorted(name for name in kwargs if name not in standard)
         if unknown:
@@ -205,7 +207,9 @@ class LLaDAGenerationConfig(GenerationConfig):
                 f"{self.cfg_scale!r}."
             )
         seeds = self.seed if isinstance(self.seed, (list, tuple)) else [self.seed]
-        if self.seed is not None and (not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        if self.seed is not None and (
+            not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+        ):
             raise ValueError(f"`seed` must be an integer or a list of integers (one per prompt), got {self.seed!r}.")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
@@ -230,9 +234,7 @@ class LLaDAGenerationConfig(GenerationConfig):
     def update(self, **kwargs) -> dict[str, Any]:
         """Set the given fields; return the kwargs that are neither fields of this config nor transformers' generation
         fields. Neutral transformers fields (`num_beams=1`, ...) are accepted and ignored; others raise."""
-        unsupported = unsupported_generation_settings(kwargs)
-        if unsupported:
-            raise unsupported_settings_error(unsupported, "The generation call")
+        reject_unsupported_settings(kwargs, "The generation call")
         standard = _standard_generation_defaults()
         unused = {}
         for key, value in kwargs.items():
@@ -491,9 +493,7 @@ class LLaDAGenerationMixin:
         # A plain GenerationConfig (from a tool or a user): the fields it sets that mean the same in diffusion carry
         # over (do_sample, temperature, max_new_tokens, ...); one that asks for what diffusion lacks raises.
         values = {k: v for k, v in config.to_dict().items() if v is not None and k not in _METADATA_FIELDS}
-        unsupported = unsupported_generation_settings(values)
-        if unsupported:
-            raise unsupported_settings_error(unsupported, "The GenerationConfig passed to generate()")
+        reject_unsupported_settings(values, "The GenerationConfig passed to generate()")
         return LLaDAGenerationConfig(**{k: v for k, v in values.items() if k in _DIFFUSION_DEFAULTS})
 
     def _resolve_generation_config(
