@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from modeling_llada import LLaDAConfig, LLaDAModelLM
+from bench_generate import random_llada  # the same random model as the generation benchmark
 
 
 def timed(function, repeats: int, device: str) -> float:
@@ -42,12 +42,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    config = LLaDAConfig(d_model=args.d_model, n_heads=max(1, args.d_model // 64), n_layers=args.layers,
-                         mlp_hidden_size=args.d_model * 3, vocab_size=args.vocab, embedding_size=args.vocab,
-                         max_sequence_length=4096, mask_token_id=args.vocab - 4, eos_token_id=args.vocab - 3,
-                         pad_token_id=args.vocab - 3, bos_token_id=args.vocab - 2)
-    model = LLaDAModelLM(config).to(args.device, getattr(torch, args.dtype)).eval()
+    model = random_llada(args.layers, args.d_model, args.vocab, args.device, max_sequence_length=4096)
+    model.to(getattr(torch, args.dtype))
     prompts = torch.randint(0, args.vocab - 8, (args.batch, args.prompt), device=args.device)
     canvas = torch.randint(0, args.vocab - 8, (args.batch, args.prompt + args.gen), device=args.device)
     settings = dict(max_new_tokens=args.gen, steps=args.gen, block_length=args.block)
@@ -80,7 +76,8 @@ def main() -> None:
         rows.append((name, tokens / eager_s, tokens / compiled_s, eager_s / compiled_s))
 
     print(f"device={args.device} dtype={args.dtype} layers={args.layers} d_model={args.d_model} vocab={args.vocab} "
-          f"batch={args.batch} prompt={args.prompt} gen={args.gen} block={args.block} threads={torch.get_num_threads()} "
+          f"batch={args.batch} prompt={args.prompt} gen={args.gen} block={args.block} "
+          f"threads={torch.get_num_threads()} "
           f"torch={torch.__version__}")
     print(f"| measure | eager | compiled | speed-up |\n| --- | ---: | ---: | ---: |")
     for name, eager_rate, compiled_rate, speedup in rows:

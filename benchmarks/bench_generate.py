@@ -14,6 +14,17 @@ import torch
 from modeling_llada import LLaDAConfig, LLaDAModelLM
 
 
+def random_llada(layers: int, d_model: int, vocab: int, device: str, max_sequence_length: int = 1024) -> LLaDAModelLM:
+    """A random LLaDA of the given size (heads of 64, MLP 3 x d_model; the last ids of the vocabulary are special),
+    in eval mode on `device`; seeded, so every benchmark builds the same model."""
+    torch.manual_seed(0)
+    config = LLaDAConfig(d_model=d_model, n_heads=max(1, d_model // 64), n_layers=layers, mlp_hidden_size=d_model * 3,
+                         vocab_size=vocab, embedding_size=vocab, max_sequence_length=max_sequence_length,
+                         mask_token_id=vocab - 4, eos_token_id=vocab - 3, pad_token_id=vocab - 3,
+                         bos_token_id=vocab - 2)
+    return LLaDAModelLM(config).to(device).eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=4)
@@ -26,12 +37,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    config = LLaDAConfig(d_model=args.d_model, n_heads=max(1, args.d_model // 64), n_layers=args.layers,
-                         mlp_hidden_size=args.d_model * 3, vocab_size=args.vocab, embedding_size=args.vocab,
-                         max_sequence_length=1024, mask_token_id=args.vocab - 4, eos_token_id=args.vocab - 3,
-                         pad_token_id=args.vocab - 3, bos_token_id=args.vocab - 2)
-    model = LLaDAModelLM(config).to(args.device).eval()
+    model = random_llada(args.layers, args.d_model, args.vocab, args.device)
     prompts = torch.randint(0, args.vocab - 8, (args.batch, args.prompt), device=args.device)
     gen = args.gen
     settings = [
