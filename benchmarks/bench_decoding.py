@@ -21,7 +21,7 @@ from datasets import Dataset
 
 from modeling_llada import LLaDAConfig, LLaDAModelLM
 from trainers import MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
-from trainers.local_data import digit_copy_task, python_docs_corpus, train_tokenizer
+from llada_cli.local_data import digit_copy_task, python_docs_corpus, train_tokenizer
 
 SETTINGS = [
     ("exact (1 token/step)", {}),

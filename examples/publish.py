@@ -11,7 +11,7 @@ parse, the LLaDA code files, tokenizer files, the training record, the card); an
 
 import sys
 
-from hub_cards.publish import main
+from llada_cli.publish import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,11 +7,11 @@ import sys
 import pytest
 
 from hub_cards import check_folder
-from trainers.commands import main
+from llada_cli.commands import main
 
 
 def llada_hf(*args: str, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
-    code = "import sys; from trainers.commands import main; sys.exit(main())"
+    code = "import sys; from llada_cli.commands import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True,
                           timeout=900, cwd=cwd)
 

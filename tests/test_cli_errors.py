@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import trainers.commands as commands
-from trainers.commands import DEBUG_ENV, main
+import llada_cli.commands as commands
+from llada_cli.commands import DEBUG_ENV, main
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +148,7 @@ def test_an_internal_error_is_one_line_unless_debugging(capsys, monkeypatch):
 def console_script(*args: str) -> subprocess.CompletedProcess:
     """The installed `llada-hf` entry point, or the same `main` through the interpreter where it is not installed."""
     script = Path(sys.executable).with_name("llada-hf")
-    code = "import sys; from trainers.commands import main; sys.exit(main())"
+    code = "import sys; from llada_cli.commands import main; sys.exit(main())"
     command = [str(script)] if script.exists() else [sys.executable, "-c", code]
     env = {key: value for key, value in os.environ.items() if key != DEBUG_ENV}
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, env=env)

@@ -11,8 +11,6 @@
 - `peft=<adapter path or Hub id>` evaluates a LoRA adapter on its base, which the official evaluation cannot.
 """
 
-import argparse
-import json
 import math
 import time
 
@@ -22,7 +20,6 @@ from lm_eval.api.registry import register_model
 
 import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
 
-from .loading import load_tokenizer
 
 GENERATION_ARGS = ("steps", "block_length", "temperature", "remasking", "cfg_scale", "logits_eos_inf",
                    "confidence_eos_eot_inf", "early_exit", "top_k", "top_p")
@@ -72,7 +69,12 @@ class LLaDAEvalModel(LM):
             model = PeftModel.from_pretrained(model, peft)
         self.model = model.to(device).eval()
         self.llada = self.model.get_base_model() if peft else self.model
-        self.tokenizer = load_tokenizer(tokenizer or pretrained, trust_remote_code)  # adapters share the base's
+        from transformers import AutoTokenizer
+
+        # adapters share the base's tokenizer; LLaDA pads with EOS
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or pretrained, trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self._device = torch.device(device)
         self.batch_size = int(_parse(batch_size)) if batch_size != "auto" else 16
         self.mc_num, self.cfg_scale, self.seed = int(_parse(mc_num)), float(_parse(cfg_scale)), int(_parse(seed))
@@ -190,52 +192,9 @@ class LLaDAEvalModel(LM):
         return int(math.ceil(length / block) * block)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="llada-hf eval", description="Evaluate a LLaDA model (or adapter) with "
-                                     "lm-evaluation-harness; prints the table, tokens/s and forward passes per token.")
-    parser.add_argument("--model", required=True, help="Hub id or folder of a LLaDA model")
-    parser.add_argument("--peft", help="LoRA adapter (Hub id or folder) applied to --model")
-    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    parser.add_argument("--include_path", help="folder with extra task YAML files")
-    parser.add_argument("--limit", type=float, help="examples per task (int) or fraction")
-    parser.add_argument("--num_fewshot", type=int)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--mc_num", type=int, default=128, help="Monte-Carlo samples of the likelihood bound")
-    parser.add_argument("--cfg_scale", type=float, default=0.0)
-    parser.add_argument("--max_new_tokens", type=int, help="canvas length when a task sets no max_gen_toks")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--block_length", type=int)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--remasking")
-    parser.add_argument("--apply_chat_template", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="write the results as JSON here")
-    args = parser.parse_args(argv)
+def __getattr__(name: str):
+    if name == "main":  # `llada-hf eval` lives in the application package, llada_cli.evaluate
+        from llada_cli.evaluate import main
 
-    generation = {k: getattr(args, k) for k in ("steps", "block_length", "temperature", "remasking")
-                  if getattr(args, k) is not None}
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-    from lm_eval.utils import make_table
-
-    model = LLaDAEvalModel(pretrained=args.model, peft=args.peft, batch_size=args.batch_size, mc_num=args.mc_num,
-                           cfg_scale=args.cfg_scale, seed=args.seed, max_new_tokens=args.max_new_tokens, **generation)
-    results = lm_eval.simple_evaluate(
-        model=model, tasks=args.tasks.split(","), limit=args.limit, num_fewshot=args.num_fewshot,
-        task_manager=TaskManager(include_path=args.include_path), apply_chat_template=args.apply_chat_template,
-        log_samples=False,
-    )
-    print(make_table(results))
-    speed = {"generated_tokens": model.generated_tokens, "forward_passes": model.forward_passes,
-             "generation_seconds": round(model.generation_seconds, 3)}
-    if model.generated_tokens:
-        speed["tokens_per_second"] = round(model.generated_tokens / model.generation_seconds, 2)
-        speed["forward_passes_per_token"] = round(model.forward_passes / model.generated_tokens, 4)
-        print(f"generation: {speed['tokens_per_second']} tokens/s, {speed['forward_passes_per_token']} forward "
-              f"passes per token ({model.generated_tokens} tokens in {speed['generation_seconds']} s)")
-    summary = {"results": results["results"], "speed": speed}
-    if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(summary, handle, indent=2, default=str)
-    return summary
-
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

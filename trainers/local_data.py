@@ -1,89 +1,12 @@
-"""Data that needs no download: an English corpus that ships with Python, a byte-level BPE tokenizer with LLaDA's
-special tokens and chat template, and an instruction task whose answers can be checked.
+"""Moved to `llada_cli.local_data` (the command-line application has its own package); this name stays an alias of it.
 
-The examples, the tests and the quickstart use these so that nothing is fetched from the Hub at run time; real
-users pass Hub ids or local files instead.
+The training library never imports this module: only code written for the old layout does.
 """
 
-import random
+import importlib
+import sys
+import warnings
 
-from datasets import Dataset
-from transformers import PreTrainedTokenizerFast
-
-# LLaDA-8B-Instruct's special tokens (REFERENCE.md section 2), so that chat data looks like the real model's.
-BOS, EOS, MASK = "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>"
-START_HEADER, END_HEADER, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
-SPECIAL_TOKENS = [BOS, EOS, MASK, START_HEADER, END_HEADER, EOT]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
-
-
-def python_docs_corpus(min_chars: int = 200) -> Dataset:
-    """About 465k characters of English from the standard library's `pydoc_data.topics`, one paragraph per row."""
-    from pydoc_data.topics import topics
-
-    paragraphs = []
-    for name in sorted(topics):
-        for paragraph in topics[name].split("\n\n"):
-            text = " ".join(paragraph.split())
-            if len(text) >= min_chars:
-                paragraphs.append(text)
-    return Dataset.from_dict({"text": paragraphs})
-
-
-def train_tokenizer(texts, vocab_size: int = 4096) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `texts` (under a second for the docs corpus), with LLaDA's special
-    tokens (BOS, EOS = pad, `<|mdm_mask|>` as `mask_token`, chat headers), its chat template, and one token per
-    digit."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    backend = Tokenizer(models.BPE())
-    # digits are single tokens (as in Llama), so numbers tokenize the same wherever they appear
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=EOS, mask_token=MASK,
-        additional_special_tokens=[START_HEADER, END_HEADER, EOT], padding_side="left",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def addition_task(size: int, seed: int = 0, low: int = 0, high: int = 99, conversational: bool = False) -> Dataset:
-    """Instruction pairs "What is a + b?" -> "c": a template task whose answers can be checked exactly.
-
-    Returns `prompt`/`completion` columns (plain strings, or chat messages with `conversational=True`) plus the
-    integer `answer`.
-    """
-    rng = random.Random(seed)
-    rows = {"prompt": [], "completion": [], "answer": []}
-    for _ in range(size):
-        a, b = rng.randint(low, high), rng.randint(low, high)
-        question, answer = f"What is {a} + {b}?", str(a + b)
-        if conversational:
-            rows["prompt"].append([{"role": "user", "content": question}])
-            rows["completion"].append([{"role": "assistant", "content": answer}])
-        else:
-            rows["prompt"].append(question + " Answer:")
-            rows["completion"].append(" " + answer)
-        rows["answer"].append(a + b)
-    return Dataset.from_dict(rows)
-
-
-def digit_copy_task(count: int, digits: int, seed: int) -> list[tuple[str, str]]:
-    """("Repeat: 3 1 4 1 5", "3 1 4 1 5") pairs: answers that can be checked exactly."""
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(count):
-        text = " ".join(rng.choice("0123456789") for _ in range(digits))
-        pairs.append((f"Repeat: {text}", text))
-    return pairs
+warnings.warn("trainers.local_data moved to llada_cli.local_data; import it from there (this alias will be removed in a future "
+              "release).", FutureWarning, stacklevel=2)
+sys.modules[__name__] = importlib.import_module("llada_cli.local_data")

@@ -37,7 +37,7 @@ from paper_common import (
 )
 
 from trainers import MaskedDiffusionConfig, MaskedDiffusionTrainer, pack_dataset
-from trainers.local_data import python_docs_corpus, train_tokenizer
+from llada_cli.local_data import python_docs_corpus, train_tokenizer
 
 
 class HeldOutNLL(TrainerCallback):

@@ -11,7 +11,7 @@ from huggingface_hub import HfApi
 from peft import LoraConfig, get_peft_model
 
 from hub_cards import publish, stage
-from hub_cards.publish import main
+from llada_cli.publish import main
 from tests.hub_cards.test_publishing import run_publish_cli, saved_model
 from tests.utils import tiny_chat_tokenizer, tiny_model
 

@@ -6,7 +6,7 @@ from datasets import Dataset
 
 from tests.utils import tiny_chat_tokenizer, tiny_model
 from trainers import MaskedDiffusionConfig, MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer, MaskedDiffusionTrainer
-from trainers.loading import load_dataset_arg
+from llada_cli.loading import load_dataset_arg
 
 PAIRS = {"prompt": ["t1 t2", "t3"], "completion": [" t4", " t5 t6"]}
 
