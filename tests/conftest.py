@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="llada-hf-test-home-"))
+os.environ.setdefault("LLADA_HF_CACHE", tempfile.mkdtemp(prefix="llada-hf-test-cache-"))  # e.g. the --help cache
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402

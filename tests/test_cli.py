@@ -60,7 +60,8 @@ def test_bad_generation_arguments_get_clear_messages(quickstart_run):
 
 def test_unknown_command_and_missing_model_are_reported(tmp_path, capsys):
     assert main(["train-everything"]) == 2
-    assert "unknown command 'train-everything'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown command 'train-everything'" in err and len(err.strip().splitlines()) == 1
     assert main(["generate", str(tmp_path / "nowhere"), "--prompt", "hi"]) == 2
     assert "no such folder" in capsys.readouterr().err
 
@@ -69,4 +70,15 @@ def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for command in ("quickstart", "pretrain", "sft", "generate", "chat", "publish", "eval"):
-        assert command in out
+        assert f"\n  {command} " in out
+    assert main([]) == 0 and capsys.readouterr().out == out
+
+
+def test_the_entry_points_are_one_function():
+    """`llada_cli.commands.main` (examples, old console scripts), `llada_cli.main.main` (the console script) and
+    `python -m llada_cli` run the same code."""
+    import llada_cli.main
+
+    assert main is llada_cli.main.main
+    result = subprocess.run([sys.executable, "-m", "llada_cli", "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "usage: llada-hf <command>" in result.stdout

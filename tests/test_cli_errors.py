@@ -15,8 +15,9 @@ from llada_cli.commands import DEBUG_ENV, main
 
 
 @pytest.fixture(autouse=True)
-def no_debug(monkeypatch):
+def no_debug(monkeypatch, tmp_path):
     monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setenv("LLADA_HF_CACHE", str(tmp_path / "cache"))  # pretrain and sft cache their help text
 
 
 def config_folder(folder: Path, **config) -> Path:

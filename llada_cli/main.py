@@ -1,0 +1,233 @@
+"""`llada-hf <command> [options]`: the command table, `--help`, `--version` and the one-line error handling.
+
+This module is light on purpose: `llada-hf --help`, `--version` and every `<command> --help` answer without importing
+torch, transformers or TRL. A command's own module is imported only to run it; the help of the commands whose parser
+is expensive to build (pretrain and sft list transformers' TrainingArguments) comes from `help_cache`.
+
+Errors. `main` prints a mistake in what was passed (`ValueError`, `OSError`) as one line on stderr,
+`llada-hf <command>: <message>`, and exits with status 2 (argparse's usage errors keep argparse's own message and
+status 2). Any other exception is a bug: one line too, `llada-hf <command>: internal error: <type>: <message>`,
+status 1. With the environment variable LLADA_HF_DEBUG=1 every error propagates with its full traceback.
+"""
+
+import importlib
+import os
+import sys
+from typing import NamedTuple
+
+DEBUG_ENV = "LLADA_HF_DEBUG"
+
+
+class Command(NamedTuple):
+    summary: str  # one line for `llada-hf --help`
+    runner: str  # the function of llada_cli.commands that runs it (looked up at call time)
+    parser_module: str  # where its parser is built...
+    parser_builder: str  # ...by this function (no arguments, returns the argparse parser)
+    cached_help: bool  # building the parser is expensive: its help text is cached on disk
+    extra: str | None = None  # the pip extra its module needs
+
+
+COMMANDS = {
+    "quickstart": Command("LLaDA end to end on a CPU in minutes, nothing downloaded: train, fine-tune, publish",
+                          "quickstart", "llada_cli.quickstart", "build_parser", False),
+    "pretrain": Command("masked-diffusion pre-training of a fresh or pre-trained LLaDA model",
+                        "pretrain", "llada_cli.commands", "build_pretrain_parser", True),
+    "sft": Command("response-only masked-diffusion fine-tuning (SFT), full or LoRA",
+                   "sft", "llada_cli.commands", "build_sft_parser", True),
+    "generate": Command("generate from a prompt, showing the denoising live",
+                        "generate", "llada_cli.commands", "build_generate_parser", False),
+    "chat": Command("chat with a LLaDA model in the terminal",
+                    "chat", "llada_cli.commands", "build_chat_parser", False),
+    "eval": Command("evaluate a model or adapter with lm-evaluation-harness",
+                    "evaluate", "llada_cli.evaluate", "build_parser", True, extra="eval"),
+    "publish": Command("publish a model or adapter folder to the Hub with a generated card",
+                       "publish", "llada_cli.publish", "build_parser", True),
+}
+
+
+def usage() -> str:
+    """The text of `llada-hf --help`."""
+    width = max(len(name) for name in COMMANDS) + 2
+    lines = [
+        "usage: llada-hf <command> [options]",
+        "",
+        "LLaDA, the large language diffusion model, in the Hugging Face ecosystem.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}{command.summary}" for name, command in COMMANDS.items()),
+        "",
+        "options:",
+        "  -h, --help     show this help message and exit",
+        "  -V, --version  show the version of llada-hf and of the libraries it runs on, then exit",
+        "",
+        "`llada-hf <command> --help` lists a command's options. Training commands also read them from",
+        f"`--config file.yaml`. {DEBUG_ENV}=1 shows the full traceback of an error.",
+    ]
+    return "\n".join(lines)
+
+
+def version_text() -> str:
+    """`llada-hf <version>`, then the versions of Python and the main libraries (read from their metadata: nothing is
+    imported)."""
+    import platform
+    from importlib import metadata
+
+    from . import version
+    from .help_cache import LIBRARIES
+
+    rows = [("python", platform.python_version())]
+    for name in LIBRARIES:
+        try:
+            rows.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            rows.append((name, "not installed"))
+    width = max(len(name) for name, _ in rows) + 2
+    return "\n".join([f"llada-hf {version()}", *(f"  {name:<{width}}{value}" for name, value in rows)])
+
+
+def _write(text: str) -> None:
+    """Print to stdout; a reader that has gone (`llada-hf pretrain --help | head`) is no error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:  # what is still buffered must not fail again at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _unknown(word: str) -> str:
+    import difflib
+
+    kind = "option" if word.startswith("-") else "command"
+    close = difflib.get_close_matches(word.lstrip("-"), list(COMMANDS), n=1)
+    hint = f"did you mean {close[0]!r}? " if close and kind == "command" else ""
+    return f"llada-hf: unknown {kind} {word!r}; {hint}commands: {', '.join(COMMANDS)} (llada-hf --help describes them)"
+
+
+def asks_for_help(args: list[str]) -> bool:
+    """Whether argparse would print the help for these arguments: `-h` or `--help` anywhere before `--`."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg in ("-h", "--help"):
+            return True
+    return False
+
+
+def _import_command_module(name: str):
+    command = COMMANDS[name]
+    try:
+        return importlib.import_module(command.parser_module)
+    except ImportError as error:
+        if command.extra is None:
+            raise
+        raise SystemExit(f"llada-hf {name} needs the {command.extra!r} extra: pip install 'llada-hf[{command.extra}]' "
+                         f"({error}).") from None
+
+
+def build_parser(name: str):
+    """The argparse parser of command `name` (importing its module), or None when its module does not build one."""
+    builder = getattr(_import_command_module(name), COMMANDS[name].parser_builder, None)
+    return builder() if builder is not None else None
+
+
+def help_text(name: str) -> str | None:
+    """The text of `llada-hf <name> --help` (from the cache for the expensive commands); None when the command's
+    module builds no parser up front (its runner then prints the help)."""
+    command = COMMANDS[name]
+    if not command.cached_help:
+        parser = build_parser(name)
+        return parser.format_help() if parser is not None else None
+    from . import help_cache
+
+    expected = help_cache.key(name)
+    text = help_cache.load(name, expected)
+    if text is None:
+        parser = build_parser(name)
+        if parser is None:
+            return None
+        text = parser.format_help()
+        help_cache.store(name, text, expected)
+    return text
+
+
+def _runner(name: str):
+    from . import commands
+
+    return getattr(commands, COMMANDS[name].runner)
+
+
+def _print_help(name: str) -> int:
+    text = help_text(name)
+    if text is None:  # the command prints its help itself (argparse: SystemExit(0))
+        try:
+            _runner(name)(["--help"])
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else 0
+        return 0
+    _write(text)
+    return 0
+
+
+def _warm_help_cache(name: str) -> None:
+    """Before running a command whose module is heavy anyway, store its help when the cache lacks it (pretrain and
+    sft do it with the parser they build). Never raises."""
+    if not COMMANDS[name].cached_help or COMMANDS[name].parser_module == "llada_cli.commands":
+        return
+    try:
+        from . import help_cache
+
+        expected = help_cache.key(name)
+        if help_cache.load(name, expected) is None:
+            parser = build_parser(name)
+            if parser is not None:
+                help_cache.store(name, parser.format_help(), expected)
+    except (Exception, SystemExit):  # noqa: BLE001 (the run itself reports a missing extra or a broken module)
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`llada-hf <command> ...`: the command's exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _write(usage() + "\n")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        _write(version_text() + "\n")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(_unknown(name), file=sys.stderr)
+        return 2
+    try:
+        if asks_for_help(rest):
+            return _print_help(name)
+        _warm_help_cache(name)
+        result = _runner(name)(rest)
+    except (ValueError, OSError) as error:  # a mistake in what was passed: the message says what to change
+        if _debug():
+            raise
+        print(f"llada-hf {name}: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if _debug():
+            raise
+        print(f"llada-hf {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: one line still; the traceback on request
+        if _debug():
+            raise
+        print(f"llada-hf {name}: internal error: {type(error).__name__}: {_one_line(error)} (run again with "
+              f"{DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
