@@ -1,58 +1,180 @@
 """`llada-hf eval`: lm-evaluation-harness on a LLaDA model or adapter, through the `llada` model of
-`trainers.lm_eval_llada`."""
+`trainers.lm_eval_llada`.
+
+Importing this module is cheap (argparse only): `llada-hf eval --help` answers at once. torch, lm-eval and the model
+are imported by `main` after the arguments are parsed, and the task names are checked before the model is loaded.
+"""
 
 import argparse
 import json
+from pathlib import Path
 
-from trainers.lm_eval_llada import LLaDAEvalModel
+from ._args import add_flag, new_parser
+
+# The dtypes LLaDA loads in (llada_cli.loading.DTYPES, which imports torch: kept in step by hand).
+DTYPES = ("float32", "bfloat16", "float16")
+REMASKING = ("low_confidence", "random", "margin", "entropy")  # modeling_llada.generation_llada.REMASKING_STRATEGIES
+GENERATION_FLAGS = ("steps", "block_length", "temperature", "remasking", "top_k", "top_p", "logits_eos_inf",
+                    "confidence_eos_eot_inf", "early_exit")
+LIST_TASKS_HINT = "`lm-eval ls tasks` lists the available tasks (add `--include_path DIR` for your own task folders)"
+
+DESCRIPTION = """\
+Evaluate a LLaDA model (or a LoRA adapter on its base) with lm-evaluation-harness; prints lm-eval's table, then the
+generation speed: tokens/s and forward passes per generated token.
+
+  llada-hf eval --model GSAI-ML/LLaDA-8B-Instruct --tasks gsm8k --apply_chat_template --limit 50 \\
+      --max_new_tokens 256 --block_length 32 --steps 256
+  llada-hf eval --model runs/base --peft runs/sft-lora --tasks my_task --include_path my_tasks/ \\
+      --output results.json --log_samples
+"""
+
+
+def count_or_fraction(value: str) -> int | float:
+    number = float(value)
+    return int(number) if number.is_integer() and number >= 1 else number
+
+
+def build_parser():
+    """The argument parser of `llada-hf eval` (both spellings of every flag, help text, defaults shown)."""
+    parser = new_parser("llada-hf eval", DESCRIPTION)
+    add_flag(parser, "model", required=True, metavar="NAME_OR_PATH",
+             help="Hub id or folder of a LLaDA model (the base, with --peft)")
+    add_flag(parser, "peft", default=None, metavar="NAME_OR_PATH",
+             help="LoRA adapter (Hub id or folder) evaluated on --model")
+    add_flag(parser, "tokenizer", default=None, metavar="NAME_OR_PATH",
+             help="Hub id or folder of the tokenizer; default: the model's")
+    add_flag(parser, "tasks", required=True, help="comma-separated lm-eval task names (or glob patterns); "
+             + LIST_TASKS_HINT)
+    add_flag(parser, "include_path", default=None, help="folder with extra task YAML files")
+    add_flag(parser, "limit", type=count_or_fraction, default=None,
+             help="examples per task: a count, or a fraction of each task when below 1")
+    add_flag(parser, "num_fewshot", type=int, default=None, help="few-shot examples per prompt; default: the task's")
+    add_flag(parser, "apply_chat_template", action="store_true",
+             help="render prompts with the tokenizer's chat template (instruct models)")
+    add_flag(parser, "fewshot_as_multiturn", action=argparse.BooleanOptionalAction, default=True,
+             help="with --apply_chat_template, few-shot examples are earlier chat turns (off: one user turn)")
+    add_flag(parser, "system_instruction", default=None, help="system message put before every prompt")
+    add_flag(parser, "batch_size", type=int, default=8, help="prompts per generation batch")
+    add_flag(parser, "mc_num", type=int, default=128,
+             help="Monte-Carlo samples of the likelihood bound (loglikelihood tasks)")
+    add_flag(parser, "cfg_scale", type=float, default=0.0, help="classifier-free guidance scale (0: off)")
+    add_flag(parser, "max_new_tokens", type=int, default=None,
+             help="generation canvas when a task sets no max_gen_toks; default: 128")
+    add_flag(parser, "steps", type=int, default=None, help="denoising steps; default: one per generated token")
+    add_flag(parser, "block_length", type=int, default=None, help="semi-autoregressive block length; default: the "
+             "whole canvas")
+    add_flag(parser, "temperature", type=float, default=None, help="sampling temperature; default: 0 (greedy)")
+    add_flag(parser, "top_k", type=int, default=None, help="sample among the k most likely tokens")
+    add_flag(parser, "top_p", type=float, default=None, help="nucleus sampling threshold")
+    add_flag(parser, "remasking", choices=REMASKING, default=None,
+             help="which proposals to commit first; default: low_confidence")
+    add_flag(parser, "logits_eos_inf", action="store_true", default=None, help="never propose an EOS id")
+    add_flag(parser, "confidence_eos_eot_inf", action="store_true", default=None,
+             help="commit EOS proposals last")
+    add_flag(parser, "early_exit", action="store_true", default=None,
+             help="stop denoising a row once its answer has ended with EOS")
+    add_flag(parser, "seed", type=int, default=0, help="seed of the likelihood samples and of sampling")
+    add_flag(parser, "device", default="auto",
+             help="where the model runs: cpu, cuda, cuda:1, mps, ...; auto: cuda when available, else cpu")
+    add_flag(parser, "dtype", choices=DTYPES, default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    add_flag(parser, "trust_remote_code", action="store_true", help="allow code files shipped with the model")
+    add_flag(parser, "output", default=None, help="write the results (and the samples, with --log_samples) as JSON "
+             "to this file")
+    add_flag(parser, "log_samples", action="store_true",
+             help="keep every example's prompt, outputs, target and score (in --output, which it needs)")
+    return parser
+
+
+def check_tasks(tasks: str, include_path: str | None):
+    """The task names of `--tasks` (glob patterns expanded, YAML files kept) and lm-eval's TaskManager; a
+    `ValueError` naming the unknown ones, before any model is loaded."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None and not Path(include_path).is_dir():
+        raise FileNotFoundError(f"--include_path {include_path!r}: no such folder; pass the folder that holds your "
+                                "task YAML files.")
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"--tasks {tasks!r} names no task; {LIST_TASKS_HINT}.")
+    manager = TaskManager(include_path=include_path)
+    resolved, unknown = [], []
+    for name in names:
+        if name.endswith((".yaml", ".yml")):
+            matches = [str(Path(name).absolute())] if Path(name).is_file() else []
+        else:
+            matches = manager.match_tasks([name])
+        if not matches:
+            unknown.append(name)
+        resolved += [match for match in matches if match not in resolved]
+    if unknown:
+        where = f" (nor in --include_path {include_path!r})" if include_path else ""
+        raise ValueError(f"--tasks: unknown task{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+                         f"lm-eval has no task of that name{where}; {LIST_TASKS_HINT}.")
+    return resolved, manager
+
+
+def _require_lm_eval() -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(f"llada-hf eval needs lm-evaluation-harness: pip install 'llada-hf[eval]' ({error}).")
+
+
+def _check_chat_template(args) -> None:
+    from transformers import AutoTokenizer
+
+    setting, source = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--model", args.model)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+    if not tokenizer.chat_template:
+        raise ValueError(f"{setting} {source!r}: its tokenizer has no chat template, which --apply_chat_template "
+                         "needs; drop the flag or pass --tokenizer with a tokenizer that has one.")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="llada-hf eval", description="Evaluate a LLaDA model (or adapter) with "
-                                     "lm-evaluation-harness; prints the table, tokens/s and forward passes per token.")
-    parser.add_argument("--model", required=True, help="Hub id or folder of a LLaDA model")
-    parser.add_argument("--peft", help="LoRA adapter (Hub id or folder) applied to --model")
-    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    parser.add_argument("--include_path", help="folder with extra task YAML files")
-    parser.add_argument("--limit", type=float, help="examples per task (int) or fraction")
-    parser.add_argument("--num_fewshot", type=int)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--mc_num", type=int, default=128, help="Monte-Carlo samples of the likelihood bound")
-    parser.add_argument("--cfg_scale", type=float, default=0.0)
-    parser.add_argument("--max_new_tokens", type=int, help="canvas length when a task sets no max_gen_toks")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--block_length", type=int)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--remasking")
-    parser.add_argument("--apply_chat_template", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="write the results as JSON here")
-    args = parser.parse_args(argv)
+    """Run `llada-hf eval` with `argv`; returns {"results", "speed"} (and "samples" with --log_samples)."""
+    args = build_parser().parse_args(argv)
+    if args.log_samples and not args.output:
+        raise ValueError("--log_samples writes every example's outputs into --output; pass --output FILE.json too.")
+    _require_lm_eval()
+    from .commands import check_device
 
-    generation = {k: getattr(args, k) for k in ("steps", "block_length", "temperature", "remasking")
-                  if getattr(args, k) is not None}
+    device = str(check_device(args.device))
+    tasks, task_manager = check_tasks(args.tasks, args.include_path)
+    if args.apply_chat_template:
+        _check_chat_template(args)
+
     import lm_eval
-    from lm_eval.tasks import TaskManager
-    from lm_eval.utils import make_table
+    from lm_eval.utils import handle_non_serializable, make_table
 
-    model = LLaDAEvalModel(pretrained=args.model, peft=args.peft, batch_size=args.batch_size, mc_num=args.mc_num,
-                           cfg_scale=args.cfg_scale, seed=args.seed, max_new_tokens=args.max_new_tokens, **generation)
+    from trainers.lm_eval_llada import LLaDAEvalModel
+
+    generation = {name: getattr(args, name) for name in GENERATION_FLAGS if getattr(args, name) is not None}
+    model = LLaDAEvalModel(pretrained=args.model, peft=args.peft, tokenizer=args.tokenizer, dtype=args.dtype,
+                           device=device, batch_size=args.batch_size, mc_num=args.mc_num,
+                           cfg_scale=args.cfg_scale, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                           trust_remote_code=args.trust_remote_code, **generation)
     results = lm_eval.simple_evaluate(
-        model=model, tasks=args.tasks.split(","), limit=args.limit, num_fewshot=args.num_fewshot,
-        task_manager=TaskManager(include_path=args.include_path), apply_chat_template=args.apply_chat_template,
-        log_samples=False,
+        model=model, tasks=tasks, limit=args.limit, num_fewshot=args.num_fewshot, task_manager=task_manager,
+        apply_chat_template=args.apply_chat_template, fewshot_as_multiturn=args.fewshot_as_multiturn,
+        system_instruction=args.system_instruction, log_samples=args.log_samples,
     )
     print(make_table(results))
     speed = {"generated_tokens": model.generated_tokens, "forward_passes": model.forward_passes,
              "generation_seconds": round(model.generation_seconds, 3)}
     if model.generated_tokens:
-        speed["tokens_per_second"] = round(model.generated_tokens / model.generation_seconds, 2)
+        speed["tokens_per_second"] = round(model.generated_tokens / max(model.generation_seconds, 1e-9), 2)
         speed["forward_passes_per_token"] = round(model.forward_passes / model.generated_tokens, 4)
         print(f"generation: {speed['tokens_per_second']} tokens/s, {speed['forward_passes_per_token']} forward "
               f"passes per token ({model.generated_tokens} tokens in {speed['generation_seconds']} s)")
     summary = {"results": results["results"], "speed": speed}
+    if args.log_samples:
+        summary["samples"] = results["samples"]
     if args.output:
         with open(args.output, "w") as handle:
-            json.dump(summary, handle, indent=2, default=str)
+            json.dump(summary, handle, indent=2, default=handle_non_serializable)
+        print(f"results written to {args.output}")
     return summary
 
+
+if __name__ == "__main__":
+    main()

@@ -7,10 +7,14 @@
   for one-token continuations), CFG through `cfg_scale`; `is_greedy` says whether every continuation token is the
   argmax when the whole continuation is masked.
 - `loglikelihood_rolling`: the unconditional bound of each document, in chunks of the model's max length.
-- `generate_until`: diffusion `generate` with the model args as generation kwargs, cut at the stop sequences.
+- `generate_until`: diffusion `generate` with the model args as generation kwargs. Each answer ends at the first end
+  token (every id of the model's `generation_config.eos_token_id`, the tokenizer's EOS, the chat template's
+  end-of-turn token such as `<|eot_id|>`), is decoded without special tokens, and is cut at the earliest of its
+  request's `until` strings. Requests are batched only with requests of the same generation kwargs.
 - `peft=<adapter path or Hub id>` evaluates a LoRA adapter on its base, which the official evaluation cannot.
 """
 
+import json
 import math
 import time
 
@@ -19,6 +23,14 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
+from modeling_llada.answers import (  # noqa: F401  (re-exported: they were defined here)
+    cut_at_stop_strings,
+    decode_answers,
+    end_of_turn_id,
+    end_token_ids,
+    first_end_positions,
+    special_token_ids,
+)
 
 
 GENERATION_ARGS = ("steps", "block_length", "temperature", "remasking", "cfg_scale", "logits_eos_inf",
@@ -40,6 +52,18 @@ def _parse(value):
         except ValueError:
             pass
     return value
+
+
+def _stop_strings(until) -> list[str]:
+    """lm-eval's `until`: None, one string or a list of strings."""
+    if until is None:
+        return []
+    return [until] if isinstance(until, str) else [stop for stop in until if stop]
+
+
+def _settings_key(settings) -> str:
+    """Requests with equal generation kwargs share a key (and may share a batch)."""
+    return json.dumps(settings or {}, sort_keys=True, default=str)
 
 
 @register_model("llada")
@@ -86,19 +110,36 @@ class LLaDAEvalModel(LM):
         self.forward_passes = 0  # counted over generate_until, for tokens/s and forward passes per token
         self.generated_tokens = 0
         self.generation_seconds = 0.0
+        # an answer ends at the first of these: the model's EOS ids, the tokenizer's EOS, the chat end-of-turn token
+        eos = getattr(getattr(self.llada, "generation_config", None), "eos_token_id", None)
+        self.end_ids = end_token_ids(self.llada.config.eos_token_id if eos is None else eos, self.tokenizer)
+        self._special_ids = special_token_ids(self.tokenizer)
 
     @property
     def tokenizer_name(self) -> str:
         return self.tokenizer.name_or_path.replace("/", "__")
 
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The tokenizer's chat template (lm-eval keys its request cache on it)."""
+        template = self.tokenizer.chat_template
+        return template if isinstance(template, str) else (json.dumps(template, sort_keys=True) if template else "")
+
     def apply_chat_template(self, chat_history, add_generation_prompt=True) -> str:
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"tokenizer {self.tokenizer.name_or_path!r} has no chat template, which "
+                             "apply_chat_template needs; evaluate without it or pass a tokenizer that has one.")
         return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt)
 
     # -- likelihoods ---------------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
-        # the tokenizer's own special tokens (BOS or not), as TRL adds them to training data
-        return self.tokenizer(text)["input_ids"]
+        # the tokenizer's own special tokens (BOS or not), as TRL adds them to training data; a chat-templated
+        # context already starts with the BOS text, and TRL then tokenizes without adding a second BOS
+        ids = self.tokenizer(text)["input_ids"]
+        bos, bos_text = self.tokenizer.bos_token_id, self.tokenizer.bos_token
+        if bos is not None and bos_text and ids[:2] == [bos, bos] and text.startswith(bos_text):
+            return ids[1:]
+        return ids
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         whole = self._encode(context + continuation)
@@ -157,34 +198,55 @@ class LLaDAEvalModel(LM):
 
     # -- generation -------------------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        outputs = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            contexts = [request.args[0] for request in chunk]
-            settings = [request.args[1] for request in chunk]
-            until = settings[0].get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            length = self._canvas_length(settings[0].get("max_gen_toks"))
-            prompts = [self._encode(context) for context in contexts]
-            longest = max(len(p) for p in prompts)
-            pad = self.llada.config.pad_token_id or 0
-            ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=self.device)
-            mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-            kwargs = {**self.generation, "max_new_tokens": length, "return_dict_in_generate": True}
-            torch.manual_seed(self.seed)
-            started = time.perf_counter()
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-            if ids.is_cuda:
-                torch.cuda.synchronize()
-            self.generation_seconds += time.perf_counter() - started
-            self.forward_passes += int((length / out.tokens_per_forward).sum())
-            self.generated_tokens += length * len(chunk)
-            for row in out.sequences[:, longest:]:
-                text = self.tokenizer.decode(row, skip_special_tokens=False)
-                for stop in [*until, *(self.tokenizer.eos_token and [self.tokenizer.eos_token] or [])]:
-                    text = text.split(stop)[0]
-                outputs.append(text)
+        """Generate for each request, then cut its answer at the first end token and at its own `until` strings.
+
+        Requests are batched only with requests of the same generation kwargs (`until`, `max_gen_toks`, ...), longest
+        prompt first; the answers come back in the order of `requests`. Generation kwargs other than `until` and
+        `max_gen_toks` (`do_sample`, `temperature`, ...) are ignored: the model args set the sampler.
+        """
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(_settings_key(request.args[1]), []).append(index)
+        prompts = [self._encode(request.args[0]) for request in requests]
+        outputs: list[str | None] = [None] * len(requests)
+        for indices in groups.values():
+            settings = requests[indices[0]].args[1] or {}
+            until = _stop_strings(settings.get("until"))
+            end_ids = self._end_ids(until)
+            length = self._canvas_length(settings.get("max_gen_toks"))
+            indices = sorted(indices, key=lambda i: -len(prompts[i]))  # stable: ties keep the request order
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                rows = self._generate([prompts[i] for i in chunk], length)
+                for i, text in zip(chunk, decode_answers(self.tokenizer, rows, end_ids, until)):
+                    outputs[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return outputs
+
+    def _generate(self, prompts: list[list[int]], length: int) -> torch.Tensor:
+        """The generated canvases (rows of `length` ids) of left-padded prompts."""
+        longest = max(len(p) for p in prompts)
+        pad = self.llada.config.pad_token_id or 0
+        ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        kwargs = {**self.generation, "max_new_tokens": length, "return_dict_in_generate": True}
+        if self.cfg_scale:
+            kwargs["cfg_scale"] = self.cfg_scale
+        torch.manual_seed(self.seed)
+        started = time.perf_counter()
+        out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
+        self.generation_seconds += time.perf_counter() - started
+        self.forward_passes += int((length / out.tokens_per_forward).sum())
+        self.generated_tokens += length * len(prompts)
+        return out.sequences[:, longest:]
+
+    def _end_ids(self, until: list[str]) -> list[int]:
+        """The answer's end ids, plus the ids of stop strings that are special tokens (decoding skips those, so
+        they are cut as ids)."""
+        extra = [self._special_ids[stop] for stop in until if stop in self._special_ids]
+        return list(dict.fromkeys([*self.end_ids, *extra]))
 
     def _canvas_length(self, max_gen_toks) -> int:
         length = int(max_gen_toks) if max_gen_toks else int(self.max_new_tokens or 128)

@@ -160,3 +160,56 @@ def test_evaluate_script_prints_results_and_generation_speed(tmp_path):
     # 8 prompts x a 4-token canvas in 4 steps: one forward pass per token
     assert summary["speed"]["generated_tokens"] == 32
     assert summary["speed"]["forward_passes_per_token"] == 1.0
+
+
+def test_eval_module_is_cheap_to_import_and_its_parser_follows_the_flag_conventions():
+    import subprocess
+    import sys
+
+    code = ("import sys, llada_cli.evaluate; heavy = [m for m in ('torch', 'lm_eval', 'trainers', 'transformers') "
+            "if m in sys.modules]; print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+    from llada_cli.evaluate import build_parser
+
+    parser = build_parser()
+    flags = [action for action in parser._actions if action.option_strings and action.dest != "help"]
+    for action in flags:
+        assert action.help, action.dest
+        if "_" in action.dest:
+            assert {f"--{action.dest}", f"--{action.dest.replace('_', '-')}"} <= set(action.option_strings)
+    names = {action.dest for action in flags}
+    assert {"model", "peft", "tasks", "include_path", "apply_chat_template", "trust_remote_code", "device", "dtype",
+            "log_samples", "output", "max_new_tokens", "steps", "block_length"} <= names
+    args = parser.parse_args(["--model", "m", "--tasks", "t", "--apply-chat-template", "--max-new-tokens", "8",
+                              "--limit", "0.5"])
+    assert args.apply_chat_template and args.max_new_tokens == 8 and args.limit == 0.5
+    assert parser.parse_args(["--model", "m", "--tasks", "t", "--limit", "5"]).limit == 5
+    assert "(default: 8)" in parser.format_help()  # --batch_size
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--tasks", "t", "--dtype", "float64"])
+
+
+def test_eval_needs_an_output_file_for_the_samples():
+    from llada_cli.evaluate import main
+
+    with pytest.raises(ValueError, match="--log_samples .* --output"):
+        main(["--model", "m", "--tasks", "t", "--log_samples"])
+
+
+@pytest.mark.slow
+def test_eval_names_unknown_tasks_before_loading_the_model(tmp_path):
+    from pathlib import Path
+
+    from llada_cli.evaluate import main
+
+    tasks = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval_tasks"
+    missing = str(tmp_path / "no-model")  # never loaded: the task names are checked first
+    with pytest.raises(ValueError) as error:
+        main(["--model", missing, "--tasks", "toy_chat_sum,no_such_task", "--include_path", str(tasks)])
+    message = str(error.value)
+    assert "unknown task 'no_such_task'" in message and "toy_chat_sum" not in message
+    assert "lm-eval ls tasks" in message and "--include_path" in message
+    with pytest.raises(FileNotFoundError, match="--include_path"):
+        main(["--model", missing, "--tasks", "toy_chat_sum", "--include_path", str(tmp_path / "none")])
