@@ -2,6 +2,13 @@
 
 Every value a card states is read from the checkpoint it describes (its `config.json`, `generation_config.json`,
 `adapter_config.json`) and from the training record our trainers write next to the weights (`llada_training.json`).
+
+The training record (format 2) lists every training stage that led to the weights, oldest first, under `stages`:
+a trainer that starts from a folder (or a cached Hub repository) holding its own record carries that record's
+stages and appends its own. A stage states its kind ("pre-training", "SFT", "LoRA SFT", "LoRA pre-training"), the
+model it started from, steps, key hyper-parameters, final losses, LoRA settings and its data (names, rows, tokens).
+The top-level fields repeat the last stage, in the layout of format 1 (records without `stages`), which cards still
+render. Names in a record are Hub ids, or the last part of a local path: never a path of the machine that trained.
 """
 
 import json
@@ -13,6 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATES = Path(__file__).parent / "templates"
 TRAINING_RECORD = "llada_training.json"
+RECORD_FORMAT = 2
 BASE_TAGS = ["llada", "diffusion", "masked-diffusion", "text-generation"]
 CITATION_KEY = "arxiv:2502.09992"
 # generation_config.json fields shown in the card's example, in this order (None -> the documented default).
@@ -20,6 +28,19 @@ GENERATION_FIELDS = ("max_new_tokens", "steps", "block_length", "temperature", "
                      "cfg_scale", "logits_eos_inf", "confidence_eos_eot_inf", "early_exit")
 GENERATION_DEFAULTS = {"max_new_tokens": 128, "temperature": 0.0, "remasking": "low_confidence", "cfg_scale": 0.0,
                        "logits_eos_inf": False, "confidence_eos_eot_inf": False, "early_exit": False}
+# the sampler's fast-decoding settings, shown in the card when generation_config.json sets them
+FAST_DECODING_FIELDS = ("threshold", "factor", "kv_cache")
+# local data files (by extension) are named by their file name, never taken for a Hub dataset id
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow", ".tsv")
+# the fields of a stage that format 1 kept at the top level of the record
+TOP_LEVEL_FIELDS = ("objective", "mask_eps", "random_length_probability", "low_discrepancy_sampling",
+                    "train_on_padding", "hyperparameters", "train_loss", "eval_loss", "lora")
+OBJECTIVE_TEXT = {
+    "sft": ("response-only masked-diffusion SFT (LLaDA): cross-entropy at masked answer positions / p_mask, divided "
+            "by each row's answer length, averaged over rows"),
+    "pretraining": ("masked-diffusion pre-training (LLaDA): cross-entropy at masked positions / p_mask, summed and "
+                    "divided by batch size x sequence length"),
+}
 
 
 def count_parameters(config: dict[str, Any]) -> int:
@@ -50,8 +71,154 @@ def versions() -> dict[str, str]:
     return found
 
 
-def training_record(trainer, dataset_names: list[str] | None = None) -> dict[str, Any]:
-    """What a card says about training, read from a finished (or checkpointed) trainer."""
+# --- names: Hub ids or local paths -------------------------------------------------------------------------------
+
+
+def looks_like_a_path(name: str) -> bool:
+    """True when `name` is (or reads as) a local path rather than a Hub id: it exists here, starts with / . ~, holds
+    a backslash or more than one '/'."""
+    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+            or Path(name).expanduser().exists())
+
+
+def _valid_repo_id(name: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def model_hub_id(name: str | None) -> str | None:
+    """`name` when it reads as a Hub model id, namespace/name, and is no local path; None otherwise."""
+    if not isinstance(name, str) or name.count("/") != 1 or looks_like_a_path(name) or not _valid_repo_id(name):
+        return None
+    return name
+
+
+def dataset_hub_id(name: str | None) -> str | None:
+    """`name` when it reads as a Hub dataset id (namespace/name, or a legacy single name) and is no local path or
+    data file name; None otherwise."""
+    if (not isinstance(name, str) or not name or looks_like_a_path(name)
+            or Path(name).suffix.lower() in DATA_FILE_SUFFIXES or not _valid_repo_id(name)):
+        return None
+    return name
+
+
+def local_label(name: str) -> str:
+    """How a record names something local: the last part of a path (never the path of this machine), a data file's
+    name, or a description as given ("addition task (local)")."""
+    if looks_like_a_path(name) or Path(name).suffix.lower() in DATA_FILE_SUFFIXES:
+        path = Path(name).expanduser()
+        return (path.resolve().name if path.exists() else path.name) or name
+    return name
+
+
+def model_reference(name_or_path: str | None) -> dict[str, Any] | None:
+    """{"name", "hub_id"} of the model a trainer started from: a Hub id names itself; a local folder is named by its
+    last part and has no hub_id. None for a model built from a config (no name)."""
+    if not name_or_path:
+        return None
+    hub_id = model_hub_id(name_or_path)
+    return {"name": hub_id or local_label(name_or_path), "hub_id": hub_id}
+
+
+# --- the training record -----------------------------------------------------------------------------------------
+
+
+def read_record_of(name_or_path: str | None) -> dict[str, Any] | None:
+    """The training record of a model folder, or of a Hub repository already in the local cache (never downloads)."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        file = path / TRAINING_RECORD
+    elif model_hub_id(name_or_path):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, TRAINING_RECORD)
+        if not isinstance(cached, str):
+            return None
+        file = Path(cached)
+    else:
+        return None
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def record_stages(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The stages of a training record, oldest first; a format-1 record (no `stages`) is one stage."""
+    if not record:
+        return []
+    if isinstance(record.get("stages"), list):
+        return [dict(stage) for stage in record["stages"]]
+    if "objective" not in record:
+        return []
+    names = list(record.get("datasets") or [])
+    stage = {key: record.get(key) for key in TOP_LEVEL_FIELDS}
+    stage.update(kind=_stage_kind(record["objective"], bool(record.get("lora"))), steps=record.get("global_step"),
+                 dataset={"names": [local_label(n) if not dataset_hub_id(n) else n for n in names],
+                          "hub_ids": [n for n in names if dataset_hub_id(n)]} if names else None)
+    return [stage]
+
+
+def _stage_kind(objective: str, lora: bool) -> str:
+    kind = "SFT" if objective == "sft" else "pre-training"
+    return f"LoRA {kind}" if lora else kind
+
+
+def starting_model(model) -> str | None:
+    """The name or path a (possibly PEFT-wrapped) model was loaded from; None for a model built from a config."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        name = getattr(next(iter(peft_config.values())), "base_model_name_or_path", None)
+        if name:
+            return name
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    config = getattr(model, "config", None)
+    return getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None) or None
+
+
+def earlier_stages(model) -> list[dict[str, Any]]:
+    """The stages recorded with the model a trainer starts from (its folder's, or its cached Hub repository's,
+    `llada_training.json`); empty for a fresh model or one without a record."""
+    return record_stages(read_record_of(starting_model(model)))
+
+
+def _dataset_size(dataset, block_size: int | None) -> tuple[int | None, int | None]:
+    """(rows, tokens) of a prepared training set, when they can be read without a pass over the data."""
+    try:
+        rows = len(dataset)
+    except TypeError:  # an IterableDataset
+        return None, None
+    if block_size is not None:  # packed blocks, every one block_size tokens long
+        return rows, rows * block_size
+    tokens = None
+    table = getattr(dataset, "data", None)
+    if table is not None and getattr(dataset, "_indices", None) is None and "input_ids" in dataset.column_names:
+        try:
+            import pyarrow.compute as pc
+
+            tokens = int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
+        except Exception:  # an unexpected column type: the count is optional
+            tokens = None
+    return rows, tokens
+
+
+def training_record(trainer, dataset_names: list[str] | None = None,
+                    earlier: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a card says about training, read from a finished (or checkpointed) trainer.
+
+    dataset_names: the names of the training data (Hub ids, local files: recorded by file name, or a description).
+    earlier: the stages before this one (default: those recorded with the model the trainer started from).
+    """
     args, state = trainer.args, trainer.state
     is_sft = hasattr(args, "train_on_padding")
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
@@ -78,44 +245,181 @@ def training_record(trainer, dataset_names: list[str] | None = None) -> dict[str
         target = adapter.target_modules
         lora = {"r": adapter.r, "lora_alpha": adapter.lora_alpha, "lora_dropout": adapter.lora_dropout,
                 "target_modules": target if isinstance(target, str) else sorted(target)}
-    return {
+    names = [name for name in (dataset_names or []) if name]
+    rows, tokens = _dataset_size(trainer.train_dataset, None if is_sft else args.block_size) \
+        if trainer.train_dataset is not None else (None, None)
+    started_from = model_reference(starting_model(trainer.model))
+    stage = {
+        "kind": _stage_kind("sft" if is_sft else "pretraining", lora is not None),
         "objective": "sft" if is_sft else "pretraining",
+        "started_from": started_from,
+        "steps": state.global_step,
+        "epochs": round(state.epoch, 4) if state.epoch is not None else None,
         "mask_eps": args.mask_eps,
         "random_length_probability": args.random_length_probability,
         "low_discrepancy_sampling": args.low_discrepancy_sampling,
         "train_on_padding": getattr(args, "train_on_padding", None),
         "hyperparameters": hyperparameters,
-        "global_step": state.global_step,
         "train_loss": train_loss,
         "eval_loss": eval_losses[-1] if eval_losses else None,
         "lora": lora,
-        "datasets": list(dataset_names or []),
+        "dataset": {
+            "names": [dataset_hub_id(name) or local_label(name) for name in names],
+            "hub_ids": [name for name in names if dataset_hub_id(name)],
+            "rows": rows,
+            "row_unit": "examples" if is_sft else f"packed blocks of {args.block_size} tokens",
+            "tokens": tokens,
+        },
+    }
+    stages = [*(earlier_stages(trainer.model) if earlier is None else earlier), stage]
+    return {
+        "format": RECORD_FORMAT,
+        **{key: stage[key] for key in TOP_LEVEL_FIELDS},
+        "global_step": state.global_step,
+        "datasets": stage["dataset"]["names"],
+        "base_model": started_from,
+        "stages": stages,
     }
 
 
-def _describe_training(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not record:
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+
+def _number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _data_text(dataset: dict[str, Any] | None) -> str | None:
+    if not dataset:
         return None
-    record = dict(record)
-    if record["objective"] == "sft":
-        record["objective_text"] = ("response-only masked-diffusion SFT (LLaDA): cross-entropy at masked answer "
-                                    "positions / p_mask, divided by each row's answer length, averaged over rows")
-        record["sft_policy"] = (
+    names = ", ".join(dataset.get("names") or [])
+    size = []
+    if dataset.get("rows") is not None:
+        unit = dataset.get("row_unit") or "rows"
+        size.append(f"{_number(dataset['rows'])} rows" + (f" ({unit})" if unit != "rows" else ""))
+    if dataset.get("tokens") is not None:
+        size.append(f"{_number(dataset['tokens'])} tokens")
+    if not names:
+        return ", ".join(size) + " (no name recorded)" if size else None
+    return names + (": " + ", ".join(size) if size else "")
+
+
+def _model_text(reference: dict[str, Any] | None) -> str | None:
+    if not reference:
+        return None
+    if reference.get("hub_id"):
+        return f"[{reference['hub_id']}](https://huggingface.co/{reference['hub_id']})"
+    return f"`{reference['name']}` (a local folder)"
+
+
+def _stage_markdown(stage: dict[str, Any]) -> list[str]:
+    objective = stage.get("objective")
+    lines = []
+    if objective in OBJECTIVE_TEXT:
+        lines.append(f"- objective: {OBJECTIVE_TEXT[objective]}")
+    started = _model_text(stage.get("started_from"))
+    if started:
+        lines.append(f"- started from: {started}")
+    if stage.get("mask_eps") is not None:
+        noise = f"- noise: t ~ U(0, 1), p_mask = (1 - eps) t + eps with eps = {stage['mask_eps']}"
+        if stage.get("random_length_probability"):
+            noise += f"; random-length batches with probability {stage['random_length_probability']}"
+        if stage.get("low_discrepancy_sampling"):
+            noise += "; low-discrepancy t within each batch"
+        lines.append(noise)
+    if objective == "sft":
+        lines.append("- SFT masking: " + (
             "prompt tokens are never masked; answers are padded with EOS to the batch length and the padding is "
-            "trained on (the reference)" if record.get("train_on_padding")
-            else "prompt tokens are never masked; answer padding is excluded from the loss and from attention"
-        )
+            "trained on (the reference)" if stage.get("train_on_padding")
+            else "prompt tokens are never masked; answer padding is excluded from the loss and from attention"))
+    data = _data_text(stage.get("dataset"))
+    if data:
+        lines.append(f"- data: {data}")
+    steps = f"- steps: {stage.get('steps')}"
+    if stage.get("epochs"):
+        steps += f" ({stage['epochs']:g} epochs)"
+    if stage.get("train_loss") is not None:
+        steps += f"; final training loss {stage['train_loss']:.4f}"
+    if stage.get("eval_loss") is not None:
+        steps += f"; final eval loss {stage['eval_loss']:.4f}"
+    lines.append(steps)
+    if stage.get("hyperparameters"):
+        lines.append("- hyper-parameters: " + ", ".join(f"{k} = {v}" for k, v in stage["hyperparameters"].items()))
+    if stage.get("lora"):
+        lines.append("- LoRA: " + ", ".join(f"{k} = {v}" for k, v in stage["lora"].items()))
+    return lines
+
+
+def _sampler_markdown(generation_config: dict[str, Any] | None) -> list[str]:
+    if not generation_config:
+        return ["No generation_config.json: `model.generate` uses the documented defaults "
+                f"({', '.join(f'{k}={v!r}' for k, v in GENERATION_DEFAULTS.items())})."]
+    known = _generation_values(generation_config)
+    values = {key: known[key] for key in GENERATION_FIELDS if known.get(key) is not None}
+    for key in FAST_DECODING_FIELDS:
+        if generation_config.get(key) is not None:
+            values[key] = generation_config[key]
+    lines = ["What `model.generate(input_ids)` uses with no keyword: the sampler settings of `generation_config.json` "
+             "(a field it leaves out takes the documented default).", "", "| setting | value |", "| --- | --- |"]
+    lines += [f"| {key} | {value!r} |" for key, value in values.items()]
+    if generation_config.get("eos_token_id") is not None:
+        lines.append(f"| eos_token_id | {generation_config['eos_token_id']!r} |")
+    return lines
+
+
+def _eval_markdown(eval_results: list[dict[str, Any]] | None) -> list[str]:
+    if not eval_results:
+        return []
+    lines = ["### Evaluation", "", "| task | dataset | metric | value |", "| --- | --- | --- | --- |"]
+    for result in eval_results:
+        lines.append(f"| {result.get('task_name') or result.get('task_type')} | "
+                     f"{result.get('dataset_name') or result.get('dataset_type')} | "
+                     f"{result.get('metric_name') or result.get('metric_type')} | {result.get('metric_value')} |")
+    return lines + [""]
+
+
+def training_markdown(record: dict[str, Any] | None, *, generation_config: dict[str, Any] | None = None,
+                      eval_results: list[dict[str, Any]] | None = None, what: str = "these weights") -> str:
+    """The card's Training section: every stage, the merge (if any), the sampler settings and the evaluation."""
+    stages = record_stages(record)
+    lines = []
+    if not stages:
+        lines += [f"No training record was found next to {what}.", ""]
+    elif len(stages) == 1:
+        lines += [f"One stage: {stages[0].get('kind', 'training')}.", "", *_stage_markdown(stages[0]), ""]
     else:
-        record["objective_text"] = ("masked-diffusion pre-training (LLaDA): cross-entropy at masked positions / "
-                                    "p_mask, summed and divided by batch size x sequence length")
-        record["sft_policy"] = None
-    return record
+        lines += [f"{len(stages)} stages, in order: " + " -> ".join(s.get("kind", "training") for s in stages) + ".",
+                  ""]
+        for index, stage in enumerate(stages, 1):
+            lines += [f"### Stage {index}: {stage.get('kind', 'training')}", "", *_stage_markdown(stage), ""]
+    merge = (record or {}).get("merge")
+    if merge:
+        base = _model_text(merge.get("base_model")) or "its base model"
+        lines += ["### Merge", "", f"After the last stage, its LoRA adapter was folded (`merge_and_unload`) into the "
+                  f"weights of the base model, {base}: this repository is a complete model, loaded without PEFT.", ""]
+    lines += ["### Sampler settings", "", *_sampler_markdown(generation_config), ""]
+    lines += _eval_markdown(eval_results)
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def _generation_kwargs(generation_config: dict[str, Any] | None) -> list[tuple[str, str]]:
+def _hub_datasets(record: dict[str, Any] | None) -> list[str]:
+    found = []
+    for stage in record_stages(record):
+        for name in (stage.get("dataset") or {}).get("hub_ids") or []:
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def _generation_values(generation_config: dict[str, Any] | None) -> dict[str, Any]:
     values = {**GENERATION_DEFAULTS, **{k: v for k, v in (generation_config or {}).items() if v is not None}}
     for key in ("steps", "block_length"):  # None means "equal to max_new_tokens"
         values.setdefault(key, values["max_new_tokens"])
+    return values
+
+
+def _generation_kwargs(generation_config: dict[str, Any] | None) -> list[tuple[str, str]]:
+    values = _generation_values(generation_config)
     return [(key, repr(values[key])) for key in GENERATION_FIELDS if values.get(key) is not None]
 
 
@@ -128,12 +432,25 @@ def _prompt_code(has_chat_template: bool) -> str:
     return 'input_ids = tokenizer("Diffusion language models", return_tensors="pt").input_ids.to(model.device)'
 
 
+def check_dataset_ids(datasets, setting: str = "datasets") -> list[str]:
+    """The card's `datasets` as a list of Hub dataset ids; a ValueError naming `setting` for anything else."""
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
+    for name in datasets:
+        if not dataset_hub_id(name):
+            shown = f"{setting} {name!r}" if setting.startswith("-") else f"{setting}=[{name!r}]"
+            raise ValueError(f"{shown} is not a Hub dataset id: card metadata lists Hub datasets only (e.g. "
+                             "trl-lib/Capybara); local data is named in the card's Training section from the "
+                             "training record.")
+    return datasets
+
+
 def _render(
     template: str,
     repo_id: str,
     *,
     library_name: str,
     base_model: str | None,
+    base_model_relation: str | None,
     license: str,
     datasets: list[str],
     training: dict[str, Any] | None,
@@ -141,12 +458,17 @@ def _render(
     extra_tags: list[str],
     generation_config: dict[str, Any] | None,
     has_chat_template: bool,
+    datasets_setting: str = "datasets",
     **template_values,
 ) -> ModelCard:
-    """The metadata and the parts every card shares, then the template's own values."""
-    datasets = list(datasets) or list((training or {}).get("datasets") or [])
+    """The metadata and the parts every card shares, then the template's own values.
+
+    base_model: a Hub id (card metadata takes nothing else); base_model_relation: "adapter", "merge", "finetune".
+    """
+    datasets = check_dataset_ids(datasets, datasets_setting) or _hub_datasets(training)
     model_name = repo_id.split("/")[-1]
     results = [EvalResult(**result) for result in eval_results] if eval_results else None
+    relation = {"base_model_relation": base_model_relation} if base_model and base_model_relation else {}
     data = ModelCardData(
         license=license,
         library_name=library_name,
@@ -156,6 +478,7 @@ def _render(
         datasets=datasets or None,
         eval_results=results,
         model_name=model_name if results else None,
+        **relation,
     )
     return ModelCard.from_template(
         data,
@@ -165,11 +488,23 @@ def _render(
         base_model=base_model,
         generation_kwargs=_generation_kwargs(generation_config),
         prompt_code=_prompt_code(has_chat_template),
-        training=_describe_training(training),
+        training=training,
+        training_section=training_markdown(
+            training, generation_config=generation_config, eval_results=eval_results,
+            what="this adapter" if template == "adapter_card.md" else "these weights"),
         datasets=datasets,
         versions=versions(),
         **template_values,
     )
+
+
+def _base_of_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The base a record names: the merge's base for a merged model, else the model the last stage started from."""
+    if not record:
+        return None
+    if record.get("merge"):
+        return record["merge"].get("base_model")
+    return record.get("base_model")
 
 
 def build_model_card(
@@ -179,21 +514,33 @@ def build_model_card(
     generation_config: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     base_model: str | None = None,
+    base_model_relation: str | None = None,
     license: str = "apache-2.0",
     datasets: list[str] = (),
     eval_results: list[dict[str, Any]] | None = None,
     has_chat_template: bool = False,
     extra_tags: list[str] = (),
+    datasets_setting: str = "datasets",
 ) -> ModelCard:
-    """Card of a full LLaDA model (pre-trained or fine-tuned).
+    """Card of a full LLaDA model (pre-trained, fine-tuned, or an adapter merged into its base).
 
+    base_model: the Hub id of the model it derives from (default: the one the training record names, when that is a
+    Hub id; a local base is named in the text only). base_model_relation: "merge" or "finetune" (default: "merge"
+    when the record holds a merge, else "finetune").
     eval_results: dicts of `huggingface_hub.EvalResult` fields (task_type, dataset_type, dataset_name, metric_type,
-    metric_value, ...), written as `model-index`.
+    metric_value, ...), written as `model-index` and as a table.
+    datasets: Hub dataset ids for the card metadata (default: those of the record's stages).
     """
+    recorded = _base_of_record(training) or {}
+    base_model = base_model or recorded.get("hub_id")
+    local_base = None if base_model else (recorded.get("name") or ("an unnamed base" if recorded else None))
+    relation = base_model_relation or ("merge" if (training or {}).get("merge") else "finetune")
     return _render(
-        "model_card.md", repo_id, library_name="transformers", base_model=base_model, license=license,
-        datasets=datasets, training=training, eval_results=eval_results, extra_tags=list(extra_tags),
-        generation_config=generation_config, has_chat_template=has_chat_template,
+        "model_card.md", repo_id, library_name="transformers", base_model=base_model,
+        base_model_relation=relation, license=license, datasets=datasets, training=training,
+        eval_results=eval_results, extra_tags=list(extra_tags), generation_config=generation_config,
+        has_chat_template=has_chat_template, datasets_setting=datasets_setting,
+        local_base=local_base, merged=bool((training or {}).get("merge")),
         config=config,
         kv_heads=1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or config["n_heads"]),
         mlp_hidden=config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * config["d_model"],
@@ -209,17 +556,29 @@ def build_adapter_card(
     num_adapter_parameters: int,
     generation_config: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    base_model: str | None = None,
     license: str = "apache-2.0",
     datasets: list[str] = (),
     eval_results: list[dict[str, Any]] | None = None,
     has_chat_template: bool = False,
+    datasets_setting: str = "datasets",
 ) -> ModelCard:
-    """Card of a LoRA adapter; `adapter_config["base_model_name_or_path"]` names the base model."""
+    """Card of a LoRA adapter. Its base: `base_model` (a Hub id), else `adapter_config["base_model_name_or_path"]`
+    when that is a Hub id the training record does not call a local folder; a local base is named in the text only
+    (such an adapter is not publishable as it is: others cannot resolve a path of this machine)."""
+    recorded = (training or {}).get("base_model")
+    named = adapter_config.get("base_model_name_or_path")
+    if base_model is None and not (recorded and not recorded.get("hub_id")):
+        base_model = model_hub_id(named)
+    local_base = None if base_model else ((recorded or {}).get("name") or (local_label(named) if named else None)
+                                          or "an unnamed base")
     target = adapter_config.get("target_modules")
     return _render(
-        "adapter_card.md", repo_id, library_name="peft", base_model=adapter_config["base_model_name_or_path"],
+        "adapter_card.md", repo_id, library_name="peft", base_model=base_model, base_model_relation="adapter",
         license=license, datasets=datasets, training=training, eval_results=eval_results,
         extra_tags=["lora", "peft"], generation_config=generation_config, has_chat_template=has_chat_template,
+        datasets_setting=datasets_setting,
+        base_source=base_model or "<the base model: its Hub id or folder>", local_base=local_base,
         adapter=adapter_config,
         target_modules=target if isinstance(target, str) else ", ".join(sorted(target or [])),
         num_adapter_parameters=num_adapter_parameters,
@@ -236,7 +595,8 @@ def has_chat_template(folder: Path) -> bool:
 
 
 def card_for_folder(folder: str | Path, repo_id: str, **overrides) -> ModelCard:
-    """Render the card of a saved model or adapter folder from the files in it."""
+    """Render the card of a saved model or adapter folder from the files in it (`overrides`: the keyword arguments
+    of `build_model_card` / `build_adapter_card`)."""
     folder = Path(folder)
     training = _read_json(folder / TRAINING_RECORD)
     generation_config = _read_json(folder / "generation_config.json")
@@ -244,6 +604,7 @@ def card_for_folder(folder: str | Path, repo_id: str, **overrides) -> ModelCard:
     if adapter_config is not None:
         from safetensors import safe_open
 
+        overrides.pop("base_model_relation", None)  # an adapter is always the "adapter" of its base
         with safe_open(str(folder / "adapter_model.safetensors"), "pt") as weights:
             count = sum(_numel(weights.get_slice(name).get_shape()) for name in weights.keys())
         return build_adapter_card(adapter_config, repo_id, num_adapter_parameters=count, training=training,

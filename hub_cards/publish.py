@@ -12,15 +12,27 @@ uploads exactly the staged files. Nothing leaves the machine by accident:
   `staging_dir` that holds nothing else, and the commit lists the staged files one by one.
 
 `dry_run=True` stops after staging and touches no network.
+
+The base model of an adapter (`base_model`, or the adapter's own `base_model_name_or_path`) is checked before
+anything is loaded: merged (`merge=True`), it may be a model folder or a Hub id (in the local cache when offline); a
+local folder is never looked up on the Hub. Published as an adapter, it must be a Hub id, since others cannot
+resolve a path of this machine. Messages name the settings as the caller spells them: the Python arguments
+(`base_model=`) by default, the command line's flags (`--base-model`) through `setting_names`.
+
+Temporary folders (`llada-publish-<pid>-*` in `tempfile.gettempdir()`: the staging folder, the merged model) are
+removed before `publish` returns or raises. One left by a process that was killed outright (SIGKILL, out of memory)
+is removed by the next `publish` on the machine, once that process is gone.
 """
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cards import TRAINING_RECORD, card_for_folder
+from .cards import (TRAINING_RECORD, card_for_folder, check_dataset_ids, local_label, looks_like_a_path,
+                    model_hub_id)
 
 CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -37,6 +49,9 @@ ALLOW_LIST = {
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModel")
 STAGING_PREFIX = "llada-publish-"
+# How messages name publish()'s settings by default (the Python arguments); the command line passes its flags.
+PYTHON_SETTING_NAMES = {"base_model": "base_model", "merge": "merge", "staging_dir": "staging_dir",
+                        "datasets": "datasets"}
 
 
 class UnpublishableFolderError(ValueError):
@@ -58,6 +73,131 @@ class IncompleteFolderError(UnpublishableFolderError):
 
 class UnsafeFolderError(UnpublishableFolderError):
     """A file that would be uploaded is a link out of the folder, not a regular file, or weights that do not parse."""
+
+
+class BaseModelError(ValueError):
+    """The adapter's base model cannot be used as given: none named, a missing folder, a path where a Hub id is
+    needed, a Hub id that is not in the local cache when offline. The message names the setting to pass."""
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """An adapter's base model, checked: what loads it, its Hub id (None for a local folder), and how records and
+    cards name it (the Hub id, or the folder's last part: never a path of this machine)."""
+
+    source: str
+    hub_id: str | None
+    name: str
+
+    def reference(self) -> dict:
+        return {"name": self.name, "hub_id": self.hub_id}
+
+
+def _setting_names(setting_names: dict | None) -> dict:
+    return {**PYTHON_SETTING_NAMES, **(setting_names or {})}
+
+
+def _shown(names: dict, key: str, value) -> str:
+    """A setting with the value received, as the caller spells it: `--base-model 'A'` or `base_model='A'`; a switch
+    turned on: `--merge` or `merge=True`."""
+    name = names[key]
+    if name.startswith("-"):
+        return name if value is True else f"{name} {value!r}"
+    return f"{name}={value!r}"
+
+
+def _flag(names: dict, key: str) -> str:
+    """A setting as the caller spells it, to be followed by a value: `--base-model` or `base_model=`."""
+    name = names[key]
+    return name if name.startswith("-") else f"{name}="
+
+
+def _suggest(names: dict, key: str, example: str) -> str:
+    """What to pass, as the caller spells it: `--base-model org/name` or `base_model='org/name'`."""
+    name = names[key]
+    return f"{name} {example}" if name.startswith("-") else f"{name}={example!r}"
+
+
+def _read_record(folder: Path) -> dict:
+    try:
+        record = json.loads((folder / TRAINING_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def resolve_base_model(folder: str | Path, base_model: str | None = None, *, merge: bool = False,
+                       setting_names: dict | None = None) -> BaseModel:
+    """The base model of the adapter in `folder`, checked without loading or downloading anything.
+
+    The base is `base_model` when given, else the adapter's `base_model_name_or_path` (adapter_config.json).
+    merge=True (it is loaded to fold the adapter in): a model folder (config.json; never looked up on the Hub) or a
+    Hub id, namespace/name, which must be in the local cache when offline (HF_HUB_OFFLINE).
+    merge=False (the adapter is published as it is and names its base for everyone): a Hub id; a local path is
+    refused, and so is a recorded name the training record says was a local folder.
+    Raises `BaseModelError` (a ValueError) whose one-sentence message names the setting (`setting_names`) and what
+    to pass.
+    """
+    folder = Path(folder)
+    names = _setting_names(setting_names)
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    recorded = adapter.get("base_model_name_or_path") or None
+    trained_from = _read_record(folder).get("base_model")
+    recorded_local = isinstance(trained_from, dict) and not trained_from.get("hub_id")
+    flag = _flag(names, "base_model")
+    if merge:
+        fix = f"pass {flag} with the base's Hub id (namespace/name) or its model folder"
+    else:
+        fix = (f"pass {flag} with the Hub id the base is published under (namespace/name; others cannot resolve a "
+               f"path of this machine), or {_shown(names, 'merge', True)} to publish the base and the adapter merged "
+               "into one model")
+    if base_model is not None:
+        name = str(base_model)
+        origin = _shown(names, "base_model", name)
+        if not name.strip():
+            raise BaseModelError(f"{origin} is empty; {fix}.")
+        local_name = False
+    else:
+        if not recorded:
+            raise BaseModelError(f"the adapter in {folder} names no base model (base_model_name_or_path in "
+                                 f"adapter_config.json is {recorded!r}); {fix}.")
+        name = recorded
+        origin = f"the adapter's base model {recorded!r} (base_model_name_or_path in adapter_config.json)"
+        local_name = recorded_local
+    path = Path(name).expanduser()
+    if not merge:
+        hub_id = None if local_name else model_hub_id(name)
+        if hub_id is None:
+            what = ("a local path" if local_name or looks_like_a_path(name)
+                    else "not a Hub id of the form namespace/name")
+            raise BaseModelError(f"{origin} is {what}: an adapter published without "
+                                 f"{_shown(names, 'merge', True)} must name its base by Hub id; {fix}.")
+        return BaseModel(hub_id, hub_id, hub_id)
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise BaseModelError(f"{origin}: the folder has no config.json, so it is not a saved model; {fix}.")
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        except (ValueError, AttributeError):
+            raise BaseModelError(f"{origin}: its config.json is not a JSON object of settings; {fix}.") from None
+        if model_type != "llada":
+            raise BaseModelError(f"{origin} is not a LLaDA checkpoint (config.json has model_type {model_type!r}); "
+                                 f"{fix}.")
+        return BaseModel(str(path), None, local_label(str(path)))
+    if path.exists():
+        raise BaseModelError(f"{origin} is a file, not a model folder; {fix}.")
+    hub_id = None if local_name else model_hub_id(name)
+    if hub_id is None:
+        where = (" (the adapter was trained from a local folder of that name, relative to the directory training "
+                 "ran in)" if local_name else "")
+        raise BaseModelError(f"{origin}: no such folder{where}, and not a Hub id of the form namespace/name; {fix}.")
+    from huggingface_hub import is_offline_mode, try_to_load_from_cache
+
+    if is_offline_mode() and not isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+        raise BaseModelError(f"{origin}: no such folder, and no model of that Hub id in the local cache (offline: "
+                             f"HF_HUB_OFFLINE is set); download it while online, or {fix}.")
+    return BaseModel(hub_id, hub_id, hub_id)
 
 
 @dataclass
@@ -98,8 +238,13 @@ def _is_allowed(name: str, kind: str) -> bool:
 
 
 def check_folder(folder: str | Path, base_model: str | None = None, require_card: bool = False,
-                 require_tokenizer: bool = True) -> list[str]:
-    """Everything a published repository needs and the folder lacks, one sentence each (empty when complete)."""
+                 require_tokenizer: bool = True, *, merge: bool = False, setting_names: dict | None = None
+                 ) -> list[str]:
+    """Everything a published repository needs and the folder lacks, one sentence each (empty when complete).
+
+    For an adapter published as it is, that includes a base model named by Hub id (`resolve_base_model`); with
+    `merge=True` the base is checked by `resolve_base_model(..., merge=True)` instead.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return [f"{folder} is not a folder."]
@@ -107,13 +252,11 @@ def check_folder(folder: str | Path, base_model: str | None = None, require_card
     has_safetensors = any(not p.name.startswith(".") for p in folder.glob("*.safetensors"))
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin")
     if folder_kind(folder) == "adapter":
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        base = base_model or adapter.get("base_model_name_or_path")
-        if not base:
-            problems.append("adapter_config.json names no base_model_name_or_path; pass base_model='org/name'.")
-        elif Path(base).exists() and base_model is None:
-            problems.append(f"the adapter's base model is a local path ({base}); pass base_model='org/name' with "
-                            "the Hub id the base is published under.")
+        if not merge:
+            try:
+                resolve_base_model(folder, base_model, setting_names=setting_names)
+            except BaseModelError as error:
+                problems.append(str(error))
         if not (folder / "adapter_model.safetensors").exists():
             problems.append("adapter weights adapter_model.safetensors are missing"
                             + (f" (found only pickled {pickled}; save with safe_serialization=True)" if pickled else
@@ -202,19 +345,28 @@ def select_files(folder: str | Path, render_card: bool = True) -> tuple[list[str
 
 
 def stage(folder: str | Path, repo_id: str, staging: str | Path, base_model: str | None = None,
-          render_card: bool = True, **card_options) -> PublishResult:
+          render_card: bool = True, *, setting_names: dict | None = None, **card_options) -> PublishResult:
     """Copy the allow-listed files into `staging` and write the card; nothing else is written there.
 
-    Raises ValueError for an invalid `repo_id`, UnsafeFolderError / IncompleteFolderError when the folder cannot be
-    published, and ValueError when `staging` already holds files this upload would not write (leftovers would be
-    mistaken for part of it): all before anything is copied.
+    base_model: the Hub id of the base (an adapter's, replacing the one adapter_config.json names; or the model a
+    full model was trained from), for the card metadata.
+    Raises ValueError for an invalid `repo_id` or `base_model`, UnsafeFolderError / IncompleteFolderError when the
+    folder cannot be published, and ValueError when `staging` already holds files this upload would not write
+    (leftovers would be mistaken for part of it): all before anything is copied.
     """
     check_repo_id(repo_id)
+    names_of = _setting_names(setting_names)
     folder, staging = Path(folder), Path(staging)
     names, left_out = select_files(folder, render_card=render_card)
-    problems = check_folder(folder, base_model, require_card=not render_card)
+    problems = check_folder(folder, base_model, require_card=not render_card, setting_names=setting_names)
     if problems:
         raise IncompleteFolderError(folder, problems)
+    kind = folder_kind(folder.resolve())
+    if kind == "model" and base_model is not None and model_hub_id(base_model) is None:
+        raise BaseModelError(f"{_shown(names_of, 'base_model', base_model)} is not a Hub id of the form "
+                             "namespace/name: a model card names its base model by Hub id; pass "
+                             f"{_suggest(names_of, 'base_model', 'org/name')}, or leave it out.")
+    card_options["datasets"] = check_dataset_ids(card_options.get("datasets"), names_of["datasets"])
     files = sorted({*names, "README.md"})
     # files of an earlier staging of the same upload may be overwritten; anything else (or a link, which a copy
     # would write through) would pass for part of this upload
@@ -222,13 +374,12 @@ def stage(folder: str | Path, repo_id: str, staging: str | Path, base_model: str
                        ) if staging.is_dir() else []
     if leftovers:
         raise ValueError(f"the staging folder {staging} already holds files that are not part of this upload "
-                         f"({', '.join(leftovers)}); pass an empty or new staging folder.")
+                         f"({', '.join(leftovers)}); pass an empty or new folder as {names_of['staging_dir']}.")
     staging.mkdir(parents=True, exist_ok=True)
     root = folder.resolve()
     for name in names:
         # copyfile follows links inside the folder (checked above) and writes a regular file
         shutil.copyfile((root / name).resolve(), staging / name)
-    kind = folder_kind(root)
     if kind == "adapter":
         adapter_path = staging / "adapter_config.json"
         adapter = json.loads(adapter_path.read_text())
@@ -241,31 +392,73 @@ def stage(folder: str | Path, repo_id: str, staging: str | Path, base_model: str
             adapter.pop("auto_mapping", None)
         adapter_path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
     if render_card:
-        if kind == "model" and base_model is not None:
+        if base_model is not None:
             card_options.setdefault("base_model", base_model)
+        card_options.setdefault("datasets_setting", names_of["datasets"])
         card = card_for_folder(staging, repo_id, **card_options)
         card.save(staging / "README.md")
     return PublishResult(kind=kind, staged=staging, files=files, card=(staging / "README.md").read_text(),
                          left_out=left_out)
 
 
-def merge_adapter(folder: str | Path, output: str | Path, trust_remote_code: bool = True) -> Path:
-    """Fold a LoRA adapter into its base model and save a complete model folder (weights, code, tokenizer)."""
+def merge_adapter(folder: str | Path, output: str | Path, base_model: str | BaseModel | None = None,
+                  trust_remote_code: bool = False, *, setting_names: dict | None = None) -> Path:
+    """Fold the LoRA adapter in `folder` into its base model and save a complete model folder in `output` (weights,
+    code files, tokenizer, generation config, and the training record with the merge added).
+
+    base_model: the base to load (a model folder or a Hub id), default the adapter's `base_model_name_or_path`;
+    it is checked (`resolve_base_model`) before anything is loaded, and a folder is never looked up on the Hub.
+    The base loads with this package's LLaDA classes (`trust_remote_code=False`: no downloaded code runs), so the
+    merged folder carries this package's code files.
+    """
     from peft import PeftModel
     from transformers import AutoModel, AutoTokenizer
 
     import modeling_llada  # noqa: F401  (registers LLaDA)
 
     folder, output = Path(folder), Path(output)
-    base_id = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-    base = AutoModel.from_pretrained(base_id, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    names = _setting_names(setting_names)
+    base = base_model if isinstance(base_model, BaseModel) else resolve_base_model(
+        folder, base_model, merge=True, setting_names=setting_names)
+    shown = _shown(names, "base_model", base.source)
+    try:
+        model = AutoModel.from_pretrained(base.source, trust_remote_code=trust_remote_code)
+    except OSError as error:  # unreadable weights, a download that failed: what failed, then why
+        raise OSError(f"{shown}: could not load the base model: {' '.join(str(error).split())}") from error
+    merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
     merged.save_pretrained(output)
-    tokenizer_source = folder if any((folder / n).exists() for n in TOKENIZER_FILES) else base_id
+    if (folder / "generation_config.json").is_file():  # the adapter's sampler settings win over the base's
+        shutil.copyfile(folder / "generation_config.json", output / "generation_config.json")
+    tokenizer_source = folder if any((folder / n).exists() for n in TOKENIZER_FILES) else base.source
     AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(output)
-    if (folder / TRAINING_RECORD).exists():
-        shutil.copy2(folder / TRAINING_RECORD, output / TRAINING_RECORD)
+    record = _read_record(folder) or {"format": 2, "stages": []}
+    record["merge"] = {"base_model": base.reference(), "adapter": local_label(str(folder))}
+    (output / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return output
+
+
+def _remove_stale_scratch() -> None:
+    """Remove `llada-publish-<pid>-*` folders of this user whose process is gone (killed before it could clean up).
+    POSIX only; a folder whose process may still run is left alone."""
+    if os.name != "posix":
+        return
+    for path in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) in (0, os.getpid()):
+            continue
+        try:
+            if path.is_symlink() or not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # that process is gone: nobody else will remove its folder
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # alive (under another user), or unknown: leave it
+            continue
+
+
+def _scratch() -> tempfile.TemporaryDirectory:
+    _remove_stale_scratch()
+    return tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
 
 
 def publish(
@@ -279,38 +472,59 @@ def publish(
     token: str | None = None,
     commit_message: str = "Upload LLaDA model with llada-hf",
     staging_dir: str | Path | None = None,
+    setting_names: dict | None = None,
     **card_options,
 ) -> PublishResult:
     """Check, stage and (unless `dry_run`) upload a model or adapter folder to `repo_id` ("namespace/name").
 
-    merge: for an adapter, publish base + adapter merged into one model instead (card names the base).
-    base_model: the Hub id of the base model, for an adapter (or merged adapter) trained from a local base.
+    merge: for an adapter, publish base + adapter merged into one model instead (the card names the base and every
+        training stage).
+    base_model: an adapter's base. Merged: the base to load, a Hub id or a local model folder (default: the
+        adapter's `base_model_name_or_path`). Published as an adapter: the Hub id the base is published under
+        (written into the published adapter_config.json). For a full model: the Hub id it was trained from (card
+        metadata). Checked before anything is loaded (`resolve_base_model`).
     staging_dir: stage here and keep it (to inspect a dry run); it must hold nothing but files this upload writes.
-        Without it the files are staged in a fresh temporary folder `llada-publish-*`, removed before returning
-        (on success and on failure), and `result.staged` is None.
-    card_options: `license`, `datasets`, `eval_results` (see `hub_cards.build_model_card`).
+        Without it the files are staged in a fresh temporary folder `llada-publish-<pid>-*`, removed before
+        returning (on success and on failure), and `result.staged` is None. A merge is written to such a folder too.
+    setting_names: how messages name the settings, e.g. {"base_model": "--base-model", "merge": "--merge"} for a
+        command line; default the argument names (`base_model=`).
+    card_options: `license`, `datasets` (Hub dataset ids), `eval_results` (see `hub_cards.build_model_card`).
 
     The commit adds exactly `result.files`, one by one, from the staged folder; `result.left_out` names what the
     folder held besides (not on `ALLOW_LIST`).
     """
     check_repo_id(repo_id)
+    names = _setting_names(setting_names)
     folder = Path(folder)
-    with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX) as scratch:
-        staging = Path(staging_dir) if staging_dir is not None else Path(scratch) / "staged"
+    card_options["datasets"] = check_dataset_ids(card_options.get("datasets"), names["datasets"])
+    base = None
+    if merge:
+        if not (folder / "adapter_config.json").is_file():
+            raise ValueError(f"{_shown(names, 'merge', True)} applies to adapter folders; {folder} has no "
+                             "adapter_config.json.")
+        select_files(folder)  # links and weights are checked before the adapter is read
+        # the merged folder takes the base's tokenizer when the adapter has none; it is checked again after merging
+        problems = check_folder(folder, require_tokenizer=False, merge=True, setting_names=setting_names)
+        try:
+            base = resolve_base_model(folder, base_model, merge=True, setting_names=setting_names)
+        except BaseModelError as error:
+            if not problems:
+                raise
+            problems.append(str(error))
+        if problems:
+            raise IncompleteFolderError(folder, problems)
+    scratch = _scratch() if merge or staging_dir is None else None
+    try:
+        staging = Path(staging_dir) if staging_dir is not None else Path(scratch.name) / "staged"
         if merge:
-            if folder_kind(folder) != "adapter":
-                raise ValueError(f"--merge applies to adapter folders; {folder} has no adapter_config.json.")
-            select_files(folder)  # links and weights are checked before the adapter is read
-            # the merged folder takes the base's tokenizer when the adapter has none; it is checked again after merging
-            problems = check_folder(folder, base_model, require_tokenizer=False)
-            if problems:
-                raise IncompleteFolderError(folder, problems)
-            adapter = json.loads((folder / "adapter_config.json").read_text())
-            base_model = base_model or adapter["base_model_name_or_path"]
-            folder = merge_adapter(folder, Path(scratch) / "merged")
-        result = stage(folder, repo_id, staging, base_model=base_model, **card_options)
+            folder = merge_adapter(folder, Path(scratch.name) / "merged", base)
+        result = stage(folder, repo_id, staging, base_model=base.hub_id if merge else base_model,
+                       setting_names=setting_names, **card_options)
         if not dry_run:
             result.url = _upload(result, repo_id, private=private, token=token, commit_message=commit_message)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     if staging_dir is None:
         result.staged = None
     return result

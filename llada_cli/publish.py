@@ -1,46 +1,125 @@
-"""`llada-hf publish`: the command line of `hub_cards.publish`."""
+"""`llada-hf publish`: the command line of `hub_cards.publish`.
 
-import argparse
+Importing this module is cheap (argparse only): `hub_cards.publish` (huggingface_hub, and torch for a merge) is
+imported after the arguments are parsed, so `--help` answers at once. Errors are one line on stderr, `llada-hf
+publish: <message>`, naming the flags as typed here (`--base-model`): exit status 2 for what the user can fix (the
+folder, the repo id, the base model, an option), 1 for the Hub, the network or the file system, 130 when
+interrupted. A SIGTERM or SIGHUP ends the command like Ctrl-C, so its temporary folders are removed.
+"""
+
 import json
+import signal
 import sys
+import threading
 
-from hub_cards.publish import UnpublishableFolderError, publish
+from ._args import add_flag, new_parser
+
+PROG = "llada-hf publish"
+# How hub_cards.publish's messages name its settings: the flags of this command.
+SETTING_NAMES = {"base_model": "--base-model", "merge": "--merge", "staging_dir": "--staging-dir",
+                 "datasets": "--dataset"}
 
 
-def _one_line(error: Exception) -> str:
+def build_parser():
+    parser = new_parser(PROG, "Publish a LLaDA model or LoRA adapter folder to the Hugging Face Hub with a generated "
+                        "model card\n(training stages, data, base model, sampler settings). Only the files a model or "
+                        "adapter repository\nneeds are uploaded (never pickles, scripts or other files).\n\n"
+                        "  llada-hf publish runs/sft your-name/llada-sft --dry-run\n"
+                        "  llada-hf publish runs/sft-lora your-name/llada-merged --merge --base-model runs/pretrain\n"
+                        "  llada-hf publish runs/sft-lora your-name/llada-lora --base-model your-name/llada-base")
+    parser.add_argument("folder", help="a folder written by save_pretrained / trainer.save_model (llada-hf pretrain "
+                        "or sft --output_dir)")
+    parser.add_argument("repo_id", help="the Hub repository, namespace/name (e.g. your-name/llada-8b-sft)")
+    add_flag(parser, "dry_run", action="store_true", help="check, stage and print what would be uploaded and the card; "
+             "nothing is sent")
+    add_flag(parser, "merge", action="store_true", help="merge a LoRA adapter into its base model and publish the "
+             "merged model")
+    add_flag(parser, "base_model", metavar="HUB_ID_OR_FOLDER", help="an adapter's base model. With --merge: the base "
+             "to merge into, a Hub id or a local model folder (default: the adapter's base_model_name_or_path). "
+             "Without: the Hub id the base is published under (a local path cannot be resolved by others)")
+    add_flag(parser, "license", default="apache-2.0", help="the license in the card metadata")
+    add_flag(parser, "dataset", action="append", metavar="HUB_DATASET_ID", help="a Hub dataset id for the card "
+             "metadata (repeatable; default: the Hub datasets of the training record)")
+    add_flag(parser, "eval_results", metavar="JSON", help="a JSON list of huggingface_hub EvalResult fields "
+             "(task_type, dataset_type, dataset_name, metric_type, metric_value) for the card's model-index")
+    add_flag(parser, "private", action="store_true", help="create the repository as private")
+    add_flag(parser, "staging_dir", metavar="FOLDER", help="stage here and keep the folder (empty or new; default: a "
+             "temporary folder, removed afterwards)")
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    from hub_cards.publish import UnpublishableFolderError
+
     if isinstance(error, UnpublishableFolderError):
         return error.one_line()
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llada-hf publish", description="Publish a LLaDA model or adapter folder "
-                                     "to the Hugging Face Hub with a generated card. Only the files a model or "
-                                     "adapter repository needs are uploaded (never pickles, scripts or other files).")
-    parser.add_argument("folder", help="a folder written by save_pretrained / trainer.save_model")
-    parser.add_argument("repo_id", help="the Hub repository, namespace/name (e.g. your-name/llada-8b-sft)")
-    parser.add_argument("--dry-run", action="store_true", help="check, stage and print what would be uploaded")
-    parser.add_argument("--merge", action="store_true", help="merge an adapter into its base and publish the model")
-    parser.add_argument("--base-model", help="Hub id of the base model (adapters trained from a local base)")
-    parser.add_argument("--license", default="apache-2.0")
-    parser.add_argument("--dataset", action="append", default=[], help="a dataset id for the card (repeatable)")
-    parser.add_argument("--eval-results", help="JSON list of huggingface_hub EvalResult fields for model-index")
-    parser.add_argument("--private", action="store_true")
-    parser.add_argument("--staging-dir", help="stage here and keep the folder (empty or new; default: a temporary "
-                        "folder, removed afterwards)")
-    args = parser.parse_args(argv)
+def _eval_results(text: str | None):
+    if not text:
+        return None
     try:
-        eval_results = json.loads(args.eval_results) if args.eval_results else None
+        results = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"--eval-results is not valid JSON ({error}); pass a JSON list of objects with "
+                         "task_type, dataset_type, dataset_name, metric_type, metric_value.") from None
+    if isinstance(results, dict):
+        results = [results]
+    if not isinstance(results, list) or not all(isinstance(result, dict) for result in results):
+        raise ValueError("--eval-results must be a JSON list of objects with task_type, dataset_type, dataset_name, "
+                         "metric_type, metric_value.")
+    return results
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, raised where the program is so that `finally` blocks (temporary folders) run."""
+
+
+def _on_signal(signum, frame):
+    raise _Terminated(signum)
+
+
+def _handle_termination():
+    """Turn SIGTERM / SIGHUP into an exception for the duration of the command; returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            previous[number] = signal.signal(number, _on_signal)
+    return previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    previous = _handle_termination()
+    try:
+        return _run(args)
+    except KeyboardInterrupt as interrupt:
+        reason = "terminated" if isinstance(interrupt, _Terminated) else "interrupted"
+        print(f"{PROG}: {reason}; nothing was uploaded unless a commit URL was printed", file=sys.stderr)
+        return 130
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _run(args) -> int:
+    try:
+        from hub_cards.publish import publish
+
         result = publish(
             args.folder, args.repo_id, dry_run=args.dry_run, merge=args.merge, base_model=args.base_model,
-            private=args.private, staging_dir=args.staging_dir, license=args.license, datasets=args.dataset,
-            eval_results=eval_results,
+            private=args.private, staging_dir=args.staging_dir, setting_names=SETTING_NAMES, license=args.license,
+            datasets=args.dataset or [], eval_results=_eval_results(args.eval_results),
         )
-    except ValueError as error:  # the folder, the repo id or an option: the user can fix it
-        print(f"llada-hf publish: {_one_line(error)}", file=sys.stderr)
+    except ValueError as error:  # the folder, the repo id, the base model or an option: the user can fix it
+        print(f"{PROG}: {_one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # the Hub, the network, the file system: one line, not a traceback
-        print(f"llada-hf publish: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
+        print(f"{PROG}: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return 1
     source = f" from {result.staged}" if result.staged is not None else ""
     print(f"{'would upload' if args.dry_run else 'uploaded'} {result.kind} to {args.repo_id}{source}, "

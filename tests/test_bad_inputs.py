@@ -56,7 +56,7 @@ def saved_folder(tmp_path, **extra_files):
 def publish_dry_run(tmp_path, repo_id="org/name", **extra_files):
     from hub_cards import publish
 
-    return publish(saved_folder(tmp_path, **extra_files), repo_id, dry_run=True, require_tokenizer=False)
+    return publish(saved_folder(tmp_path, **extra_files), repo_id, dry_run=True)
 
 
 # --- the table ---------------------------------------------------------------------------------------------------

@@ -52,6 +52,17 @@ class DiffusionArguments:
         },
     )
 
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={"help": "Pin data-loader memory for faster copies to the GPU; default: on only when training runs on "
+                  "a CUDA GPU (pinning without one only prints warnings)."},
+    )
+
+    def _resolve_device_defaults(self) -> None:
+        """Settings whose best value depends on the device; call before TrainingArguments.__post_init__."""
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = bool(torch.cuda.is_available() and not getattr(self, "use_cpu", False))
+
     def _check_diffusion_arguments(self) -> None:
         if not 0.0 < self.mask_eps < 1.0:
             raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}; the reference uses 1e-3.")
@@ -127,24 +138,37 @@ class DiffusionTrainerMixin(AtomicCheckpointsMixin):
         outputs = model(input_ids=noisy, attention_mask=attention_mask, logits_to_keep=masked, return_dict=True)
         return weighted_token_losses(outputs.logits, input_ids, masked, p_mask), masked, input_ids
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Save as usual, plus the training record and a LLaDA model card (README.md) next to the weights."""
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False, *,
+                   dataset_name: str | list[str] | None = None):
+        """Save as usual, plus the training record and a LLaDA model card (README.md) next to the weights.
+
+        dataset_name: the training data's name(s), for the record and the card: a Hub dataset id (also listed in
+        the card metadata), a local file (recorded by its file name) or a short description. Remembered for later
+        saves and `create_model_card`.
+        """
         super().save_model(output_dir, _internal_call)
         if self.is_world_process_zero():
-            self._write_model_card(Path(output_dir or self.args.output_dir))
+            self._write_model_card(Path(output_dir or self.args.output_dir), dataset_name)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | list[str] | None = None,
                           tags=None, **kwargs):
         """The card `push_to_hub` uploads: a LLaDA card rendered from the saved files and this trainer's state."""
         if self.is_world_process_zero():
-            names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
-            self._write_model_card(Path(self.args.output_dir), names)
+            self._write_model_card(Path(self.args.output_dir), dataset_name)
 
-    def _write_model_card(self, folder: Path, dataset_names: list[str] | None = None) -> None:
-        from hub_cards.cards import TRAINING_RECORD, card_for_folder, training_record
+    def _write_model_card(self, folder: Path, dataset_names: str | list[str] | None = None) -> None:
+        """Write the training record (this run's stage after those recorded with the model it started from) and
+        the card rendered from the folder."""
+        from hub_cards.cards import TRAINING_RECORD, card_for_folder, earlier_stages, training_record
 
+        if dataset_names:
+            self._llada_dataset_names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+        if not hasattr(self, "_llada_earlier_stages"):
+            # read once, before any save of this run could overwrite the record it started from
+            self._llada_earlier_stages = earlier_stages(self.model)
+        record = training_record(self, getattr(self, "_llada_dataset_names", None), self._llada_earlier_stages)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / TRAINING_RECORD).write_text(json.dumps(training_record(self, dataset_names), indent=2) + "\n")
+        (folder / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
             repo_id = self.args.hub_model_id or folder.name
             card_for_folder(folder, repo_id).save(folder / "README.md")

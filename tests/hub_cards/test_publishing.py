@@ -225,9 +225,10 @@ def test_publish_cli_reports_incomplete_folders(tmp_path):
 
 @pytest.mark.slow
 def test_merged_adapter_is_published_as_a_model_that_generates_like_the_adapter(tmp_path):
-    saved_model(tmp_path / "base")
+    from huggingface_hub import constants
     from transformers import AutoModel
 
+    saved_model(tmp_path / "base")
     base = AutoModel.from_pretrained(tmp_path / "base")
     adapter = get_peft_model(base, LoraConfig(r=4, target_modules=["v_proj", "up_proj"]))
     with torch.no_grad():
@@ -236,10 +237,21 @@ def test_merged_adapter_is_published_as_a_model_that_generates_like_the_adapter(
                 parameter.normal_(0, 0.5)
         expected = adapter.generate(input_ids=PROMPTS)
     adapter.save_pretrained(tmp_path / "adapter")
-    result = publish(tmp_path / "adapter", "org/merged", merge=True, base_model="org/base", dry_run=True,
-                     staging_dir=tmp_path / "staged")
+    # the base the adapter names, a local folder: merged from it; the card never names a local path as base_model
+    result = publish(tmp_path / "adapter", "org/merged", merge=True, dry_run=True, staging_dir=tmp_path / "staged")
     assert result.kind == "model" and "adapter_config.json" not in result.files
-    assert ModelCard.load(result.staged / "README.md").data.base_model == "org/base"
+    card = ModelCard.load(result.staged / "README.md")
+    assert card.data.base_model is None and str(tmp_path) not in result.card
+    assert "`base` (a local folder)" in card.text and "### Merge" in card.text
+    merged = AutoModel.from_pretrained(result.staged)
+    assert torch.equal(merged.generate(PROMPTS), expected)
+    # the base by Hub id (here from the local cache, offline): the card names it, as the base of a merge
+    repo_id = f"org/merge-base-{os.getpid()}-{tmp_path.name}"[:90]
+    install_in_hub_cache(tmp_path / "base", Path(constants.HF_HUB_CACHE).parent, repo_id)
+    result = publish(tmp_path / "adapter", "org/merged", merge=True, base_model=repo_id, dry_run=True,
+                     staging_dir=tmp_path / "staged-2")
+    data = ModelCard.load(result.staged / "README.md").data
+    assert data.base_model == repo_id and data.base_model_relation == "merge"
     merged = AutoModel.from_pretrained(result.staged)
     assert torch.equal(merged.generate(PROMPTS), expected)
 
