@@ -9,17 +9,20 @@
 5. pictures: the training-loss curves and one generation's unmasking order.
 """
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-import torch
-from datasets import Dataset
-from transformers.utils.logging import tqdm
+from ._args import add_flag, new_parser
 
 EOT = "<|eot_id|>"
+# --quick: a short run that still has to learn (CI fails it when accuracy after SFT does not beat accuracy before)
+QUICK = dict(pretrain_steps=10, sft_steps=120, eval_prompts=20, digits=3, train_pairs=1000)
+
+
+class QuickstartDidNotLearn(RuntimeError):
+    """The fine-tuned model is no better at the task than the model before fine-tuning."""
 
 
 def _chat_ids(tokenizer, question: str) -> list[int]:
@@ -27,9 +30,11 @@ def _chat_ids(tokenizer, question: str) -> list[int]:
                                          tokenize=True, return_dict=False)
 
 
-@torch.no_grad()
 def task_accuracy(model, tokenizer, pairs, generation: dict, batch_size: int = 25, desc: str = "") -> float:
     """Exact-match accuracy of `model.generate` on (question, answer) pairs, left-padded batches."""
+    import torch
+    from transformers.utils.logging import tqdm
+
     model.eval()
     correct = 0
     for start in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False):
@@ -68,25 +73,49 @@ def _losses(trainer) -> list[tuple[int, float]]:
     return [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
 
 
+def build_parser():
+    parser = new_parser("llada-hf quickstart", __doc__)
+    add_flag(parser, "output_dir", default="llada-quickstart",
+             help="folder for everything the run writes (created; relative to the current folder)")
+    add_flag(parser, "pretrain_steps", type=int, default=200, help="optimizer steps of masked-diffusion pre-training")
+    add_flag(parser, "sft_steps", type=int, default=400, help="optimizer steps of LoRA fine-tuning on the task")
+    add_flag(parser, "sft_learning_rate", type=float, default=1.5e-3, help="peak learning rate of the fine-tuning")
+    add_flag(parser, "eval_prompts", type=int, default=100, help="held-out prompts scored before and after SFT")
+    add_flag(parser, "digits", type=int, default=6, help="length of the digit strings the task copies")
+    add_flag(parser, "seed", type=int, default=0, help="seed of the model, the data and training")
+    add_flag(parser, "quick", action="store_true",
+             help=f"a short run that still has to learn (CI): {QUICK['pretrain_steps']} pre-training and "
+             f"{QUICK['sft_steps']} SFT steps, {QUICK['digits']} digits, {QUICK['eval_prompts']} prompts; overrides "
+             "those flags")
+    add_flag(parser, "repo_id", default="your-name/llada-quickstart", help="Hub repository id written into the card")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`llada-hf quickstart`: 0 when fine-tuning beat the untrained model, 1 (one line on stderr) when it did not."""
+    try:
+        quickstart(argv)
+    except QuickstartDidNotLearn as error:
+        print(f"llada-hf quickstart: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def quickstart(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="llada-hf quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="llada-quickstart")
-    parser.add_argument("--pretrain_steps", type=int, default=200)
-    parser.add_argument("--sft_steps", type=int, default=400)
-    parser.add_argument("--sft_learning_rate", type=float, default=1.5e-3)
-    parser.add_argument("--eval_prompts", type=int, default=100)
-    parser.add_argument("--digits", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI): few steps and prompts")
-    parser.add_argument("--repo_id", default="your-name/llada-quickstart", help="repo id written into the card")
+    """Run the quickstart; the summary it also writes to summary.json. Raises `QuickstartDidNotLearn` when the
+    accuracy after fine-tuning does not beat the accuracy before (everything is written first)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    train_pairs_count = 3000
     if args.quick:
-        args.pretrain_steps, args.sft_steps, args.eval_prompts = 4, 4, 10
+        args.pretrain_steps, args.sft_steps = QUICK["pretrain_steps"], QUICK["sft_steps"]
+        args.eval_prompts, args.digits, train_pairs_count = QUICK["eval_prompts"], QUICK["digits"], QUICK["train_pairs"]
     for name in ("pretrain_steps", "sft_steps", "eval_prompts", "digits"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
 
+    import torch
+    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModel
 
@@ -102,6 +131,7 @@ def quickstart(argv: list[str] | None = None) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     use_cpu = not torch.cuda.is_available()
     say = lambda message: print(f"[{time.perf_counter() - began:6.1f}s] {message}", flush=True)  # noqa: E731
+    say(f"writing everything under {output.resolve()} (--output_dir moves it)")
 
     # 1. tokenizer and a fresh model
     corpus = python_docs_corpus()
@@ -127,9 +157,13 @@ def quickstart(argv: list[str] | None = None) -> dict:
     )
     say(f"pre-training on {len(pretrainer.train_dataset)} blocks of 128 tokens for {args.pretrain_steps} steps")
     pretrainer.train()
+    # saved and reloaded as a user's pre-trained folder would be: the fine-tuning record (and the card) then carries
+    # the pre-training stage too
+    pretrainer.save_model(str(output / "pretrained"), dataset_name="Python docs (local)")
+    model = LLaDAModelLM.from_pretrained(output / "pretrained")
 
     # 3. the task, accuracy before, LoRA SFT, accuracy after
-    train_pairs = digit_copy_task(3000, args.digits, args.seed)
+    train_pairs = digit_copy_task(train_pairs_count, args.digits, args.seed)
     seen = {q for q, _ in train_pairs}
     eval_pairs = [p for p in digit_copy_task(10 * args.eval_prompts, args.digits, args.seed + 1) if p[0] not in seen]
     eval_pairs = eval_pairs[: args.eval_prompts]
@@ -157,7 +191,7 @@ def quickstart(argv: list[str] | None = None) -> dict:
     )
     say(f"LoRA fine-tuning (r=32) for {args.sft_steps} steps")
     sft_trainer.train()
-    sft_trainer.save_model(str(output / "adapter"))
+    sft_trainer.save_model(str(output / "adapter"), dataset_name=f"digit copy, {args.digits} digits (local)")
     tuned = sft_trainer.model
     after = task_accuracy(tuned, tokenizer, eval_pairs, generation, desc="accuracy after SFT")
     say(f"accuracy after fine-tuning: {after:.1%} (before: {before:.1%})")
@@ -192,13 +226,14 @@ def quickstart(argv: list[str] | None = None) -> dict:
     reloaded.generate(prompt, streamer=view)
     traced = reloaded.generate(prompt, output_history=True)
     plot_unmasking_order(tokenizer, traced.sequences[0], traced.commit_step[0], prompt.shape[1],
-                         output / "unmasking.png", title=f"unmasking order for '{question}'")
+                         output / "unmasking.png", title=f"Unmasking order for '{question}'",
+                         block_length=generation["block_length"], stop_token_ids=end_ids)
     plot_losses({"pre-training": _losses(pretrainer), "LoRA SFT": _losses(sft_trainer)}, output / "loss.png")
     summary = {
         "accuracy_before": before, "accuracy_after": after, "eval_prompts": len(eval_pairs),
         "pretrain_steps": args.pretrain_steps, "sft_steps": args.sft_steps, "seconds": time.perf_counter() - began,
         "hub_folder": str(output / "hub"), "publishing_problems": problems, "remote_code_class": remote_class,
-        "live_answer": view.text,
+        "live_answer": view.text, "learned": after > before,
         "expected_answer": eval_pairs[0][1],
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -207,4 +242,9 @@ def quickstart(argv: list[str] | None = None) -> dict:
     print(f"\nTask accuracy (copy {args.digits} digits, {len(eval_pairs)} held-out prompts): before SFT {before:.1%}, "
           f"after SFT {after:.1%}.\nTry: llada-hf chat {output / 'hub'} --trust_remote_code\n"
           f"     llada-hf publish {output / 'hub'} {args.repo_id} --dry-run", file=sys.stdout)
+    if after <= before:
+        raise QuickstartDidNotLearn(
+            f"fine-tuning did not improve the task: accuracy {before:.1%} before SFT, {after:.1%} after, on "
+            f"{len(eval_pairs)} held-out prompts (--sft_steps {args.sft_steps}, --sft_learning_rate "
+            f"{args.sft_learning_rate}); with so few steps or prompts, run without --quick or raise --sft_steps.")
     return summary

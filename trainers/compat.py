@@ -1,6 +1,8 @@
 """The differences between the transformers / TRL releases this package supports (5.20 up to the newest 5.x), in one
 place; the rest of the training code follows the newest conventions."""
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import fields
 
 from transformers import TrainingArguments
@@ -23,3 +25,13 @@ def sync_checkpointing_names(args) -> None:
         args.activation_checkpointing = args.gradient_checkpointing = bool(
             args.activation_checkpointing or args.gradient_checkpointing
         )
+
+
+@contextmanager
+def quiet_upstream_deprecations():
+    """PEFT (<= 0.21) reads `model.is_gradient_checkpointing` when it wraps a model, which transformers >= 5.24
+    deprecates with a FutureWarning on every LoRA run: a message about code the user cannot change. Silence exactly
+    that one while our trainers wrap the model."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield

@@ -22,4 +22,7 @@ def maybe_wrap_with_peft(model, peft_config):
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, with_llada_defaults(peft_config))
+    from .compat import quiet_upstream_deprecations
+
+    with quiet_upstream_deprecations():
+        return get_peft_model(model, with_llada_defaults(peft_config))

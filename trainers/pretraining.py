@@ -37,6 +37,7 @@ class MaskedDiffusionConfig(DiffusionArguments, TrainingArguments):
 
     def __post_init__(self):
         sync_checkpointing_names(self)
+        self._resolve_device_defaults()
         super().__post_init__()
         self._check_diffusion_arguments()
         if self.block_size < 1:

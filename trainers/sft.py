@@ -6,6 +6,7 @@ emit, the reference behaviour), and `compute_loss` is the SFT diffusion objectiv
 """
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -13,12 +14,16 @@ from datasets import Dataset
 from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 
+from modeling_llada.answers import decode_answers, end_token_ids
+
 from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
-from .compat import sync_checkpointing_names
+from .compat import quiet_upstream_deprecations, sync_checkpointing_names
 from .objectives import sft_loss
 from .peft_utils import with_llada_defaults
 
 logger = logging.get_logger(__name__)
+# a run that reads each training example this many times or more gets a warning (too little data for the steps)
+SMALL_DATASET_PASSES = 25
 
 
 @dataclass
@@ -59,6 +64,7 @@ class MaskedDiffusionSFTConfig(DiffusionArguments, SFTConfig):
             raise ValueError("LLaDA SFT never masks the prompt; completion_only_loss=False is not supported.")
         self.completion_only_loss = True
         sync_checkpointing_names(self)
+        self._resolve_device_defaults()
         super().__post_init__()
         self._check_diffusion_arguments()
 
@@ -176,22 +182,97 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
         eos = processing_class.eos_token_id
         if eos is None:
             raise ValueError("The tokenizer has no eos_token; LLaDA pads answers with EOS. Set tokenizer.eos_token.")
-        super().__init__(
-            model=model,
-            args=args,
-            train_dataset=convert(train_dataset),
-            eval_dataset=convert(eval_dataset),
-            processing_class=processing_class,
-            data_collator=data_collator or DiffusionSFTCollator(eos, args.train_on_padding),
-            peft_config=with_llada_defaults(peft_config) if peft_config is not None else None,
-            **kwargs,
-        )
+        with quiet_upstream_deprecations():
+            super().__init__(
+                model=model,
+                args=args,
+                train_dataset=convert(train_dataset),
+                eval_dataset=convert(eval_dataset),
+                processing_class=processing_class,
+                data_collator=data_collator or DiffusionSFTCollator(eos, args.train_on_padding),
+                peft_config=with_llada_defaults(peft_config) if peft_config is not None else None,
+                **kwargs,
+            )
         self.train_dataset = with_example_ids(self.train_dataset)
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {name: with_example_ids(ds) for name, ds in self.eval_dataset.items()}
         else:
             self.eval_dataset = with_example_ids(self.eval_dataset)
         self.model_accepts_loss_kwargs = False
+        self._warn_if_dataset_is_small()
+
+    def _warn_if_dataset_is_small(self) -> None:
+        """Warn when the run reads every training example many times over: on a few dozen examples LLaDA learns
+        to fill its canvas with the EOS padding (empty answers) or memorises them."""
+        dataset, args = self.train_dataset, self.args
+        if not isinstance(dataset, Dataset) or len(dataset) == 0:
+            return
+        rows = len(dataset)
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        passes = args.max_steps * batch / rows if args.max_steps > 0 else args.num_train_epochs
+        if passes < SMALL_DATASET_PASSES:
+            return
+        steps = max(1, math.ceil(3 * rows / batch))
+        logger.warning(
+            f"The train dataset is small for this run: {rows} rows, and {args.max_steps if args.max_steps > 0 else 'the'}"
+            f" steps of {batch} examples read each row about {passes:.0f} times. On so little data LLaDA tends to "
+            "answer with EOS padding alone (empty answers) or to memorise the examples. Use more examples (hundreds "
+            f"or more) or fewer steps (e.g. max_steps={steps}, about 3 passes)."
+        )
+
+    @torch.no_grad()
+    def sample_answers(self, count: int = 3, dataset=None, **generation) -> list[dict[str, str]]:
+        """Generate answers for `count` prompts of `dataset` (default: the eval dataset, else the train dataset),
+        spread evenly over it; each result is {"prompt", "answer", "reference"} as text, the answer cut at the first
+        end token (EOS, end of turn). Greedy by default; `generation` overrides `model.generate`'s kwargs (the
+        default canvas fits the longest reference answer, one token per step).
+
+        Logs a warning when every answer is empty (the model produced an end token first), the typical outcome of
+        fine-tuning on too little data or for too few steps.
+        """
+        dataset = dataset if dataset is not None else (self.eval_dataset if isinstance(self.eval_dataset, Dataset)
+                                                       else self.train_dataset)
+        if dataset is None or len(dataset) == 0 or count < 1:
+            return []
+        tokenizer = self.processing_class
+        picks = sorted({round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(min(count, len(dataset)))})
+        rows = dataset.select(picks)
+        prompts, references = [], []
+        for ids, labels in zip(rows["input_ids"], rows["labels"]):
+            prompt_length = sum(label == -100 for label in labels)
+            prompts.append(list(ids[:prompt_length]))
+            references.append(list(ids[prompt_length:]))
+        model = self.accelerator.unwrap_model(self.model)
+        llada = model.get_base_model() if hasattr(model, "get_base_model") else model
+        ends = end_token_ids(llada.generation_config.eos_token_id, tokenizer)
+        longest_reference = max(len(reference) for reference in references)
+        length = min(256, max(8, -(-longest_reference // 8) * 8))
+        settings = {"max_new_tokens": length, "steps": length, "block_length": length, "temperature": 0.0,
+                    **generation}
+        width = max(len(prompt) for prompt in prompts)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        device = next(model.parameters()).device
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+        finally:
+            model.train(was_training)
+        answers = decode_answers(tokenizer, out[:, width:], ends, [])
+        longest = max(len(r) for r in references)
+        padded = torch.tensor([r + [tokenizer.eos_token_id] * (longest - len(r)) for r in references])
+        results = [{"prompt": tokenizer.decode(prompt, skip_special_tokens=True).strip(), "answer": answer.strip(),
+                    "reference": reference.strip()}
+                   for prompt, answer, reference in zip(prompts, answers, decode_answers(tokenizer, padded, ends, []))]
+        if all(not result["answer"].strip() for result in results):
+            logger.warning(
+                f"All {len(results)} sampled answers are empty: the model ends its answer (EOS / end of turn) right "
+                "away. This is what LLaDA learns from too little data or too few steps (the EOS padding it is "
+                "trained on dominates); train on more examples or for more steps, or set train_on_padding=False."
+            )
+        return results
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         """TRL's preparation, then a check of what its truncation dropped: rows whose prompt alone fills
