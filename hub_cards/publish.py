@@ -425,7 +425,10 @@ def merge_adapter(folder: str | Path, output: str | Path, base_model: str | Base
         model = AutoModel.from_pretrained(base.source, trust_remote_code=trust_remote_code)
     except OSError as error:  # unreadable weights, a download that failed: what failed, then why
         raise OSError(f"{shown}: could not load the base model: {' '.join(str(error).split())}") from error
-    merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    from trainers.compat import quiet_upstream_deprecations
+
+    with quiet_upstream_deprecations():
+        merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
     merged.save_pretrained(output)
     if (folder / "generation_config.json").is_file():  # the adapter's sampler settings win over the base's
         shutil.copyfile(folder / "generation_config.json", output / "generation_config.json")

@@ -546,10 +546,10 @@ def _read_lines():
 
 
 def quickstart(argv: list[str] | None = None) -> int | dict:
-    """`llada-hf quickstart` (llada_cli.quickstart: its `main` gives the exit status)."""
-    from . import quickstart as module
+    """`llada-hf quickstart`: 0 when fine-tuning beat the untrained model, else 1 (llada_cli.quickstart.main)."""
+    from .quickstart import main
 
-    return (getattr(module, "main", None) or module.quickstart)(argv)
+    return main(argv)
 
 
 def publish(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from ._args import add_flag, new_parser
 
 EOT = "<|eot_id|>"
+LOSS_EVERY = 2  # optimizer steps between logged losses (the loss plot smooths them)
 # --quick: a short run that still has to learn (CI fails it when accuracy after SFT does not beat accuracy before)
 QUICK = dict(pretrain_steps=10, sft_steps=120, eval_prompts=20, digits=3, train_pairs=1000)
 
@@ -67,6 +68,20 @@ def _load_in_a_fresh_process(folder: Path) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"The Hub-ready folder did not load in a fresh process:\n{result.stderr[-2000:]}")
     return result.stdout.strip().splitlines()[-1]
+
+
+def _quiet_progress(trainer) -> None:
+    """Keep the trainer's progress bar but show the latest loss on it instead of printing every log as a line (the
+    quickstart logs every other step for the loss plot)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LossOnTheBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossOnTheBar())
 
 
 def _losses(trainer) -> list[tuple[int, float]]:
@@ -151,10 +166,11 @@ def quickstart(argv: list[str] | None = None) -> dict:
         model,
         MaskedDiffusionConfig(output_dir=str(output / "pretrain"), block_size=128, per_device_train_batch_size=16,
                               max_steps=args.pretrain_steps, learning_rate=5e-4, warmup_steps=min(30, args.pretrain_steps),
-                              lr_scheduler_type="cosine", logging_steps=max(1, args.pretrain_steps // 20),
+                              lr_scheduler_type="cosine", logging_steps=LOSS_EVERY,
                               save_strategy="no", report_to="none", use_cpu=use_cpu, seed=args.seed),
         train_dataset=corpus, processing_class=tokenizer,
     )
+    _quiet_progress(pretrainer)
     say(f"pre-training on {len(pretrainer.train_dataset)} blocks of 128 tokens for {args.pretrain_steps} steps")
     pretrainer.train()
     # saved and reloaded as a user's pre-trained folder would be: the fine-tuning record (and the card) then carries
@@ -184,11 +200,12 @@ def quickstart(argv: list[str] | None = None) -> dict:
         MaskedDiffusionSFTConfig(output_dir=str(output / "sft"), per_device_train_batch_size=32,
                                  max_steps=args.sft_steps, learning_rate=args.sft_learning_rate,
                                  warmup_steps=min(20, args.sft_steps),
-                                 lr_scheduler_type="cosine", logging_steps=max(1, args.sft_steps // 20),
+                                 lr_scheduler_type="cosine", logging_steps=LOSS_EVERY,
                                  save_strategy="no", report_to="none", use_cpu=use_cpu, max_length=128,
                                  seed=args.seed),
         train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
     )
+    _quiet_progress(sft_trainer)
     say(f"LoRA fine-tuning (r=32) for {args.sft_steps} steps")
     sft_trainer.train()
     sft_trainer.save_model(str(output / "adapter"), dataset_name=f"digit copy, {args.digits} digits (local)")

@@ -90,7 +90,10 @@ class LLaDAEvalModel(LM):
         if peft:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, peft)
+            from .compat import quiet_upstream_deprecations
+
+            with quiet_upstream_deprecations():
+                model = PeftModel.from_pretrained(model, peft)
         self.model = model.to(device).eval()
         self.llada = self.model.get_base_model() if peft else self.model
         from transformers import AutoTokenizer
