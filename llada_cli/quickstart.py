@@ -242,7 +242,7 @@ def quickstart(argv: list[str] | None = None) -> dict:
     prompt = torch.tensor([_chat_ids(tokenizer, question)])
     reloaded.generate(prompt, streamer=view)
     traced = reloaded.generate(prompt, output_history=True)
-    plot_unmasking_order(tokenizer, traced.sequences[0], traced.commit_step[0], prompt.shape[1],
+    plot_unmasking_order(tokenizer, traced.raw_sequences[0], traced.commit_step[0], prompt.shape[1],
                          output / "unmasking.png", title=f"Unmasking order for '{question}'",
                          block_length=generation["block_length"], stop_token_ids=end_ids)
     plot_losses({"pre-training": _losses(pretrainer), "LoRA SFT": _losses(sft_trainer)}, output / "loss.png")

@@ -48,6 +48,7 @@ _DIFFUSION_DEFAULTS: dict[str, Any] = {
     "kv_cache": None,
     "num_return_sequences": 1,
     "seed": None,
+    "stop_strings": None,
     "output_history": False,
     "return_dict_in_generate": False,
     "progress_bar": False,
@@ -154,6 +155,13 @@ class LLaDAGenerationConfig(GenerationConfig):
             `num_return_sequences` copies are independent samples. An int seeds the whole call (prompt i gets a seed
             derived from it and i); a list gives one seed per prompt, and a prompt then samples the same alone as in
             any batch, padded or not. None draws the seed from torch's RNG (`torch.manual_seed` reproduces a call).
+        stop_strings (`str` or `list[str]`, *optional*): the answer of a row ends where the earliest of these strings
+            begins in its decoded answer (the text of its generated tokens before the first EOS, decoded with special
+            tokens kept, so `"<|eot_id|>"` works too). Needs `tokenizer=` in `generate`. The stop string is not
+            returned: `sequences` keep the tokens that carry text before it other than whitespace and hold padding
+            from the first token that begins inside it or holds only whitespace before it; a token that straddles
+            its start (`".\\n"` for `"\\n"`) stays, so cut the decoded text at the string for the exact text. With
+            `early_exit`, a row whose committed prefix holds a stop string skips its remaining blocks.
         output_history (`bool`, defaults to False): return every step's canvas and the step that committed each
             position (implies a [`LLaDAGenerateOutput`]).
         return_dict_in_generate (`bool`, defaults to False): return a [`LLaDAGenerateOutput`] instead of ids.
@@ -211,6 +219,13 @@ class LLaDAGenerationConfig(GenerationConfig):
             not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
         ):
             raise ValueError(f"`seed` must be an integer or a list of integers (one per prompt), got {self.seed!r}.")
+        stops = [self.stop_strings] if isinstance(self.stop_strings, str) else self.stop_strings
+        if self.stop_strings is not None and (
+            not isinstance(stops, (list, tuple)) or not all(isinstance(x, str) and x for x in stops)
+        ):
+            raise ValueError(
+                f"`stop_strings` must be a non-empty string or a list of non-empty strings, got {self.stop_strings!r}."
+            )
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
         if self.remasking not in REMASKING_STRATEGIES:
@@ -314,18 +329,92 @@ class LLaDAGenerateOutput(ModelOutput):
     """What `generate` returns with `return_dict_in_generate=True` or `output_history=True`.
 
     Args:
-        sequences: (b, P + N) the prompt followed by the generated tokens.
+        sequences: (b, P + N) the prompt followed by the answer, as autoregressive `generate` returns it: after the
+            first EOS of a row (kept) and from a stop string on, every position holds the pad id
+            (`pad_token_id`, else the first EOS id).
+        raw_sequences: (b, P + N) the canvas as the sampler left it (everything it committed, after EOS too).
+        answer_lengths: (b,) long, the generated tokens of each answer, before its EOS or stop string (not counting
+            it): `sequences[:, P:P + answer_lengths]` is the answer.
+        stopped: (b,) bool, True where an EOS or a stop string ended the answer (OpenAI's finish_reason "stop"),
+            False where the canvas ran out first ("length").
         tokens_per_forward: (b,) float, tokens committed by the sampler per forward pass that row took part in (the
             figure diffusion papers report beside accuracy; 1.0 for one token per step).
-        history: (num_steps, b, P + N) the canvas after every denoising step, masks included (`output_history`).
+        history: (num_steps, b, P + N) the raw canvas after every denoising step, masks included
+            (`output_history`).
         commit_step: (b, P + N) the step (0-based, counted over the whole call) that committed each position; -1 for
             prompt tokens. Positions filled by `early_exit` carry the step at which the row finished.
     """
 
     sequences: torch.LongTensor | None = None
+    raw_sequences: torch.LongTensor | None = None
+    answer_lengths: torch.LongTensor | None = None
+    stopped: torch.BoolTensor | None = None
     tokens_per_forward: torch.Tensor | None = None
     history: torch.LongTensor | None = None
     commit_step: torch.LongTensor | None = None
+
+
+def _stop_list(stop_strings) -> list[str]:
+    if stop_strings is None:
+        return []
+    return [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    # Special tokens kept (a stop string may be one) and no clean-up: the text of a prefix of ids is then a prefix of
+    # the text of the ids.
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def tokens_before_offset(tokenizer, ids: list[int], offset: int) -> int:
+    """The number of leading tokens of `ids` that begin before character `offset` of their decoded text: the
+    smallest k with len(decode(ids[:k])) >= offset (a binary search: about log2(len(ids)) decodes)."""
+    low, high = 0, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        if len(_decode(tokenizer, ids[:middle])) >= offset:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def tokens_before_stop(tokenizer, ids: list[int], text: str, start: int) -> int:
+    """The tokens of `ids` (decoded: `text`) kept before a stop string that begins at character `start`: those that
+    carry text before it other than whitespace. A token that begins inside the stop string, or holds only whitespace
+    before it (`" Question"` for the stop string `"Question"`), is not kept; one that straddles its start with text
+    before it (`".\\n"` for the stop string `"\\n"`) is."""
+    return tokens_before_offset(tokenizer, ids, len(text[:start].rstrip()))
+
+
+def stop_string_horizon(text: str, stops: list[str], complete: bool) -> tuple[int, bool]:
+    """Where the answer in `text` ends: (offset, found). `found`: the earliest start of a stop string in `text`.
+
+    With `complete=False` the text may still grow: the offset is then the earliest position from which a stop
+    string may yet begin (a tail of `text` that is a proper prefix of one, or trailing undecodable bytes), and
+    `found` is True only when a stop string is present and none can begin before it.
+    """
+    starts = [start for start in (text.find(stop) for stop in stops) if start >= 0]
+    first = min(starts) if starts else len(text)
+    if not complete:
+        longest = max(len(stop) for stop in stops)
+        for start in range(max(0, len(text) - longest + 1), first):
+            tail = text[start:]
+            if any(len(stop) > len(tail) and stop.startswith(tail) for stop in stops):
+                return start, False
+        unstable = len(text) - len(text.rstrip("\ufffd"))  # an incomplete UTF-8 character may still change
+        if unstable and len(text) - unstable < first:
+            return len(text) - unstable, False
+    return first, bool(starts)
+
+
+def first_eos_positions(generated: torch.Tensor, eos_tensor: torch.Tensor) -> torch.Tensor:
+    """(b,) index of each row's first id of `eos_tensor` (the row length when there is none)."""
+    length = generated.shape[1]
+    if not eos_tensor.numel():
+        return torch.full((generated.shape[0],), length, dtype=torch.long, device=generated.device)
+    index = torch.arange(length, device=generated.device)[None]
+    return torch.where(torch.isin(generated, eos_tensor), index, length).min(-1).values
 
 
 def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
@@ -505,8 +594,8 @@ class LLaDAGenerationMixin:
         if unused:
             raise ValueError(
                 f"generate() got unexpected arguments {sorted(unused)}; LLaDA's diffusion generation accepts "
-                f"input_ids, attention_mask, generation_config, streamer, logits_processor and the generation config "
-                f"fields {sorted(_DIFFUSION_DEFAULTS)}."
+                f"input_ids, attention_mask, generation_config, streamer, logits_processor, tokenizer and the "
+                f"generation config fields {sorted(_DIFFUSION_DEFAULTS)}."
             )
         config.validate()
         config.temperature, config.do_sample = config.sampling_temperature, None  # one switch for sampling from here on
@@ -531,6 +620,7 @@ class LLaDAGenerationMixin:
         streamer: BaseStreamer | None = None,
         logits_processor: LogitsProcessorList | None = None,
         stopping_criteria=None,
+        tokenizer=None,
         **kwargs,
     ) -> torch.LongTensor | LLaDAGenerateOutput:
         r"""Generate by iterative unmasking (the LLaDA reverse process).
@@ -540,18 +630,20 @@ class LLaDAGenerationMixin:
                 filled as well (infilling).
             attention_mask: (b, P), 1 for tokens and 0 for (left) padding.
             generation_config: base settings; defaults to the model's (`generation_config.json`).
-            streamer: receives the prompt, then the generated tokens in reading order as soon as every position
-                before them is committed (`put`), and, if it has `put_draft`, the canvas after every step.
-                Single sequence only.
+            streamer: receives the prompt, then the answer's tokens in reading order as soon as every position
+                before them is committed (`put`), up to its first EOS (included) or stop string (excluded), never
+                what follows; and, if it has `put_draft`, the raw canvas after every step. Single sequence only.
             logits_processor: transformers `LogitsProcessor`s applied to each step's logits of the positions that can
                 be committed (rows flattened to (b * W, V)); proposals and confidences use the processed logits. They
                 see the current canvas as `input_ids`.
+            tokenizer: the model's tokenizer; needed with `stop_strings` (transformers passes it with them).
             kwargs: any [`LLaDAGenerationConfig`] field (`max_new_tokens`, `steps`, `block_length`, `temperature`,
                 `cfg_scale`, `remasking`, ...), overriding `generation_config`.
 
         Returns:
             (b * num_return_sequences, P + N) ids, or a [`LLaDAGenerateOutput`] with `return_dict_in_generate=True`
-            or `output_history=True`.
+            or `output_history=True`. As in autoregressive `generate`, a row holds only padding after its first EOS
+            (the EOS stays) and from its stop string on; the raw canvas is `LLaDAGenerateOutput.raw_sequences`.
 
         Example:
 
@@ -562,11 +654,29 @@ class LLaDAGenerationMixin:
         >>> model.generate(ids, max_new_tokens=8)
         ```
         """
+        if "inputs" in kwargs:  # transformers' name for the prompt
+            if input_ids is not None:
+                raise ValueError("generate() got both `input_ids` and `inputs`; pass the prompt once.")
+            input_ids = kwargs.pop("inputs")
+        synced_gpus = kwargs.pop("synced_gpus", None)
+        self._reject_autoregressive_arguments(kwargs)
         config = self._resolve_generation_config(generation_config, kwargs)
+        if synced_gpus and (config.early_exit or config.threshold is not None or config.factor is not None):
+            raise ValueError(
+                "synced_gpus=True with early_exit, threshold or factor: these make the number of forward passes "
+                "depend on the prompt, so ranks sharding one model (DeepSpeed ZeRO-3, FSDP) would fall out of step. "
+                "Without them every rank runs the same `steps` forward passes and needs no syncing."
+            )
+        stops = _stop_list(config.stop_strings)
+        if stops and tokenizer is None:
+            raise ValueError(
+                "`stop_strings` needs the model's tokenizer to find the strings in the answer: pass `tokenizer=` to "
+                "generate() together with `stop_strings`."
+            )
         if stopping_criteria:
             raise ValueError(
                 "stopping_criteria are not supported by diffusion generation (tokens are not produced left to "
-                "right); use early_exit=True to stop at EOS, and cut at stop strings after decoding."
+                "right); use early_exit=True to stop at EOS, and `stop_strings=` (with `tokenizer=`) for stop strings."
             )
         if input_ids is None:
             raise ValueError("generate() needs `input_ids` (the prompt); use a BOS token for unconditional generation.")
@@ -586,6 +696,12 @@ class LLaDAGenerationMixin:
         block_length = config.block_length or gen_length
         steps = config.steps or gen_length
         self._check_generate_inputs(input_ids, attention_mask, config, gen_length, block_length, steps, eos_ids)
+        pad_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else None)
+        if stops and pad_id is None:
+            raise ValueError(
+                "`stop_strings` needs a pad id for the positions after the stop string: set `pad_token_id` (or "
+                "`eos_token_id`) in the generation config or pass it to generate()."
+            )
 
         if config.num_return_sequences > 1:
             input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
@@ -621,7 +737,10 @@ class LLaDAGenerationMixin:
         sampled = torch.zeros(batch, dtype=torch.long, device=device)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         history = [] if config.output_history else None
-        stream = _StreamState(streamer, canvas, prompt_length, mask_id) if streamer is not None else None
+        stream = None
+        if streamer is not None:
+            stream = _StreamState(streamer, canvas, prompt_length, mask_id, eos_tensor, tokenizer, stops)
+        stop_exit = config.early_exit and bool(stops)
         parallel_total = None if (config.threshold is not None or config.factor is not None) else steps
         bar = tqdm(total=parallel_total, desc="denoising", disable=not config.progress_bar, leave=False)
 
@@ -658,7 +777,9 @@ class LLaDAGenerationMixin:
                 commit_step[:, window].masked_fill_(transfer, step)
                 sampled += transfer.sum(-1)
                 if config.early_exit and eos_ids:
-                    finished = self._finish_rows_at_eos(canvas, commit_step, prompt_length, mask_id, eos_tensor, step)
+                    finished = finished | self._finish_rows_at_eos(
+                        canvas, commit_step, prompt_length, mask_id, eos_tensor, step
+                    )
                 if history is not None:
                     history.append(canvas.clone())
                 if stream is not None:
@@ -666,6 +787,11 @@ class LLaDAGenerationMixin:
                 bar.update(1)
                 step += 1
                 block_step += 1
+            if stop_exit and block + 1 < num_blocks:
+                finished = self._finish_rows_at_stop_strings(
+                    canvas, commit_step, finished, prompt_length, mask_id, eos_tensor, pad_id, tokenizer, stops,
+                    step - 1,
+                )
             if config.early_exit and bool(finished.all()):
                 break
         bar.close()
@@ -676,13 +802,19 @@ class LLaDAGenerationMixin:
                 "had probability 0 or a non-finite score. A logits processor that bans every token, or non-finite "
                 "logits (NaN weights, fp16 overflow), does this; check `logits_processor` and the model's dtype."
             )
+        sequences, answer_lengths, kept, stopped = self._cut_answers(
+            canvas, prompt_length, eos_tensor, pad_id, tokenizer, stops
+        )
         if stream is not None:
-            stream.end(canvas)
+            stream.end(canvas, int(kept[0]))
 
         if not (config.return_dict_in_generate or config.output_history):
-            return canvas
+            return sequences
         return LLaDAGenerateOutput(
-            sequences=canvas,
+            sequences=sequences,
+            raw_sequences=canvas,
+            answer_lengths=answer_lengths,
+            stopped=stopped,
             tokens_per_forward=sampled.double() / forwards.clamp_min(1).double(),
             history=torch.stack(history) if history else None,
             commit_step=commit_step,
@@ -777,6 +909,97 @@ class LLaDAGenerationMixin:
             cond, uncond = logits.chunk(2)
             logits = uncond + (cfg_scale + 1) * (cond - uncond)
         return logits, cache
+
+    @staticmethod
+    def _reject_autoregressive_arguments(kwargs: dict[str, Any]) -> None:
+        """Raise, naming it, for a transformers `generate` argument diffusion cannot honour; drop neutral ones."""
+        reasons = {
+            "assistant_model": "assisted (speculative) decoding drafts tokens left to right",
+            "assistant_tokenizer": "assisted (speculative) decoding drafts tokens left to right",
+            "prefix_allowed_tokens_fn": "it constrains each token by the prefix before it; use `logits_processor=`",
+            "negative_prompt_ids": "the unconditional canvas of classifier-free guidance is the masked prompt; use "
+            "`cfg_scale=`",
+            "negative_prompt_attention_mask": "the unconditional canvas of classifier-free guidance is the masked "
+            "prompt; use `cfg_scale=`",
+            "custom_generate": "LLaDA's generate is already a custom (diffusion) decoding loop",
+        }
+        kwargs.pop("use_model_defaults", None)  # the model's generation config is always the base here
+        for name, reason in reasons.items():
+            if kwargs.pop(name, None) is not None:
+                raise ValueError(f"generate() got `{name}`: not supported by LLaDA's diffusion generation ({reason}).")
+
+    @staticmethod
+    def _cut_answers(
+        canvas: torch.Tensor,
+        prompt_length: int,
+        eos_tensor: torch.Tensor,
+        pad_id: int | None,
+        tokenizer,
+        stops: list[str],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The returned sequences: each row's answer ends before its first EOS or its earliest stop string; the EOS
+        stays, everything after it (and the stop string on) becomes `pad_id`.
+
+        Returns (sequences, answer_lengths, kept, stopped): `kept` the generated positions left unpadded (the answer
+        and its EOS). Without stop strings this is tensor work only (no host sync); with them, one decode per row and
+        a binary search over decoded prefix lengths for the rows that hold one.
+        """
+        generated = canvas[:, prompt_length:]
+        length = generated.shape[1]
+        first_eos = first_eos_positions(generated, eos_tensor)
+        answer_lengths = first_eos.clone()
+        by_stop = torch.zeros_like(first_eos, dtype=torch.bool)
+        if stops:
+            for row, (ids, end) in enumerate(zip(generated.tolist(), first_eos.tolist())):
+                ids = ids[:end]
+                text = _decode(tokenizer, ids)
+                start, found = stop_string_horizon(text, stops, complete=True)
+                if found:
+                    answer_lengths[row] = tokens_before_stop(tokenizer, ids, text, start)
+                    by_stop[row] = True
+        by_eos = (first_eos < length) & ~by_stop
+        kept = answer_lengths + by_eos.long()
+        if pad_id is None:  # no EOS id, no pad id and no stop strings: nothing ends an answer
+            return canvas, answer_lengths, kept, by_stop
+        index = torch.arange(length, device=canvas.device)[None]
+        sequences = canvas.clone()
+        sequences[:, prompt_length:] = torch.where(index < kept[:, None], generated, pad_id)
+        return sequences, answer_lengths, kept, by_eos | by_stop
+
+    @staticmethod
+    def _finish_rows_at_stop_strings(
+        canvas: torch.Tensor,
+        commit_step: torch.Tensor,
+        finished: torch.Tensor,
+        prompt_length: int,
+        mask_id: int,
+        eos_tensor: torch.Tensor,
+        pad_id: int,
+        tokenizer,
+        stops: list[str],
+        step: int,
+    ) -> torch.Tensor:
+        """`early_exit` with stop strings, at the end of a block: a row whose committed prefix (the generated tokens
+        before its first mask, cut at its first EOS) holds a stop string that no later token can move is done; its
+        remaining masks become `pad_id`. Nothing before the stop string changes. Returns the updated `finished`."""
+        generated = canvas[:, prompt_length:]
+        is_open = generated == mask_id
+        length = generated.shape[1]
+        index = torch.arange(length, device=canvas.device)[None]
+        ready = torch.where(is_open, index, length).min(-1).values
+        ready = torch.minimum(ready, first_eos_positions(generated, eos_tensor))
+        finished = finished.clone()
+        candidates = (~finished & (ready > 0)).tolist()
+        for row, (ids, end, candidate) in enumerate(zip(generated.tolist(), ready.tolist(), candidates)):
+            if not candidate or end == length:
+                continue
+            _, found = stop_string_horizon(_decode(tokenizer, ids[:end]), stops, complete=False)
+            if found:
+                finished[row] = True
+                fill = is_open[row]
+                generated[row].masked_fill_(fill, pad_id)
+                commit_step[row, prompt_length:].masked_fill_(fill, step)
+        return finished
 
     @staticmethod
     def _finish_rows_at_eos(
@@ -887,33 +1110,54 @@ class LLaDAGenerationMixin:
 
 
 class _StreamState:
-    """Feeds a transformers streamer: the prompt first, then generated tokens once every position before them is
-    committed (reading order), and the whole canvas after every step to `put_draft` when the streamer has one."""
+    """Feeds a transformers streamer: the prompt first, then the answer's tokens once every position before them is
+    committed (reading order), up to the first EOS (included) or stop string (excluded) and never beyond; and the
+    raw canvas after every step to `put_draft` when the streamer has one.
 
-    def __init__(self, streamer: BaseStreamer, canvas: torch.Tensor, prompt_length: int, mask_id: int):
+    With stop strings, tokens are held back while a stop string may still begin in them, so that nothing `put`
+    leaves the answer that `generate` returns.
+    """
+
+    def __init__(self, streamer: BaseStreamer, canvas: torch.Tensor, prompt_length: int, mask_id: int,
+                 eos_tensor: torch.Tensor, tokenizer, stops: list[str]):
         if canvas.shape[0] != 1:
             raise ValueError(
                 f"Streaming supports a single sequence, got a batch of {canvas.shape[0]} (num_return_sequences "
                 "included); stream one prompt at a time."
             )
         self.streamer, self.prompt_length, self.mask_id = streamer, prompt_length, mask_id
-        self.emitted = 0
+        self.eos_tensor, self.tokenizer, self.stops = eos_tensor, tokenizer, stops
+        self.emitted, self.done = 0, False
         streamer.put(canvas[0, :prompt_length].cpu())
+
+    def _put_until(self, generated: torch.Tensor, limit: int) -> None:
+        if limit > self.emitted:
+            self.streamer.put(generated[self.emitted : limit].cpu())
+            self.emitted = limit
 
     def update(self, canvas: torch.Tensor) -> None:
         generated = canvas[0, self.prompt_length :]
-        open_positions = (generated == self.mask_id).nonzero()
-        ready = int(open_positions[0]) if open_positions.numel() else generated.shape[0]
-        if ready > self.emitted:
-            self.streamer.put(generated[self.emitted : ready].cpu())
-            self.emitted = ready
+        if not self.done:
+            open_positions = (generated == self.mask_id).nonzero()
+            ready = int(open_positions[0]) if open_positions.numel() else generated.shape[0]
+            if ready > self.emitted:
+                eos = int(first_eos_positions(generated[None, :ready], self.eos_tensor)[0])
+                limit, self.done = (ready, False) if eos == ready else (eos + 1, True)
+                if self.stops:
+                    answer = generated[:eos].tolist()
+                    text = _decode(self.tokenizer, answer)
+                    start, found = stop_string_horizon(text, self.stops, complete=self.done)
+                    if found:
+                        limit, self.done = tokens_before_stop(self.tokenizer, answer, text, start), True
+                    elif not self.done:  # the tokens a stop string cannot reach any more
+                        limit = tokens_before_stop(self.tokenizer, answer, text, start)
+                self._put_until(generated, limit)
         if hasattr(self.streamer, "put_draft"):
             self.streamer.put_draft(generated.cpu())
 
-    def end(self, canvas: torch.Tensor) -> None:
-        generated = canvas[0, self.prompt_length :]
-        if generated.shape[0] > self.emitted:
-            self.streamer.put(generated[self.emitted :].cpu())
+    def end(self, canvas: torch.Tensor, kept: int) -> None:
+        """`kept`: the generated positions `generate` returns unpadded (the answer and its EOS)."""
+        self._put_until(canvas[0, self.prompt_length :], kept)
         self.streamer.end()
 
 
@@ -925,4 +1169,7 @@ __all__ = [
     "mix32",
     "select_parallel",
     "num_transfer_tokens",
+    "stop_string_horizon",
+    "tokens_before_offset",
+    "tokens_before_stop",
 ]

@@ -26,12 +26,28 @@ def reference_kwargs(case: dict) -> dict:
     return kwargs
 
 
+def cut_after_first_eos(rows: list[list[int]], prompt_length: int) -> list[list[int]]:
+    """What `generate` returns for raw canvases: after the first generated EOS (kept) every position is EOS (the pad)."""
+    cut = []
+    for row in rows:
+        answer = row[prompt_length:]
+        end = answer.index(EOS) + 1 if EOS in answer else len(answer)
+        cut.append(row[:prompt_length] + answer[:end] + [EOS] * (len(answer) - end))
+    return cut
+
+
 def test_every_reference_case_is_reproduced_token_for_token(official_model, reference):
     assert len(reference["generate"]) >= 7
     for case in reference["generate"]:
         mask = torch.tensor(case["attention_mask"]) if case["attention_mask"] is not None else None
-        out = official_model.generate(torch.tensor(case["input_ids"]), attention_mask=mask, **reference_kwargs(case))
-        assert out.tolist() == case["output_ids"], case["name"]
+        ids = torch.tensor(case["input_ids"])
+        kwargs = reference_kwargs(case)
+        out = official_model.generate(ids, attention_mask=mask, return_dict_in_generate=True, **kwargs)
+        # the whole canvas the sampler committed, token for token
+        assert out.raw_sequences.tolist() == case["output_ids"], case["name"]
+        assert out.sequences.tolist() == cut_after_first_eos(case["output_ids"], ids.shape[1]), case["name"]
+        plain = official_model.generate(ids, attention_mask=mask, **kwargs)
+        assert plain.tolist() == out.sequences.tolist(), case["name"]
 
 
 def test_num_transfer_tokens_spreads_the_remainder_over_the_first_steps():
@@ -100,7 +116,8 @@ def test_top_k_one_sampling_equals_greedy(official_model):
 def test_cfg_without_attention_mask_equals_cfg_with_a_full_mask(official_model, reference):
     case = next(c for c in reference["generate"] if c["name"] == "single_cfg")
     ids = torch.tensor(case["input_ids"])
-    assert official_model.generate(ids, **reference_kwargs(case)).tolist() == case["output_ids"]
+    out = official_model.generate(ids, return_dict_in_generate=True, **reference_kwargs(case))
+    assert out.raw_sequences.tolist() == case["output_ids"]
 
 
 def test_cfg_runs_one_batched_forward_per_step(official_model):
@@ -150,7 +167,7 @@ def test_confidence_eos_eot_inf_commits_eos_last(official_model):
     out = official_model.generate(PROMPT, max_new_tokens=16, logits_processor=processors, confidence_eos_eot_inf=True,
                                   eos_token_id=[999 % 320, EOS], return_dict_in_generate=True)
     order = out.commit_step[0, 8:]
-    eos = out.sequences[0, 8:] == EOS
+    eos = out.raw_sequences[0, 8:] == EOS
     assert eos.any() and (~eos).any()
     assert order[eos].min() > order[~eos].max()
 
@@ -160,10 +177,12 @@ def test_early_exit_stops_after_the_first_eos_without_changing_anything_before_i
                   confidence_eos_eot_inf=True, return_dict_in_generate=True, output_history=True)
     full = official_model.generate(PROMPT, **kwargs)
     early = official_model.generate(PROMPT, early_exit=True, **kwargs)
-    first_eos = int((full.sequences[0, 8:] == EOS).nonzero()[0])
+    first_eos = int((full.raw_sequences[0, 8:] == EOS).nonzero()[0])
     assert first_eos == 5
-    assert torch.equal(early.sequences[0, : 8 + first_eos + 1], full.sequences[0, : 8 + first_eos + 1])
-    assert (early.sequences[0, 8 + first_eos :] == EOS).all()
+    assert torch.equal(early.raw_sequences[0, : 8 + first_eos + 1], full.raw_sequences[0, : 8 + first_eos + 1])
+    assert (early.raw_sequences[0, 8 + first_eos :] == EOS).all()
+    # what generate returns does not depend on early_exit: the answer, its EOS, then padding
+    assert torch.equal(early.sequences, full.sequences) and early.answer_lengths.tolist() == [first_eos]
     assert full.history.shape[0] == 16 and early.history.shape[0] == first_eos + 1
 
 
@@ -184,9 +203,9 @@ def test_infilling_fills_masks_inside_the_prompt(official_model):
     prompt = PROMPT.clone()
     prompt[0, 2] = prompt[0, 5] = MASK
     out = official_model.generate(prompt, max_new_tokens=8, steps=8, block_length=4, return_dict_in_generate=True)
-    assert not (out.sequences == MASK).any()
+    assert not (out.raw_sequences == MASK).any()
     kept = prompt[0] != MASK
-    assert torch.equal(out.sequences[0, :8][kept], prompt[0][kept])
+    assert torch.equal(out.raw_sequences[0, :8][kept], prompt[0][kept])
     # the holes are committed during the first block, together with its 4 positions, in 4 steps
     assert out.commit_step[0, [2, 5]].max() <= 3
 
@@ -195,7 +214,7 @@ def test_output_history_records_every_step_and_the_commit_order(official_model):
     out = official_model.generate(PROMPT, max_new_tokens=16, steps=6, block_length=8, output_history=True)
     assert isinstance(out, LLaDAGenerateOutput)
     assert out.history.shape == (6, 1, 24)
-    assert torch.equal(out.history[-1], out.sequences)
+    assert torch.equal(out.history[-1], out.raw_sequences)
     masked_after_step = (out.history[:, 0, 8:] == MASK).sum(-1).tolist()
     # 8 positions per block over 3 steps: 3, 3, 2 commits (the schedule), then the second block
     assert masked_after_step == [13, 10, 8, 5, 2, 0]
@@ -203,7 +222,7 @@ def test_output_history_records_every_step_and_the_commit_order(official_model):
         committed = out.commit_step[0] == step
         before = out.history[step - 1, 0] if step else torch.cat([PROMPT[0], torch.full((16,), MASK)])
         assert (before[committed] == MASK).all()
-        assert torch.equal(out.history[step, 0][committed], out.sequences[0][committed])
+        assert torch.equal(out.history[step, 0][committed], out.raw_sequences[0][committed])
     assert (out.commit_step[0, :8] == -1).all() and (out.commit_step[0, 8:] >= 0).all()
 
 
