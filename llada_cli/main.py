@@ -20,7 +20,7 @@ DEBUG_ENV = "LLADA_HF_DEBUG"
 
 class Command(NamedTuple):
     summary: str  # one line for `llada-hf --help`
-    runner: str  # the function of llada_cli.commands that runs it (looked up at call time)
+    runner: str  # the function of llada_cli.commands that runs it, or `module:function` (looked up at call time)
     parser_module: str  # where its parser is built...
     parser_builder: str  # ...by this function (no arguments, returns the argparse parser)
     cached_help: bool  # building the parser is expensive: its help text is cached on disk
@@ -42,6 +42,8 @@ COMMANDS = {
                     "evaluate", "llada_cli.evaluate", "build_parser", True, extra="eval"),
     "publish": Command("publish a model or adapter folder to the Hub with a generated card",
                        "publish", "llada_cli.publish", "build_parser", True),
+    "serve": Command("serve a model with an OpenAI-compatible API (chat, completions, streaming)",
+                     "llada_cli.serve:run", "llada_cli.serve", "build_parser", False, extra="serve"),
 }
 
 
@@ -162,9 +164,13 @@ def help_text(name: str) -> str | None:
 
 
 def _runner(name: str):
+    runner = COMMANDS[name].runner
+    if ":" in runner:  # `module:function`, for a command whose runner lives in its own module
+        module, function = runner.split(":")
+        return getattr(importlib.import_module(module), function)
     from . import commands
 
-    return getattr(commands, COMMANDS[name].runner)
+    return getattr(commands, runner)
 
 
 def _print_help(name: str) -> int:

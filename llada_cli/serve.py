@@ -1,0 +1,820 @@
+"""`llada-hf serve MODEL`: an OpenAI-compatible server for LLaDA models, built on transformers' serving app.
+
+transformers' own `transformers serve` cannot serve LLaDA: its model manager looks the architecture up as an attribute
+of the `transformers` package (so no remote-code model loads), and its handlers assume autoregressive generation
+(`generate(tokenizer=...)`, `finish_reason`/`usage` from the canvas, stop strings as stopping criteria). This module
+keeps transformers' app (`build_server`: the routes, `/health`, `/v1/models`, the request-id middleware) and plugs in:
+
+- `LLaDAModelManager`, the one thin subclass of transformers' `ModelManager` (the only place that depends on its
+  internals, the same on transformers 5.20 to 5.24): it loads a LLaDA model from a Hub id or a folder, with or
+  without remote code, through `AutoModel` and the tokenizer through `AutoTokenizer`;
+- `LLaDAHandler`, the handler of `/v1/chat/completions` and `/v1/completions` (duck-typed: `handle_request(body,
+  request_id)`), with OpenAI's semantics for a diffusion model:
+  * the answer ends at the first EOS / end-of-turn token or stop string (`finish_reason` "stop"), or where the
+    `max_tokens` budget ran out ("length"); `usage.completion_tokens` counts the answer's tokens (not the EOS, not
+    the stop string, not the canvas);
+  * `max_tokens` (or `max_completion_tokens`), `temperature`, `top_p`, `stop`, `seed` and `n` are honoured; the
+    diffusion settings `steps`, `block_length`, `threshold`, `kv_cache` and `remasking` are server defaults (flags)
+    and per-request extra fields of the body;
+  * streaming sends the answer in reading order as positions are committed; with `"stream_denoising_draft": true`
+    every chunk also carries the whole canvas, masks shown as `░`, in the extra field `denoising_draft`;
+  * bad requests get a 4xx whose OpenAI-style error names the field (`param`), never a 500.
+  Requests are served one at a time, in arrival order, on one generation thread (each with its own settings and its
+  own stream); a streamed request whose client goes away is stopped at the next denoising step.
+
+The `--help` of this command is cheap: nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import threading
+import time
+from typing import Any
+
+from ._args import add_flag, new_parser
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+REMASKING = ("low_confidence", "random", "margin", "entropy")  # = generation_llada.REMASKING_STRATEGIES (tested)
+KV_CACHES = ("prefix", "dual")  # = generation_llada.KV_CACHE_MODES
+# The diffusion settings a request may carry as extra fields, and their server-wide defaults (the flags).
+DIFFUSION_FIELDS = ("steps", "block_length", "threshold", "kv_cache", "remasking")
+DRAFT_FIELD = "denoising_draft"  # the extra field of a stream chunk that holds the canvas
+DRAFT_REQUEST_FIELD = "stream_denoising_draft"
+MASK_GLYPH = "░"
+MAX_N = 16
+
+# Request fields each endpoint accepts (OpenAI's, plus the diffusion extras). Others get a 422 naming them, as in
+# transformers serve; fields OpenAI defines that a diffusion model cannot honour get a 400 naming them.
+_COMMON_FIELDS = {"model", "stream", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "user",
+                  "stream_options", "generation_config", DRAFT_REQUEST_FIELD, *DIFFUSION_FIELDS}
+CHAT_FIELDS = _COMMON_FIELDS | {"messages", "max_completion_tokens", "chat_template_kwargs", "metadata", "store",
+                                "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "logit_bias",
+                                "tools", "tool_choice", "parallel_tool_calls", "response_format", "service_tier",
+                                "reasoning_effort", "modalities", "audio", "prediction", "web_search_options",
+                                "functions", "function_call"}
+COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo", "suffix", "best_of", "logprobs", "logit_bias",
+                                      "frequency_penalty", "presence_penalty"}
+# Accepted when neutral (absent, null, 0, false, empty), refused otherwise: nothing in a diffusion sampler does them.
+_NEUTRAL_ONLY = ("frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "logit_bias", "tools",
+                 "tool_choice", "functions", "function_call", "response_format", "echo", "suffix", "audio",
+                 "prediction", "generation_config")
+_SUPPORTED_TRANSFORMERS = ("5.20", "6")  # [floor, ceiling): the serving API this module was written against
+# A fast tokenizer's Rust core refuses concurrent use when one call changes its padding/truncation settings ("Already
+# borrowed"): requests are tokenized on worker threads while the generation thread decodes, so they take turns.
+TOKENIZER_LOCK = threading.Lock()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `llada-hf serve` (cheap: no torch)."""
+    parser = new_parser(
+        "llada-hf serve",
+        "Serve a LLaDA model with an OpenAI-compatible API (chat and text completions, streaming), on transformers'\n"
+        "serving app. Needs the serve extra: pip install 'llada-hf[serve]'.\n\n"
+        "  llada-hf serve GSAI-ML/LLaDA-8B-Instruct --steps 64 --block_length 32\n"
+        "  curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        "      -d '{\"model\": \"GSAI-ML/LLaDA-8B-Instruct\", \"steps\": 32,\n"
+        "           \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'\n\n"
+        "Requests may set the diffusion settings (steps, block_length, threshold, kv_cache, remasking) as extra\n"
+        "fields of the body; the flags below are their defaults. Requests run one at a time, in arrival order.")
+    parser.add_argument("model", help="the LLaDA checkpoint to serve: Hub id or local folder")
+    add_flag(parser, "host", default="localhost", help="address to listen on")
+    add_flag(parser, "port", type=int, default=8000, help="port to listen on")
+    add_flag(parser, "dtype", choices=DTYPE_CHOICES, default="auto",
+             help="dtype of the weights (auto: the checkpoint's own)")
+    add_flag(parser, "device", default="auto",
+             help="where the model runs: cpu, cuda, cuda:1, mps, ...; auto: cuda when available, else cpu")
+    add_flag(parser, "trust_remote_code", action="store_true",
+             help="allow running the Python code files a checkpoint ships (its config's auto_map); without it the "
+                  "model loads with llada-hf's own LLaDA classes")
+    add_flag(parser, "max_new_tokens", type=int, metavar="N",
+             help="answer budget of a request that sets no max_tokens; default: the checkpoint's generation_config, "
+                  "else 128")
+    add_flag(parser, "steps", type=int, metavar="N",
+             help="denoising steps of an answer (a multiple of its number of blocks); default: the checkpoint's "
+                  "steps per token times the answer length (one token per step without one)")
+    add_flag(parser, "block_length", type=int, metavar="N",
+             help="blocks of this many positions are filled left to right; default: the checkpoint's "
+                  "generation_config, else one block")
+    add_flag(parser, "threshold", type=float,
+             help="fast parallel decoding: every step commits each masked position of the block whose confidence "
+                  "reaches this (e.g. 0.9); default: the checkpoint's generation_config, else off (exact)")
+    add_flag(parser, "kv_cache", choices=KV_CACHES,
+             help="approximate key/value caching (prefix or dual); default: the checkpoint's, else off (exact)")
+    add_flag(parser, "remasking", choices=REMASKING,
+             help="which proposals are committed first; default: the checkpoint's, else low_confidence")
+    add_flag(parser, "continuous_batching", action="store_true",
+             help="not supported for diffusion models (an error says so); present so that transformers serve's "
+                  "flag gets a clear answer")
+    add_flag(parser, "log_level", default="warning", choices=("debug", "info", "warning", "error"),
+             help="log level of the server")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class RequestError(Exception):
+    """A request the server will not run: answered with `status` and an OpenAI-style error naming `param`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict:
+        kind = {404: "not_found_error", 422: "invalid_request_error"}.get(self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def _bad(param: str, message: str, status: int = 400) -> RequestError:
+    return RequestError(status, f"`{param}`: {message}", param=param)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Request validation (pure Python: unit-testable without a model)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _neutral(value) -> bool:
+    return value in (None, 0, False, "", [], {}, "none", "auto") or value == 0.0
+
+
+def check_fields(body: Any, allowed: set[str]) -> None:
+    """The body is a JSON object with only known fields, and the fields a diffusion model cannot honour are neutral."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise RequestError(422, f"Unexpected fields in the request: {unknown}; LLaDA's extra fields are "
+                                f"{[*DIFFUSION_FIELDS, DRAFT_REQUEST_FIELD]}", param=unknown[0])
+    for name in _NEUTRAL_ONLY:
+        if name in body and not _neutral(body[name]):
+            raise _bad(name, f"not supported by LLaDA's diffusion generation (got {body[name]!r}); leave it out")
+
+
+def sampling_settings(body: dict, defaults: dict) -> dict:
+    """The request's generation settings, checked one by one: `max_tokens`, `n`, `stop`, `stream` and the
+    `model.generate` kwargs (`temperature`, `top_p`, `seed` and the diffusion settings, the server's defaults first).
+    Raises `RequestError` naming the field."""
+    out: dict[str, Any] = {}
+    budget_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    budget = body.get(budget_field)
+    if budget is not None and (not _is_int(budget) or budget < 1):
+        raise _bad(budget_field, f"must be a positive integer, got {budget!r}")
+    out["max_tokens"] = budget
+    n = body.get("n", 1) if body.get("n") is not None else 1
+    if not _is_int(n) or not 1 <= n <= MAX_N:
+        raise _bad("n", f"must be an integer from 1 to {MAX_N}, got {n!r}")
+    out["n"] = n
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise _bad("stream", f"must be true or false, got {stream!r}")
+    out["stream"] = stream
+    if stream and n > 1:
+        raise _bad("n", "streaming answers one choice at a time; use n=1 with stream, or stream=false")
+    draft = body.get(DRAFT_REQUEST_FIELD) or False
+    if not isinstance(draft, bool):
+        raise _bad(DRAFT_REQUEST_FIELD, f"must be true or false, got {draft!r}")
+    out["draft"] = draft and stream
+    stop = body.get("stop")
+    if stop is None:
+        stops = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= 4:
+        stops = list(stop)
+    else:
+        raise _bad("stop", f"must be a string or a list of up to 4 strings, got {stop!r}")
+    if any(s == "" for s in stops):
+        raise _bad("stop", "stop strings must not be empty")
+    out["stop"] = stops
+
+    kwargs: dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if not _is_number(temperature) or not 0 <= temperature <= 2:
+            raise _bad("temperature", f"must be a number from 0 to 2, got {temperature!r}")
+        kwargs["temperature"] = float(temperature)
+        kwargs["do_sample"] = temperature > 0
+    top_p = body.get("top_p")
+    if top_p is not None:
+        if not _is_number(top_p) or not 0 < top_p <= 1:
+            raise _bad("top_p", f"must be a number in (0, 1], got {top_p!r}")
+        kwargs["top_p"] = float(top_p)
+    seed = body.get("seed")
+    if seed is not None:
+        if not _is_int(seed):
+            raise _bad("seed", f"must be an integer, got {seed!r}")
+        kwargs["seed"] = seed
+    for name in ("steps", "block_length"):
+        value = body.get(name)
+        if value is not None:
+            if not _is_int(value) or value < 1:
+                raise _bad(name, f"must be a positive integer, got {value!r}")
+            kwargs[name] = value
+    if "threshold" in body:  # null turns a server default off: the exact sampler
+        value = body["threshold"]
+        if value is not None and (not _is_number(value) or not 0 < value <= 1):
+            raise _bad("threshold", f"must be null or a number in (0, 1] (e.g. 0.9), got {value!r}")
+        kwargs["threshold"] = None if value is None else float(value)
+    if "kv_cache" in body:
+        value = body["kv_cache"]
+        if value is not None and value not in KV_CACHES:
+            raise _bad("kv_cache", f"must be null or one of {list(KV_CACHES)}, got {value!r}")
+        kwargs["kv_cache"] = value
+    if body.get("remasking") is not None:
+        value = body["remasking"]
+        if value not in REMASKING:
+            raise _bad("remasking", f"must be one of {list(REMASKING)}, got {value!r}")
+        kwargs["remasking"] = value
+    out["kwargs"] = kwargs
+    return out
+
+
+def chat_messages(body: dict) -> list[dict]:
+    """OpenAI chat messages as the chat template wants them (text content only); raises naming the message."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages", "must be a non-empty list of {role, content} objects")
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _bad(where, f"must be an object with `role` and `content`, got {message!r}")
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant", "tool"):
+            raise _bad(f"{where}.role", f"must be system, developer, user, assistant or tool, got {role!r}")
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise _bad(f"{where}.content[{j}]", "LLaDA reads text only: each part must be "
+                                                        "{\"type\": \"text\", \"text\": \"...\"}")
+                parts.append(part["text"])
+            content = " ".join(parts)
+        elif content is None and role == "assistant":
+            content = ""
+        if not isinstance(content, str):
+            raise _bad(f"{where}.content", f"must be a string or a list of text parts, got {content!r}")
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out
+
+
+def completion_prompt(body: dict) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise _bad("prompt", "must be a non-empty string (one prompt per request)")
+    return prompt
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# From committed tokens to the answer
+
+
+class AnswerTracker:
+    """Reads the generated tokens in reading order and says what of them is the answer: it ends before the first end
+    token (EOS, end of turn) or stop string, or after `max_tokens` tokens. `feed` returns the text that can be sent
+    now (a tail that could still turn into a stop string is held back); `done` tells when the rest cannot change the
+    answer, `finish_reason` and `completion_tokens` are OpenAI's."""
+
+    def __init__(self, tokenizer, end_ids: list[int], stops: list[str], max_tokens: int):
+        self.tokenizer, self.end_ids, self.stops, self.max_tokens = tokenizer, set(end_ids), stops, max_tokens
+        self.ids: list[int] = []
+        self.done = False
+        self.stopped = False
+        self.text = ""  # the answer so far
+        self.sent = 0  # characters of `text` already returned by feed
+        self.completion_tokens = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        with TOKENIZER_LOCK:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def feed(self, ids: list[int]) -> str:
+        if self.done:
+            return ""
+        for token in ids:
+            if token in self.end_ids:
+                self.done = self.stopped = True
+                break
+            if len(self.ids) >= self.max_tokens:
+                self.done = True
+                break
+            self.ids.append(int(token))
+        if len(self.ids) >= self.max_tokens:
+            self.done = True
+        self.text = self._decode(self.ids)
+        self.completion_tokens = len(self.ids)
+        cut = min((p for p in (self.text.find(s) for s in self.stops) if p >= 0), default=-1)
+        if cut >= 0:
+            self.done = self.stopped = True
+            self.text = self.text[:cut]
+            # the tokens wholly before the stop string
+            count = 0
+            while count < len(self.ids) and len(self._decode(self.ids[: count + 1])) <= cut:
+                count += 1
+            self.completion_tokens = count
+        safe = len(self.text)
+        if not self.done:
+            if self.text.endswith("\ufffd"):  # an incomplete character: wait for the next token
+                safe = len(self.text.rstrip("\ufffd"))
+            for stop in self.stops:
+                for length in range(min(len(stop) - 1, len(self.text)), 0, -1):
+                    if self.text.endswith(stop[:length]):
+                        safe = min(safe, len(self.text) - length)
+                        break
+        delta = self.text[self.sent:safe] if safe > self.sent else ""
+        self.sent = max(self.sent, safe)
+        return delta
+
+    def finish(self) -> str:
+        """The rest of the answer once the canvas is complete."""
+        self.done = True
+        delta = self.text[self.sent:]
+        self.sent = len(self.text)
+        return delta
+
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.stopped else "length"
+
+
+class _Abort(Exception):
+    """Raised in the streamer to end `generate` early: the answer is complete, or its client has gone."""
+
+
+class CommitStreamer:
+    """A transformers streamer for LLaDA's `generate`: `put` gets the prompt, then committed tokens in reading order.
+    Feeds an `AnswerTracker` and hands text to `emit` (a thread-safe callback); ends `generate` (raising `_Abort`)
+    once the answer is complete or `cancelled` is set."""
+
+    def __init__(self, tracker: AnswerTracker, emit, cancelled: threading.Event):
+        self.tracker, self.emit, self.cancelled = tracker, emit, cancelled
+        self.first = True
+
+    def put(self, value) -> None:
+        if self.cancelled.is_set():
+            raise _Abort()
+        if self.first:
+            self.first = False
+            return
+        delta = self.tracker.feed(value.reshape(-1).tolist())
+        if delta:
+            self.emit(("text", delta))
+        if self.tracker.done:
+            raise _Abort()
+
+    def end(self) -> None:
+        pass
+
+
+class DraftStreamer(CommitStreamer):
+    """Also `put_draft`: the canvas after every denoising step, rendered by `render`, as a `draft` item."""
+
+    def __init__(self, tracker: AnswerTracker, emit, cancelled: threading.Event, render):
+        super().__init__(tracker, emit, cancelled)
+        self.render = render
+
+    def put_draft(self, canvas) -> None:
+        if self.cancelled.is_set():
+            raise _Abort()
+        self.emit(("draft", self.render(canvas.reshape(-1).tolist())))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The heavy part: imported when the server starts
+
+
+def _serving():
+    """transformers' serving modules, or a clear error on a release whose serving API this module does not know."""
+    import transformers
+    from packaging.version import Version
+
+    version = Version(transformers.__version__)
+    low, high = (Version(v) for v in _SUPPORTED_TRANSFORMERS)
+    if not low <= Version(version.base_version) < high:
+        raise RuntimeError(f"llada-hf serve supports transformers >= {low}, < {high} (its serving API); this is "
+                           f"{transformers.__version__}.")
+    try:
+        from transformers.cli.serving import model_manager, server, utils
+    except ImportError as error:
+        raise RuntimeError(f"llada-hf serve needs transformers' serving app (transformers.cli.serving), which "
+                           f"transformers {transformers.__version__} lacks: {error}. Install the serve extra: "
+                           "pip install 'llada-hf[serve]'.") from error
+    return model_manager, server, utils
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    """`org/model@rev` -> (`org/model`, `rev`); an existing local path has no revision."""
+    if os.path.exists(name):
+        return name, None
+    model_id, _, revision = name.partition("@")
+    if os.path.exists(model_id):
+        return model_id, None
+    return model_id, revision or None
+
+
+def make_model_manager_class():
+    """The one subclass of transformers' `ModelManager`: LLaDA through `AutoModel` (registered by `modeling_llada`, or
+    the checkpoint's own code with trust_remote_code), its tokenizer through `AutoTokenizer`. Everything else (the
+    cache, the locks, `/v1/models`) is transformers'."""
+    model_manager, _, _ = _serving()
+
+    class LLaDAModelManager(model_manager.ModelManager):
+        def list_models(self, *args, **kwargs) -> list[dict]:
+            """`/v1/models`: the served model (transformers 5.24 calls this; 5.20 calls `get_gen_models`)."""
+            name = self.force_model
+            owner = "local" if os.path.exists(name) else (name.split("/")[0] if "/" in name else "")
+            return [{"id": name, "object": "model", "created": 0, "owned_by": owner,
+                     "status": {"value": "loaded"}}]
+
+        def get_gen_models(self, *args, **kwargs) -> list[dict]:
+            return self.list_models()
+
+        @staticmethod
+        def process_model_name(model_id: str) -> str:
+            if os.path.exists(model_id) or "@" in model_id:
+                return model_id
+            return f"{model_id}@main"
+
+        def _load_processor(self, model_id_and_revision: str, *args, **kwargs):
+            from transformers import AutoTokenizer
+
+            model_id, revision = _split(model_id_and_revision)
+            tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision,
+                                                      trust_remote_code=self.trust_remote_code)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            return tokenizer
+
+        def _load_model(self, model_id_and_revision: str, *args, **kwargs):
+            import torch
+            from transformers import AutoModel
+
+            import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
+
+            model_id, revision = _split(model_id_and_revision)
+            load = {"revision": revision, "trust_remote_code": self.trust_remote_code}
+            if self.dtype not in (None, "auto"):
+                load["dtype"] = self.dtype
+            model = AutoModel.from_pretrained(model_id, **load)
+            if getattr(model.config, "mask_token_id", None) is None:
+                raise ValueError(f"{model_id!r} is not a LLaDA model (no mask_token_id in its config).")
+            if not hasattr(model.generation_config, "block_length"):  # not diffusion generation
+                raise ValueError(f"{model_id!r}: the model's code has no diffusion `generate` (the official "
+                                 "checkpoints' own code files lack one); serve it without --trust_remote_code to "
+                                 "use llada-hf's LLaDA classes.")
+            device = self.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            return model.to(device).eval()
+
+    return LLaDAModelManager
+
+
+class _Unsupported:
+    """The endpoints of transformers' app that a diffusion text model does not serve."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    async def handle_request(self, *args, **kwargs):
+        raise RequestError(404, f"{self.endpoint} is not served for LLaDA models; use /v1/chat/completions or "
+                                "/v1/completions")
+
+
+class LLaDAHandler:
+    """`/v1/chat/completions` (`chat=True`) and `/v1/completions` for one served model."""
+
+    def __init__(self, manager, model_name: str, defaults: dict, max_new_tokens: int | None, runner, chat: bool):
+        self.manager, self.model_name, self.defaults = manager, model_name, defaults
+        self.default_budget, self.runner, self.chat = max_new_tokens, runner, chat
+
+    # --- request -> job
+
+    def _check_model(self, body: dict) -> None:
+        requested = body.get("model")
+        if requested is None:
+            return
+        names = {self.model_name, self.manager.process_model_name(self.model_name),
+                 self.model_name.rstrip("/"), os.path.basename(self.model_name.rstrip("/"))}
+        if not isinstance(requested, str) or requested not in names:
+            raise RequestError(404, f"`model`: the model {requested!r} is not served here; this server serves "
+                                    f"{self.model_name!r}", param="model", code="model_not_found")
+
+    def _prepare(self, body: dict) -> dict:
+        check_fields(body, CHAT_FIELDS if self.chat else COMPLETION_FIELDS)
+        self._check_model(body)
+        settings = sampling_settings(body, self.defaults)
+        model, tokenizer = self.manager.load_model_and_processor(self.manager.process_model_name(self.model_name))
+        if self.chat:
+            messages = chat_messages(body)
+            extra = body.get("chat_template_kwargs") or {}
+            if not isinstance(extra, dict):
+                raise _bad("chat_template_kwargs", "must be an object")
+            if not getattr(tokenizer, "chat_template", None):
+                raise _bad("messages", "this model's tokenizer has no chat template; use /v1/completions")
+            try:
+                with TOKENIZER_LOCK:
+                    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                        return_dict=True, **extra)["input_ids"]
+            except Exception as error:  # noqa: BLE001 (a template that rejects the conversation: the client's)
+                raise _bad("messages", f"the chat template rejects these messages: {error}") from None
+            if ids and isinstance(ids[0], list):
+                ids = ids[0]
+        else:
+            prompt = completion_prompt(body)
+            with TOKENIZER_LOCK:
+                ids = tokenizer(prompt)["input_ids"]
+        return self._plan(model, tokenizer, list(ids), settings, "messages" if self.chat else "prompt")
+
+    def _plan(self, model, tokenizer, ids: list[int], settings: dict, prompt_field: str) -> dict:
+        """The `generate` call: canvas length, block schedule and checked settings."""
+        from modeling_llada.answers import end_token_ids
+
+        config = model.generation_config
+        kwargs = dict(settings["kwargs"])
+        budget = settings["max_tokens"] or self.default_budget or getattr(config, "max_new_tokens", None) or 128
+        block = kwargs.get("block_length") or getattr(config, "block_length", None) or budget
+        canvas = -(-budget // block) * block  # whole blocks; the answer is cut at the budget
+        blocks = canvas // block
+        if kwargs.get("steps") is None:
+            # the checkpoint's steps per token, kept for any canvas length (one token per step without one)
+            ratio = 1.0
+            if getattr(config, "steps", None) and getattr(config, "max_new_tokens", None):
+                ratio = config.steps / config.max_new_tokens
+            kwargs["steps"] = max(blocks, round(canvas * ratio / blocks) * blocks)
+        kwargs.update(max_new_tokens=canvas, block_length=block, early_exit=True)
+        if settings["n"] > 1:
+            kwargs["num_return_sequences"] = settings["n"]
+        limit = getattr(model.config, "max_sequence_length", None) or getattr(model.config,
+                                                                             "max_position_embeddings", None)
+        if limit is not None and len(ids) + canvas > limit:
+            raise _bad(prompt_field, f"the prompt ({len(ids)} tokens) plus the answer budget ({canvas} positions) "
+                                     f"exceeds the model's context of {limit} tokens; shorten the prompt or lower "
+                                     "max_tokens")
+        check = copy.deepcopy(config)
+        try:  # the combination (steps vs blocks, threshold vs remasking, ...), as generate will check it
+            check.update(**kwargs)
+            check.validate()
+        except ValueError as error:
+            message = " ".join(str(error).split())
+            import re
+
+            param = next((f for f in ("steps", "block_length", "threshold", "remasking", "kv_cache", "top_p",
+                                      "temperature", "seed") if re.search(rf"\b{f}\b", message)), "max_tokens")
+            raise _bad(param, message) from None
+        with TOKENIZER_LOCK:
+            end_ids = end_token_ids(config.eos_token_id, tokenizer)
+        return {"model": model, "tokenizer": tokenizer, "ids": ids, "kwargs": kwargs, "budget": budget,
+                "stops": settings["stop"], "n": settings["n"], "stream": settings["stream"],
+                "draft": settings["draft"], "end_ids": end_ids}
+
+    async def handle_request(self, body: dict, request_id: str):
+        from fastapi.responses import JSONResponse, StreamingResponse
+
+        try:
+            job = await asyncio.to_thread(self._prepare, body)
+        except RequestError as error:
+            return JSONResponse(error.body(), status_code=error.status)
+        model_id = body.get("model") or self.model_name
+        if job["stream"]:
+            return StreamingResponse(self._stream(job, request_id, model_id), media_type="text/event-stream")
+        try:
+            answers = await self.runner.run(self._generate_all, job)
+        except RequestError as error:
+            return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(self._response(request_id, model_id, job, answers))
+
+    # --- generation (on the generation thread)
+
+    def _tracker(self, job: dict) -> AnswerTracker:
+        return AnswerTracker(job["tokenizer"], job["end_ids"], job["stops"], job["budget"])
+
+    def _call(self, job: dict, **extra):
+        import torch
+
+        model = job["model"]
+        ids = torch.tensor([job["ids"]], device=model.device)
+        try:
+            return model.generate(ids, attention_mask=torch.ones_like(ids), **job["kwargs"], **extra)
+        except ValueError as error:  # a setting generate refuses: the request's
+            raise _bad("max_tokens", " ".join(str(error).split())) from None
+
+    def _generate_all(self, job: dict) -> list[AnswerTracker]:
+        if job["n"] == 1:  # through the streamer: stops as soon as the answer is complete
+            tracker = self._tracker(job)
+            streamer = CommitStreamer(tracker, lambda item: None, threading.Event())
+            try:  # the streamer has fed the tracker every generated token by the time generate returns
+                self._call(job, streamer=streamer)
+            except _Abort:
+                pass
+            tracker.finish()
+            return [tracker]
+        out = self._call(job)
+        trackers = []
+        for row in out[:, len(job["ids"]):].tolist():
+            tracker = self._tracker(job)
+            tracker.feed(row)
+            tracker.finish()
+            trackers.append(tracker)
+        return trackers
+
+    # --- responses
+
+    def _usage(self, job: dict, answers: list[AnswerTracker]) -> dict:
+        completion = sum(a.completion_tokens for a in answers)
+        prompt = len(job["ids"])
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _response(self, request_id: str, model_id: str, job: dict, answers: list[AnswerTracker]) -> dict:
+        if self.chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": a.text},
+                        "finish_reason": a.finish_reason, "logprobs": None} for i, a in enumerate(answers)]
+            kind = "chat.completion"
+        else:
+            choices = [{"index": i, "text": a.text, "finish_reason": a.finish_reason, "logprobs": None}
+                       for i, a in enumerate(answers)]
+            kind = "text_completion"
+        return {"id": request_id, "object": kind, "created": int(time.time()), "model": model_id,
+                "choices": choices, "usage": self._usage(job, answers)}
+
+    def _chunk(self, request_id: str, model_id: str, text: str | None = None, role: str | None = None,
+               finish_reason: str | None = None, usage: dict | None = None, draft: str | None = None) -> str:
+        if self.chat:
+            delta = {}
+            if role is not None:
+                delta["role"] = role
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            kind = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            kind = "text_completion"
+        if draft is not None:
+            choice[DRAFT_FIELD] = draft
+        chunk = {"id": request_id, "object": kind, "created": int(time.time()), "model": model_id,
+                 "choices": [choice]}
+        if usage is not None:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    def _draft_text(self, tokenizer, mask_id: int):
+        mask_token = tokenizer.convert_ids_to_tokens(mask_id)
+
+        def render(canvas: list[int]) -> str:
+            with TOKENIZER_LOCK:
+                text = tokenizer.decode(canvas, skip_special_tokens=False)
+            return text.replace(mask_token, MASK_GLYPH) if isinstance(mask_token, str) else text
+
+        return render
+
+    async def _stream(self, job: dict, request_id: str, model_id: str):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+        tracker = self._tracker(job)
+
+        def emit(item) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        draft = self._draft_text(job["tokenizer"], job["model"].config.mask_token_id) if job["draft"] else None
+        streamer = DraftStreamer(tracker, emit, cancelled, draft) if draft else CommitStreamer(tracker, emit, cancelled)
+
+        def work() -> None:
+            try:
+                if cancelled.is_set():  # its client left while it waited
+                    return
+                try:
+                    self._call(job, streamer=streamer)
+                except _Abort:
+                    pass
+                if not cancelled.is_set():
+                    rest = tracker.finish()
+                    if rest:
+                        emit(("text", rest))
+            except RequestError as error:
+                emit(("error", error.body()))
+            except Exception as error:  # noqa: BLE001 (reported to the client in the stream, the server lives on)
+                emit(("error", {"error": {"message": f"generation failed: {type(error).__name__}: {error}",
+                                          "type": "server_error", "param": None, "code": None}}))
+            finally:
+                emit(("end", None))
+
+        future = self.runner.submit(work)
+        try:
+            yield self._chunk(request_id, model_id, role="assistant", text="" if self.chat else None)
+            while True:
+                kind, value = await queue.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    yield f"data: {json.dumps(value)}\n\n"
+                    return
+                if kind == "text":
+                    yield self._chunk(request_id, model_id, text=value)
+                elif kind == "draft":
+                    yield self._chunk(request_id, model_id, text="" if self.chat else None, draft=value)
+            yield self._chunk(request_id, model_id, finish_reason=tracker.finish_reason,
+                              usage=self._usage(job, [tracker]), text=None)
+            yield "data: [DONE]\n\n"
+        finally:
+            # a client that went away (GeneratorExit / CancelledError here): its job stops at its next step
+            cancelled.set()
+            del future
+
+
+class GenerationRunner:
+    """One generation thread: jobs run one at a time in arrival order (each with its own settings and stream)."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llada-generate")
+
+    def submit(self, fn, *args):
+        return self.pool.submit(fn, *args)
+
+    async def run(self, fn, *args):
+        return await asyncio.wrap_future(self.pool.submit(fn, *args))
+
+
+def build_app(args):
+    """transformers' FastAPI app serving `args.model` with LLaDA's handlers."""
+    _, server, utils = _serving()
+    from fastapi.responses import JSONResponse
+
+    manager_class = make_model_manager_class()
+    manager = manager_class(device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                            force_model=args.model)
+    defaults = {name: getattr(args, name, None) for name in DIFFUSION_FIELDS}
+    runner = GenerationRunner()
+    chat = LLaDAHandler(manager, args.model, defaults, args.max_new_tokens, runner, chat=True)
+    completion = LLaDAHandler(manager, args.model, defaults, args.max_new_tokens, runner, chat=False)
+    app = server.build_server(manager, chat, completion_handler=completion,
+                              response_handler=_Unsupported("/v1/responses"),
+                              transcription_handler=_Unsupported("/v1/audio/transcriptions"),
+                              systemone_handler=_Unsupported("/v1/systemone"),
+                              generation_state=utils.GenerationState())
+
+    async def request_error(_request, error: RequestError):
+        return JSONResponse(error.body(), status_code=error.status)
+
+    app.add_exception_handler(RequestError, request_error)
+    return app
+
+
+def _check_args(args) -> None:
+    if args.continuous_batching:
+        raise ValueError("--continuous_batching is not supported: transformers' continuous batching decodes "
+                         "autoregressively (paged KV cache, one token per step), which a diffusion model cannot use; "
+                         "leave the flag out (requests are then served one at a time).")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port} is not a port number (1-65535).")
+    for name in ("max_new_tokens", "steps", "block_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}.")
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise ValueError(f"--threshold must be in (0, 1] (e.g. 0.9), got {args.threshold}.")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """`llada-hf serve MODEL [options]`: serve until interrupted."""
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    try:
+        import fastapi  # noqa: F401
+        import openai  # noqa: F401
+        import uvicorn
+    except ImportError as error:
+        raise SystemExit(f"llada-hf serve needs the 'serve' extra: pip install 'llada-hf[serve]' ({error}).") from None
+    from .loading import check_llada_checkpoint, check_model_source
+
+    check_model_source(args.model, "model")
+    check_llada_checkpoint(args.model, "model")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers").setLevel(hf_logging.log_levels[args.log_level])
+    app = build_app(args)
+    print(f"llada-hf serve: {args.model} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)).run()
+    return 0

@@ -1,0 +1,359 @@
+"""`llada-hf serve`: request checks and answer bookkeeping (fast), then a real server on the quickstart's tiny trained
+model driven with the `openai` client (slow: the model trains in the fixture, once per session)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from llada_cli import serve
+from llada_cli.main import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------------- fast
+
+
+def test_serve_is_a_command_whose_help_imports_nothing_heavy():
+    assert "serve" in COMMANDS and COMMANDS["serve"].extra == "serve"
+    code = ("import sys; from llada_cli.main import help_text; text = help_text('serve'); "
+            "assert '--block_length' in text and '--threshold' in text, text; "
+            "heavy = [m for m in ('torch', 'transformers', 'fastapi') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_choices_are_the_samplers():
+    from modeling_llada import generation_llada
+
+    assert serve.REMASKING == generation_llada.REMASKING_STRATEGIES
+    assert serve.KV_CACHES == generation_llada.KV_CACHE_MODES
+
+
+def test_continuous_batching_is_a_clear_error(capsys):
+    assert main(["serve", "some/model", "--continuous_batching"]) == 2
+    err = capsys.readouterr().err
+    assert "--continuous_batching is not supported" in err and "diffusion" in err
+
+
+@pytest.mark.parametrize("body, param, status", [
+    ({"max_tokens": -1}, "max_tokens", 400),
+    ({"max_tokens": 0}, "max_tokens", 400),
+    ({"max_completion_tokens": 2.5}, "max_completion_tokens", 400),
+    ({"temperature": -0.5}, "temperature", 400),
+    ({"temperature": "hot"}, "temperature", 400),
+    ({"top_p": 0}, "top_p", 400),
+    ({"n": 0}, "n", 400),
+    ({"n": 2, "stream": True}, "n", 400),
+    ({"stop": [1]}, "stop", 400),
+    ({"seed": "x"}, "seed", 400),
+    ({"steps": 0}, "steps", 400),
+    ({"block_length": -8}, "block_length", 400),
+    ({"threshold": 1.5}, "threshold", 400),
+    ({"kv_cache": "full"}, "kv_cache", 400),
+    ({"remasking": "best"}, "remasking", 400),
+])
+def test_bad_settings_name_their_field(body, param, status):
+    with pytest.raises(serve.RequestError) as caught:
+        serve.sampling_settings(body, {})
+    assert (caught.value.status, caught.value.param) == (status, param)
+    assert f"`{param}`" in caught.value.message
+
+
+def test_settings_merge_server_defaults_and_the_request():
+    defaults = {"steps": 8, "block_length": None, "threshold": 0.9, "kv_cache": None, "remasking": None}
+    out = serve.sampling_settings({"temperature": 0.5, "seed": 3, "threshold": None, "block_length": 4,
+                                   "stop": "x", "max_tokens": 6}, defaults)
+    assert out["kwargs"] == {"steps": 8, "temperature": 0.5, "do_sample": True, "seed": 3, "threshold": None,
+                             "block_length": 4}
+    assert out["stop"] == ["x"] and out["max_tokens"] == 6 and out["n"] == 1
+    assert serve.sampling_settings({}, defaults)["kwargs"] == {"steps": 8, "threshold": 0.9}
+
+
+@pytest.mark.parametrize("messages, param", [
+    ("hi", "messages"),
+    ([], "messages"),
+    (["hi"], "messages[0]"),
+    ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
+    ([{"role": "user"}], "messages[0].content"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
+])
+def test_malformed_messages_name_the_message(messages, param):
+    with pytest.raises(serve.RequestError) as caught:
+        serve.chat_messages({"messages": messages})
+    assert caught.value.param == param and caught.value.status == 400
+
+
+def test_unknown_fields_are_named_and_unsupported_ones_refused():
+    with pytest.raises(serve.RequestError) as caught:
+        serve.check_fields({"messages": [], "stepz": 3}, serve.CHAT_FIELDS)
+    assert caught.value.status == 422 and "stepz" in caught.value.message
+    with pytest.raises(serve.RequestError) as caught:
+        serve.check_fields({"messages": [], "logit_bias": {"1": 2}}, serve.CHAT_FIELDS)
+    assert caught.value.param == "logit_bias"
+    serve.check_fields({"messages": [], "frequency_penalty": 0, "steps": 4, "remasking": "margin"}, serve.CHAT_FIELDS)
+
+
+class CharTokenizer:
+    """One character per token; id 0 is EOS (decoded as nothing), 1 the mask."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("" if i in (0, 1) else chr(i) for i in ids)
+
+
+def ids(text):
+    return [ord(c) for c in text]
+
+
+def test_the_answer_ends_at_eos_and_counts_its_tokens():
+    tracker = serve.AnswerTracker(CharTokenizer(), [0], [], max_tokens=16)
+    assert tracker.feed(ids("ab")) == "ab" and not tracker.done
+    assert tracker.feed(ids("c") + [0] + ids("junk")) == "c"
+    assert tracker.done and tracker.finish_reason == "stop" and tracker.completion_tokens == 3
+    assert tracker.finish() == "" and tracker.text == "abc"
+
+
+def test_the_budget_ends_the_answer_with_length():
+    tracker = serve.AnswerTracker(CharTokenizer(), [0], [], max_tokens=3)
+    text = tracker.feed(ids("abcdef")) + tracker.finish()
+    assert text == "abc" and tracker.finish_reason == "length" and tracker.completion_tokens == 3
+    tracker = serve.AnswerTracker(CharTokenizer(), [0], [], max_tokens=8)  # canvas full, no EOS
+    assert tracker.feed(ids("abc")) + tracker.finish() == "abc" and tracker.finish_reason == "length"
+
+
+def test_a_stop_string_is_cut_and_held_back_while_it_may_be_forming():
+    tracker = serve.AnswerTracker(CharTokenizer(), [0], ["END"], max_tokens=32)
+    sent = tracker.feed(ids("abE"))
+    assert sent == "ab"  # "E" may begin "END"
+    sent += tracker.feed(ids("x"))
+    assert sent == "abEx"
+    sent += tracker.feed(ids("yEN"))
+    sent += tracker.feed(ids("Dzz"))
+    assert sent + tracker.finish() == "abExy" and tracker.done and tracker.finish_reason == "stop"
+    assert tracker.completion_tokens == 5
+
+
+# ---------------------------------------------------------------------------------------------------- slow: a server
+
+DIGITS = [("2 9 1"), ("7 0 4"), ("3 3 8"), ("5 1 6"), ("9 2 2"), ("4 8 0"), ("6 5 7"), ("1 4 9")]
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> Path:
+    """The quickstart's tiny model (user "Repeat: 2 9 1" -> assistant "2 9 1"), published with its code files."""
+    if os.environ.get("LLADA_HF_SERVE_TEST_MODEL"):  # a quickstart hub folder built before (saves ~1-2 min)
+        return Path(os.environ["LLADA_HF_SERVE_TEST_MODEL"])
+    out = tmp_path_factory.mktemp("quickstart")
+    subprocess.run([sys.executable, "-m", "llada_cli", "quickstart", "--quick", "--output_dir", str(out)],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+    return out / "hub"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, *flags: str):
+        self.port = free_port()
+        self.model = str(model)
+        self.log = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llada_cli", "serve", self.model, "--host", "127.0.0.1", "--port",
+             str(self.port), *flags], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.process.returncode}): {self.output()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not answer within 120 s: {self.output()}")
+            time.sleep(0.3)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained_model):
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    running = Server(trained_model, "--trust_remote_code")
+    yield running
+    running.stop()
+
+
+def ask(client, digits: str, **kwargs):
+    return client.chat.completions.create(model=kwargs.pop("model", None) or client._served,
+                                          messages=[{"role": "user", "content": f"Repeat: {digits}"}], **kwargs)
+
+
+@pytest.fixture()
+def client(server):
+    client = server.client()
+    client._served = server.model
+    return client
+
+
+@pytest.mark.slow
+def test_a_chat_completion_answers_and_stops_at_eos(client, trained_model):
+    from transformers import AutoTokenizer
+
+    response = ask(client, "2 9 1")
+    choice = response.choices[0]
+    assert choice.message.content.strip() == "2 9 1"
+    assert choice.finish_reason == "stop"
+    tokenizer = AutoTokenizer.from_pretrained(trained_model)
+    assert response.usage.completion_tokens == len(tokenizer(choice.message.content, add_special_tokens=False)
+                                                   ["input_ids"])
+    assert response.usage.completion_tokens < 8  # the answer, not the canvas
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    assert trained_model.name in " ".join(model.id for model in client.models.list().data)
+
+
+@pytest.mark.slow
+def test_a_streamed_completion_reassembles_to_the_same_text(client):
+    plain = ask(client, "7 0 4")
+    chunks = list(ask(client, "7 0 4", stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["stop"]
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+@pytest.mark.slow
+def test_the_draft_stream_shows_the_canvas_in_its_own_field(client):
+    chunks = list(ask(client, "2 9 1", stream=True, extra_body={"stream_denoising_draft": True}))
+    drafts = [c.choices[0].model_extra.get("denoising_draft") for c in chunks if c.choices]
+    drafts = [d for d in drafts if d is not None]
+    assert drafts and serve.MASK_GLYPH in drafts[0]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == "2 9 1"
+
+
+@pytest.mark.slow
+def test_stop_strings_and_the_budget(client):
+    stopped = ask(client, "2 9 1", stop=[" 9"])
+    assert stopped.choices[0].message.content.strip() == "2"
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in ask(client, "2 9 1", stop=" 9", stream=True)
+                       if c.choices)
+    assert streamed == stopped.choices[0].message.content
+    short = ask(client, "2 9 1", max_tokens=2)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
+
+
+@pytest.mark.slow
+def test_n_seed_and_diffusion_settings_per_request(client):
+    several = ask(client, "3 3 8", n=3, temperature=0.5, seed=1)
+    assert len(several.choices) == 3 and [c.index for c in several.choices] == [0, 1, 2]
+    again = ask(client, "3 3 8", n=3, temperature=0.5, seed=1)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in several.choices]
+    fast = ask(client, "3 3 8", extra_body={"threshold": 0.9, "kv_cache": "prefix", "block_length": 4, "steps": 4,
+                                            "remasking": "margin"})
+    assert fast.choices[0].message.content.strip() == "3 3 8"
+
+
+@pytest.mark.slow
+def test_text_completions(server):
+    client = server.client()
+    response = client.completions.create(model=server.model, prompt="hello", max_tokens=8)
+    assert response.choices[0].finish_reason in ("stop", "length")
+    assert response.usage.completion_tokens <= 8
+
+
+@pytest.mark.slow
+def test_eight_concurrent_requests_each_get_their_own_answer(client):
+    def one(index: int):
+        digits = DIGITS[index]
+        if index % 2:
+            chunks = ask(client, digits, stream=True, extra_body={"threshold": 0.9} if index % 4 == 1 else {})
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return ask(client, digits, extra_body={"steps": 4, "block_length": 4} if index % 4 == 2 else {}) \
+            .choices[0].message.content
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    assert [a.strip() for a in answers] == DIGITS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kwargs, status, param", [
+    ({"model": "someone/unknown-model"}, 404, "model"),
+    ({"max_tokens": -3}, 400, "max_tokens"),
+    ({"temperature": -1.0}, 400, "temperature"),
+    ({"max_tokens": 16, "extra_body": {"steps": 3}}, 400, "steps"),
+    ({"max_tokens": 250}, 400, "messages"),  # beyond the context of 256
+    ({"messages": [{"role": "user"}]}, 400, "messages[0].content"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
+    ({"extra_body": {"stepz": 4}}, 422, "stepz"),
+])
+def test_bad_requests_get_a_4xx_naming_the_field(client, server, kwargs, status, param):
+    import openai
+
+    messages = kwargs.pop("messages", [{"role": "user", "content": "Repeat: 2 9 1"}])
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=kwargs.pop("model", server.model), messages=messages, **kwargs)
+    assert caught.value.status_code == status
+    assert caught.value.body["param"] == param, caught.value.body
+    assert param in caught.value.body["message"]
+    assert ask(client, "2 9 1").choices[0].message.content.strip() == "2 9 1"  # the server lives on
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_mid_stream_frees_its_work(server, client):
+    request = urllib.request.Request(
+        f"{server.url}/v1/chat/completions", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"model": server.model, "stream": True, "max_tokens": 224, "block_length": 224,
+                         "steps": 224, "temperature": 1.0, "seed": 0, "stream_denoising_draft": True,
+                         "messages": [{"role": "user", "content": "Repeat: 2 9 1"}]}).encode())
+    response = urllib.request.urlopen(request, timeout=60)
+    assert response.readline().startswith(b"data: ")
+    response.close()
+    started = time.monotonic()
+    assert ask(client, "2 9 1").choices[0].message.content.strip() == "2 9 1"
+    assert time.monotonic() - started < 15  # the whole canvas takes ~40 s on two CPU cores
+
+
+@pytest.mark.slow
+def test_serves_without_remote_code_too(trained_model):
+    pytest.importorskip("openai")
+    running = Server(trained_model)  # llada-hf's own LLaDA classes
+    try:
+        client = running.client()
+        response = client.chat.completions.create(
+            model=running.model, messages=[{"role": "user", "content": "Repeat: 4 8 0"}])
+        assert response.choices[0].message.content.strip() == "4 8 0"
+        assert response.choices[0].finish_reason == "stop"
+    finally:
+        running.stop()
