@@ -308,6 +308,8 @@ class AnswerTracker:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def feed(self, ids: list[int]) -> str:
+        from modeling_llada.answers import first_stop_position  # loaded with the model already
+
         if self.done:
             return ""
         for token in ids:
@@ -322,7 +324,7 @@ class AnswerTracker:
             self.done = True
         self.text = self._decode(self.ids)
         self.completion_tokens = len(self.ids)
-        cut = min((p for p in (self.text.find(s) for s in self.stops) if p >= 0), default=-1)
+        cut = first_stop_position(self.text, self.stops)
         if cut >= 0:
             self.done = self.stopped = True
             self.text = self.text[:cut]

@@ -59,10 +59,15 @@ def first_end_positions(rows: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
     return torch.where(is_end.any(-1), is_end.long().argmax(-1), rows.shape[1])
 
 
+def first_stop_position(text: str, stops: list[str]) -> int:
+    """Where the earliest occurrence of any (non-empty) stop string begins in `text`; -1 when none occurs."""
+    return min((position for position in (text.find(stop) for stop in stops if stop) if position >= 0), default=-1)
+
+
 def cut_at_stop_strings(text: str, until: list[str]) -> str:
     """`text` up to the earliest occurrence of any stop string."""
-    found = [position for position in (text.find(stop) for stop in until if stop) if position >= 0]
-    return text[: min(found)] if found else text
+    position = first_stop_position(text, until)
+    return text[:position] if position >= 0 else text
 
 
 def decode_answers(tokenizer, rows: torch.Tensor, end_ids: list[int], until: list[str]) -> list[str]:

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -47,15 +46,6 @@ def adapter_folder(folder: Path, base: str | None) -> Path:
 def base_folder(tmp_path) -> Path:
     saved_model(tmp_path / "base")
     return tmp_path / "base"
-
-
-@pytest.fixture
-def temp_root(tmp_path, monkeypatch) -> Path:
-    """tempfile's folder, for this test alone."""
-    root = tmp_path / "tmp"
-    root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(root))
-    return root
 
 
 def leftovers(root: Path) -> list[str]:

@@ -21,15 +21,6 @@ CORRUPT_WEIGHT = "extra.safetensors"
 LINK_OUT = "passwd.json"  # a link to a file outside the folder
 
 
-@pytest.fixture
-def temp_root(tmp_path, monkeypatch) -> Path:
-    """tempfile's folder, for this test alone: what publishing leaves there is this test's doing."""
-    root = tmp_path / "tmp"
-    root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(root))
-    return root
-
-
 def staging_folders() -> set[str]:
     return {path.name for path in Path(tempfile.gettempdir()).glob("llada-publish-*")}
 
