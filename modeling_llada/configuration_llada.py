@@ -125,6 +125,18 @@ class LLaDAConfig(PreTrainedConfig):
                     setattr(self, name, None)  # the 8B token does not exist in this smaller vocabulary
         self._validate_llada()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """`PreTrainedConfig.from_dict`, except that an official LLaDA-MoE config (also `model_type: "llada"`, but with
+        `architectures: ["LLaDAMoEModelLM"]` and MoE fields) gives an [`LLaDAMoEConfig`]: that is how `AutoConfig`
+        and `AutoModel` tell the two families apart."""
+        if cls is LLaDAConfig:
+            from .configuration_lladamoe import LLaDAMoEConfig, is_lladamoe_config_dict
+
+            if is_lladamoe_config_dict(config_dict):
+                return LLaDAMoEConfig.from_dict(config_dict, **kwargs)
+        return super().from_dict(config_dict, **kwargs)
+
     # -- derived sizes ---------------------------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
