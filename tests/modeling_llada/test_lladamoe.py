@@ -136,3 +136,47 @@ def test_a_fresh_model_starts_with_a_zero_expert_bias():
     model = LLaDAMoEModelLM(config)
     assert torch.equal(model.model.layers[1].mlp.expert_bias, torch.zeros(4))
     assert model(torch.tensor([[0, 63, 5]])).logits.shape == (1, 3, 64)
+
+
+REMOTE_SCRIPT = """
+import sys
+# our package must not be importable here: only the copied code files can serve the model
+for name in ("modeling_llada", "trainers", "hub_cards"):
+    sys.modules[name] = None
+import torch
+from transformers import AutoConfig, AutoModel
+folder, ids_path, out_path = sys.argv[1:4]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model)
+assert type(model).__name__ == "LLaDAMoEModelLM"
+assert type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__ == "LLaDAMoEConfig"
+ids = torch.load(ids_path)
+with torch.no_grad():
+    torch.save({"logits": model(ids).logits,
+                "generated": model.generate(ids, max_new_tokens=8, steps=8, block_length=4, mask_token_id=150)},
+               out_path)
+"""
+
+
+@pytest.mark.slow
+def test_saved_folder_loads_with_trust_remote_code_without_our_package(tmp_path, moe_model, moe_reference):
+    import subprocess
+    import sys
+
+    moe_model.save_pretrained(tmp_path / "ckpt")
+    for code_file in ("configuration_lladamoe.py", "modeling_lladamoe.py", "modeling_llada.py", "generation_llada.py"):
+        assert (tmp_path / "ckpt" / code_file).exists(), code_file
+    ids = torch.tensor(moe_reference["logits"]["input_ids"])
+    torch.save(ids, tmp_path / "ids.pt")
+    script = tmp_path / "load_remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ckpt"), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        assert torch.equal(remote["logits"], moe_model(ids).logits)
+        expected = moe_model.generate(ids, max_new_tokens=8, steps=8, block_length=4, mask_token_id=MASK)
+    assert torch.equal(remote["generated"], expected)
