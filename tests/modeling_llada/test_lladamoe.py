@@ -180,3 +180,27 @@ def test_saved_folder_loads_with_trust_remote_code_without_our_package(tmp_path,
         assert torch.equal(remote["logits"], moe_model(ids).logits)
         expected = moe_model.generate(ids, max_new_tokens=8, steps=8, block_length=4, mask_token_id=MASK)
     assert torch.equal(remote["generated"], expected)
+
+
+def test_a_cached_forward_over_a_slice_equals_the_full_forward(moe_model):
+    ids = torch.randint(0, 140, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        full = moe_model(ids, attention_mask=mask, use_cache=True)
+        for start, stop in ((5, 12), (5, 9), (0, 4)):
+            part = moe_model(ids[:, start:stop], attention_mask=mask, cache=full.cache, cache_position=start)
+            torch.testing.assert_close(part.logits, full.logits[:, start:stop], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kv_cache="prefix"), dict(kv_cache="dual", threshold=0.5)], ids=str)
+def test_fast_decoding_modes_keep_padded_rows_equal_to_single_rows(moe_model, kwargs):
+    rows = [[116, 79, 25, 47, 111, 74, 25, 139, 105], [34, 124, 44, 11, 64, 124]]
+    ids = torch.tensor([[EOS] * (9 - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (9 - len(r)) + [1] * len(r) for r in rows])
+    common = dict(max_new_tokens=16, block_length=4, mask_token_id=MASK, return_dict_in_generate=True, **kwargs)
+    batch = moe_model.generate(ids, attention_mask=mask, **common).raw_sequences
+    for i, row in enumerate(rows):
+        single = moe_model.generate(torch.tensor([row]), **common).raw_sequences
+        assert batch[i, 9 - len(row):].tolist() == single[0].tolist()
+        assert not (single == MASK).any()
