@@ -210,6 +210,33 @@ class LLaDAMoESparseMoeBlock(nn.Module):
         return out.reshape(shape), router_logits
 
 
+def load_balancing_loss(
+    router_logits: tuple[torch.Tensor, ...],
+    num_experts: int,
+    top_k: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Switch-Transformer load-balancing loss over all MoE layers (the official LLaDA-MoE / OLMoE definition).
+
+    `num_experts * sum_e f_e * P_e` per top-k slot, summed: f_e is the share of tokens whose k-th choice is expert e
+    and P_e the mean router probability of e, both over the non-padding tokens of every MoE layer. The choice here is
+    the top-k of the plain softmax (without `expert_bias`), as in the official code.
+
+    router_logits: per MoE layer, (b * L, num_experts) logits; attention_mask: (b, L), 1 for tokens, or None.
+    """
+    logits = torch.cat([layer_logits.to(router_logits[0].device) for layer_logits in router_logits])
+    probs = F.softmax(logits.float(), dim=-1)
+    chosen = F.one_hot(torch.topk(probs, top_k, dim=-1).indices, num_experts).float()  # (N, k, E)
+    if attention_mask is None:
+        weights = torch.ones(probs.shape[0], device=probs.device)
+    else:  # the layers' logits are concatenated layer after layer, each in (b, L) order
+        weights = attention_mask.reshape(-1).to(probs.device, torch.float).repeat(len(router_logits))
+    total = weights.sum()
+    tokens_per_expert = (chosen * weights[:, None, None]).sum(0) / total  # (k, E)
+    prob_per_expert = (probs * weights[:, None]).sum(0) / total  # (E,)
+    return (tokens_per_expert * prob_per_expert[None]).sum() * num_experts
+
+
 class LLaDAMoEDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: attention, then the dense MLP or the routed experts plus the shared expert."""
 
@@ -264,9 +291,12 @@ class LLaDAMoEModelOutput(LegacyCacheOutputMixin, ModelOutput):
 
 @dataclass
 class LLaDAMoEOutput(LegacyCacheOutputMixin, ModelOutput):
-    """Output of [`LLaDAMoEModelLM`]: as [`LLaDAOutput`], plus `router_logits` as in [`LLaDAMoEModelOutput`]."""
+    """Output of [`LLaDAMoEModelLM`]: as [`LLaDAOutput`], plus `router_logits` as in [`LLaDAMoEModelOutput`] and,
+    with them, `aux_loss`, the load-balancing loss ([`load_balancing_loss`]; `loss` then includes
+    `router_aux_loss_coef * aux_loss`)."""
 
     loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: "LLaDACache | None" = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
@@ -451,7 +481,9 @@ class LLaDAMoEModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAMoEPreTra
         **kwargs: Unpack[TransformersKwargs],
     ) -> LLaDAMoEOutput:
         """Logits of the clean tokens for a (partly masked) canvas; arguments as in [`LLaDAModelLM.forward`], plus
-        `output_router_logits`. The load-balancing auxiliary loss is not computed yet."""
+        `output_router_logits`: with it, `aux_loss` is the load-balancing loss of the routers (padding excluded)
+        and, when `labels` are given, `loss` adds `config.router_aux_loss_coef * aux_loss` (the OLMoE convention; the
+        official code returns the aux loss only)."""
         cache = legacy_cache_argument(cache, kwargs)
         check_forward_kwargs(kwargs, type(self).__name__)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -495,8 +527,19 @@ class LLaDAMoEModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAMoEPreTra
                 if torch.is_tensor(num_items_in_batch):
                     num_items_in_batch = num_items_in_batch.to(loss.device)
                 loss = loss / num_items_in_batch
+        aux_loss = None
+        if outputs.router_logits:
+            mask = attention_mask
+            if mask is not None and (mask.dim() != 2 or mask.shape != hidden.shape[:2]):
+                mask = None  # a prepared 4-D mask or a cached slice's canvas mask: count every token
+            aux_loss = load_balancing_loss(
+                outputs.router_logits, self.config.num_experts, self.config.num_experts_per_tok, mask
+            )
+            if loss is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
         return LLaDAMoEOutput(
             loss=loss,
+            aux_loss=aux_loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
@@ -512,4 +555,5 @@ __all__ = [
     "LLaDAMoEModelLM",
     "LLaDAMoEModelOutput",
     "LLaDAMoEOutput",
+    "load_balancing_loss",
 ]

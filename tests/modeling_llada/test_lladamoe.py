@@ -183,7 +183,7 @@ def test_saved_folder_loads_with_trust_remote_code_without_our_package(tmp_path,
 
 
 def test_a_cached_forward_over_a_slice_equals_the_full_forward(moe_model):
-    ids = torch.randint(0, 140, (2, 12))
+    ids = torch.randint(0, 140, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     with torch.no_grad():
@@ -204,3 +204,27 @@ def test_fast_decoding_modes_keep_padded_rows_equal_to_single_rows(moe_model, kw
         single = moe_model.generate(torch.tensor([row]), **common).raw_sequences
         assert batch[i, 9 - len(row):].tolist() == single[0].tolist()
         assert not (single == MASK).any()
+
+
+def test_aux_loss_is_the_load_balancing_loss_and_ignores_padding(moe_model):
+    from modeling_llada.modeling_lladamoe import load_balancing_loss
+
+    ids = torch.randint(0, 140, (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    out = moe_model(ids, attention_mask=mask, output_router_logits=True)
+    # by hand: over the 16 real tokens of both MoE layers, E * sum over slots and experts of f * P
+    keep = mask.reshape(-1).bool()
+    logits = torch.cat([r[keep] for r in out.router_logits])
+    probs = logits.float().softmax(-1)
+    chosen = torch.nn.functional.one_hot(probs.topk(2, dim=-1).indices, 4).float()
+    expected = (chosen.mean(0) * probs.mean(0)[None]).sum() * 4
+    torch.testing.assert_close(out.aux_loss, expected)
+    # without a mask every token counts; with labels the loss adds coef * aux_loss
+    plain = load_balancing_loss(out.router_logits, 4, 2)
+    assert not torch.allclose(plain, out.aux_loss)
+    labels = torch.where(ids % 3 == 0, ids, -100)
+    with_aux = moe_model(ids, attention_mask=mask, labels=labels, output_router_logits=True)
+    without = moe_model(ids, attention_mask=mask, labels=labels)
+    assert without.aux_loss is None
+    torch.testing.assert_close(with_aux.loss, without.loss + moe_model.config.router_aux_loss_coef * with_aux.aux_loss)
