@@ -34,7 +34,7 @@ def is_lladamoe_config_dict(config_dict: dict) -> bool:
 
 
 class LLaDAMoEConfig(PreTrainedConfig):
-    r"""Configuration of a LLaDA-MoE masked-diffusion language model (arXiv 2509.24389).
+    r"""Configuration of a LLaDA-MoE masked-diffusion language model.
 
     An OLMoE-style bidirectional Transformer: pre-norm RMSNorm, RMSNorm on queries and keys per head (`qk_layernorm`),
     rotary embeddings, and a mixture-of-experts MLP in the layers where `moe_layer_freq[i]` is 1 (a dense SwiGLU MLP
@@ -43,7 +43,10 @@ class LLaDAMoEConfig(PreTrainedConfig):
     weights, as in the official code); the weights are not renormalised (`norm_topk_prob=False`). A shared expert
     (width `shared_expert_intermediate_size`) runs on every token of the MoE layers. Untied output head.
 
-    Defaults are meant as the LLaDA-MoE-7B-A1B values; the official config.json files set every field explicitly.
+    The official config.json files set every field but `mask_token_id`, so the defaults below only matter for configs
+    built by hand. They are meant as the LLaDA-MoE-7B-A1B values but were not checked against the Hub files (no Hub
+    access when written): the ids 156892 (eos/pad) and 156895 (mask) are those the inclusionAI LLaDA2 code uses for
+    the same vocabulary family; sizes, bos and vocabulary size are best guesses.
 
     Args:
         vocab_size (`int`, defaults to 157184), hidden_size (`int`, defaults to 2048).
@@ -72,7 +75,7 @@ class LLaDAMoEConfig(PreTrainedConfig):
             implemented yet).
         mask_token_id (`int`, *optional*, defaults to 156895): the `[MASK]` id; `None` when the vocabulary is too small
             to hold the default.
-        pad_token_id / bos_token_id / eos_token_id: 156892 / 156891 / 156892 for the official models.
+        pad_token_id / bos_token_id / eos_token_id (defaults 156892 / 156891 / 156892, see above).
         tie_word_embeddings (`bool`, defaults to `False`).
     """
 

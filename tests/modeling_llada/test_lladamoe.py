@@ -228,3 +228,12 @@ def test_aux_loss_is_the_load_balancing_loss_and_ignores_padding(moe_model):
     without = moe_model(ids, attention_mask=mask, labels=labels)
     assert without.aux_loss is None
     torch.testing.assert_close(with_aux.loss, without.loss + moe_model.config.router_aux_loss_coef * with_aux.aux_loss)
+
+
+def test_log_likelihood_runs_once_the_config_knows_the_mask_id():
+    model = AutoModel.from_pretrained(MOE_FIXTURE).eval()
+    model.config.mask_token_id = MASK  # not in the official config; 156895 is the default for the real vocabulary
+    prompt, answer = torch.tensor([116, 79, 25, 47]), torch.tensor([111, 74, 25])
+    first = model.log_likelihood(prompt, answer, mc_num=16, seed=0)
+    again = model.log_likelihood(prompt, answer, mc_num=16, seed=0)
+    assert first.log_likelihood == again.log_likelihood and first.log_likelihood < 0
