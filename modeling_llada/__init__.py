@@ -29,6 +29,7 @@ from .modeling_lladamoe import (
 
 
 def _register() -> None:
+    LLaDAConfig.moe_config_class = LLaDAMoEConfig  # official LLaDA-MoE configs also say model_type "llada"
     AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig, exist_ok=True)
     # The official checkpoints map AutoModel to the model with its head, and tools (TRL, lm-eval) load through
     # AutoModelForCausalLM; all three give the same class.

@@ -3,7 +3,8 @@
 Field names are those of the official `config.json` (OLMoE heritage: `hidden_size`, `num_experts`,
 `moe_layer_freq`, ...), so the official checkpoints load unchanged. The official files say `model_type: "llada"`,
 the same as the dense LLaDA; `LLaDAConfig.from_dict` hands such a file to this class when its `architectures` name
-`LLaDAMoEModelLM` (or it carries the MoE fields), and this class writes `model_type: "llada"` back.
+`LLaDAMoEModelLM` (or it carries the MoE fields; `modeling_llada/__init__.py` connects the two), and this class
+writes `model_type: "llada"` back.
 
 The `[MASK]` id is not part of the official config (156895 in the LLaDA-MoE vocabulary); `mask_token_id` defaults to
 it where the vocabulary holds it, and `generate(mask_token_id=...)` can always override it.
@@ -18,19 +19,9 @@ from transformers import PreTrainedConfig
 
 # The [MASK] id of the LLaDA-MoE vocabulary (tokenizer `<|mdm_mask|>`); not written in the official config.json.
 LLADA_MOE_MASK_TOKEN_ID = 156895
-# Name of the model class in the official `architectures`; what makes a "llada" config a MoE one.
-LLADA_MOE_ARCHITECTURE = "LLaDAMoEModelLM"
-# Fields only a LLaDA-MoE config has (any of them in a "llada" config.json means MoE).
-LLADA_MOE_FIELDS = ("num_experts", "moe_layer_freq", "expert_intermediate_size")
 
 SUPPORTED_ACTIVATIONS = ("silu",)
 SUPPORTED_SCORE_FUNCTIONS = ("softmax",)
-
-
-def is_lladamoe_config_dict(config_dict: dict) -> bool:
-    """True when an official-format `model_type: "llada"` config dict describes LLaDA-MoE rather than dense LLaDA."""
-    architectures = config_dict.get("architectures") or []
-    return LLADA_MOE_ARCHITECTURE in architectures or any(name in config_dict for name in LLADA_MOE_FIELDS)
 
 
 class LLaDAMoEConfig(PreTrainedConfig):
@@ -229,4 +220,4 @@ class LLaDAMoEConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["LLaDAMoEConfig", "is_lladamoe_config_dict"]
+__all__ = ["LLaDAMoEConfig"]

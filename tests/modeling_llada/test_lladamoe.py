@@ -237,3 +237,17 @@ def test_log_likelihood_runs_once_the_config_knows_the_mask_id():
     first = model.log_likelihood(prompt, answer, mc_num=16, seed=0)
     again = model.log_likelihood(prompt, answer, mc_num=16, seed=0)
     assert first.log_likelihood == again.log_likelihood and first.log_likelihood < 0
+
+
+def test_a_saved_dense_folder_does_not_carry_the_moe_files(tmp_path):
+    from tests.utils import tiny_model
+
+    tiny_model().save_pretrained(tmp_path)
+    assert (tmp_path / "configuration_llada.py").exists()
+    assert not (tmp_path / "configuration_lladamoe.py").exists() and not (tmp_path / "modeling_lladamoe.py").exists()
+
+
+def test_the_dense_config_class_hands_moe_dicts_to_the_moe_config():
+    raw = json.loads((MOE_FIXTURE / "config.json").read_text())
+    assert type(LLaDAConfig.from_dict(dict(raw))) is LLaDAMoEConfig
+    assert type(LLaDAMoEConfig.from_dict(dict(raw))) is LLaDAMoEConfig
