@@ -19,6 +19,9 @@ from transformers import PreTrainedConfig
 
 # The [MASK] id of the LLaDA-MoE vocabulary (tokenizer `<|mdm_mask|>`); not written in the official config.json.
 LLADA_MOE_MASK_TOKEN_ID = 156895
+# Defaults of the id fields (see the class docstring); each becomes None in a vocabulary too small to hold it.
+LLADA_MOE_TOKEN_IDS = {"mask_token_id": LLADA_MOE_MASK_TOKEN_ID, "eos_token_id": 156892, "pad_token_id": 156892,
+                       "bos_token_id": 156891}
 
 SUPPORTED_ACTIVATIONS = ("silu",)
 SUPPORTED_SCORE_FUNCTIONS = ("softmax",)
@@ -66,7 +69,8 @@ class LLaDAMoEConfig(PreTrainedConfig):
             implemented yet).
         mask_token_id (`int`, *optional*, defaults to 156895): the `[MASK]` id; `None` when the vocabulary is too small
             to hold the default.
-        pad_token_id / bos_token_id / eos_token_id (defaults 156892 / 156891 / 156892, see above).
+        pad_token_id / bos_token_id / eos_token_id (defaults 156892 / 156891 / 156892, see above): like
+            `mask_token_id`, `None` where the vocabulary is too small for the default.
         tie_word_embeddings (`bool`, defaults to `False`).
     """
 
@@ -103,10 +107,10 @@ class LLaDAMoEConfig(PreTrainedConfig):
     routed_scaling_factor: float = 1.0
     router_num_group: int = -2
     router_topk_group: int = -2
-    mask_token_id: int | None = LLADA_MOE_MASK_TOKEN_ID
-    pad_token_id: int | None = 156892
-    bos_token_id: int | None = 156891
-    eos_token_id: int | list[int] | None = 156892
+    mask_token_id: int | None = LLADA_MOE_TOKEN_IDS["mask_token_id"]
+    pad_token_id: int | None = LLADA_MOE_TOKEN_IDS["pad_token_id"]
+    bos_token_id: int | None = LLADA_MOE_TOKEN_IDS["bos_token_id"]
+    eos_token_id: int | list[int] | None = LLADA_MOE_TOKEN_IDS["eos_token_id"]
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any):
@@ -123,9 +127,10 @@ class LLaDAMoEConfig(PreTrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.moe_layer_freq is None:
             self.moe_layer_freq = [0] + [1] * (self.num_hidden_layers - 1)
-        if isinstance(self.vocab_size, int) and self.mask_token_id == LLADA_MOE_MASK_TOKEN_ID:
-            if LLADA_MOE_MASK_TOKEN_ID >= self.vocab_size:
-                self.mask_token_id = None  # the default [MASK] does not exist in this smaller vocabulary
+        if isinstance(self.vocab_size, int):
+            for name, default in LLADA_MOE_TOKEN_IDS.items():
+                if getattr(self, name) == default and default >= self.vocab_size:
+                    setattr(self, name, None)  # the default token does not exist in this smaller vocabulary
         self._validate_lladamoe()
 
     # -- derived sizes ---------------------------------------------------------------------------------------------
