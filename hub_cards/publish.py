@@ -35,14 +35,16 @@ from .cards import (TRAINING_RECORD, card_for_folder, check_dataset_ids, local_l
                     model_hub_id)
 
 CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py")
+# Saved next to them by LLaDA-MoE models (not required: dense folders do not have them).
+MOE_CODE_FILES = ("configuration_lladamoe.py", "modeling_lladamoe.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 WEIGHTS_INDEX = "model.safetensors.index.json"
 # Exact names each kind of repository may carry, besides the README.md card; a model's weights are its top-level
 # `*.safetensors` files (tensors only: no code, no pickles), an adapter's are adapter_model.safetensors.
 ALLOW_LIST = {
-    "model": frozenset({"config.json", "generation_config.json", WEIGHTS_INDEX, *CODE_FILES, *TOKENIZER_FILES,
-                        TRAINING_RECORD}),
+    "model": frozenset({"config.json", "generation_config.json", WEIGHTS_INDEX, *CODE_FILES, *MOE_CODE_FILES,
+                        *TOKENIZER_FILES, TRAINING_RECORD}),
     "adapter": frozenset({"adapter_config.json", "adapter_model.safetensors", "generation_config.json",
                           *TOKENIZER_FILES, TRAINING_RECORD}),
 }

@@ -21,6 +21,13 @@ SUPPORTED_LAYER_NORMS = ("rms",)
 LLADA_8B_TOKEN_IDS = {"mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081, "bos_token_id": 126080}
 
 
+def is_lladamoe_config_dict(config_dict: dict) -> bool:
+    """True when an official-format `model_type: "llada"` config dict describes LLaDA-MoE rather than dense LLaDA."""
+    architectures = config_dict.get("architectures") or []
+    moe_fields = ("num_experts", "moe_layer_freq", "expert_intermediate_size")
+    return "LLaDAMoEModelLM" in architectures or any(name in config_dict for name in moe_fields)
+
+
 class LLaDAConfig(PreTrainedConfig):
     r"""Configuration of a LLaDA masked-diffusion language model (arXiv 2502.09992).
 
@@ -124,6 +131,24 @@ class LLaDAConfig(PreTrainedConfig):
                 if getattr(self, name) == default and default >= self.vocab_size:
                     setattr(self, name, None)  # the 8B token does not exist in this smaller vocabulary
         self._validate_llada()
+
+    # The config class of LLaDA-MoE, set by `modeling_llada/__init__.py`. Not imported here, so that this file (which
+    # travels with dense checkpoints for trust_remote_code) does not pull the MoE files along.
+    moe_config_class = None
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """`PreTrainedConfig.from_dict`, except that an official LLaDA-MoE config (also `model_type: "llada"`, but with
+        `architectures: ["LLaDAMoEModelLM"]` and MoE fields) gives an `LLaDAMoEConfig`: that is how `AutoConfig`
+        and `AutoModel` tell the two families apart."""
+        if cls is LLaDAConfig and is_lladamoe_config_dict(config_dict):
+            if cls.moe_config_class is None:
+                raise ValueError(
+                    "This is a LLaDA-MoE config (architectures: LLaDAMoEModelLM), not a dense LLaDA one: "
+                    "`import modeling_llada` first, or load it with LLaDAMoEConfig."
+                )
+            return cls.moe_config_class.from_dict(config_dict, **kwargs)
+        return super().from_dict(config_dict, **kwargs)
 
     # -- derived sizes ---------------------------------------------------------------------------------------------
     @property

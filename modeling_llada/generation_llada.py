@@ -839,7 +839,8 @@ class LLaDAGenerationMixin:
         noise: (row seeds, step, relative positions of the window) for the counter RNG when sampling is random.
         """
         logits, cache = self._window_logits(
-            canvas, attention_mask, window, prompt_positions, config.cfg_scale, config.kv_cache, cache
+            canvas, attention_mask, window, prompt_positions, config.cfg_scale, config.kv_cache, cache,
+            mask_token_id=config.mask_token_id,
         )
         # The mask token and the rows that pad the embedding beyond the tokenizer's vocabulary are never a clean
         # token: proposing one would leave a [MASK] (or an undecodable id) in the answer.
@@ -880,6 +881,7 @@ class LLaDAGenerationMixin:
         cfg_scale: float,
         kv_cache: str | None = None,
         cache=None,
+        mask_token_id: int | None = None,
     ):
         """Logits (b, W, V) of the window positions, and the key/value cache.
 
@@ -889,7 +891,9 @@ class LLaDAGenerationMixin:
         """
         rows, mask = canvas, attention_mask
         if cfg_scale > 0:
-            rows = torch.cat([canvas, canvas.masked_fill(prompt_positions, self.config.mask_token_id)])
+            # the generation config's mask id: a model config may not hold it (LLaDA-MoE's official configs do not)
+            mask_id = mask_token_id if mask_token_id is not None else self.config.mask_token_id
+            rows = torch.cat([canvas, canvas.masked_fill(prompt_positions, mask_id)])
             mask = torch.cat([attention_mask, attention_mask]) if attention_mask is not None else None
         if kv_cache is None:
             # Positions as a tensor, not a slice: every block then has the same call signature, so a compiled forward

@@ -1,0 +1,228 @@
+"""LLaDA-MoE configuration (inclusionAI/LLaDA-MoE-7B-A1B-Base and -Instruct).
+
+Field names are those of the official `config.json` (OLMoE heritage: `hidden_size`, `num_experts`,
+`moe_layer_freq`, ...), so the official checkpoints load unchanged. The official files say `model_type: "llada"`,
+the same as the dense LLaDA; `LLaDAConfig.from_dict` hands such a file to this class when its `architectures` name
+`LLaDAMoEModelLM` (or it carries the MoE fields; `modeling_llada/__init__.py` connects the two), and this class
+writes `model_type: "llada"` back.
+
+The `[MASK]` id is not part of the official config (156895 in the LLaDA-MoE vocabulary); `mask_token_id` defaults to
+it where the vocabulary holds it, and `generate(mask_token_id=...)` can always override it.
+
+This file travels with every checkpoint (trust_remote_code): it imports only torch/transformers.
+"""
+
+import math
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+# The [MASK] id of the LLaDA-MoE vocabulary (tokenizer `<|mdm_mask|>`); not written in the official config.json.
+LLADA_MOE_MASK_TOKEN_ID = 156895
+# Defaults of the id fields (see the class docstring); each becomes None in a vocabulary too small to hold it.
+LLADA_MOE_TOKEN_IDS = {"mask_token_id": LLADA_MOE_MASK_TOKEN_ID, "eos_token_id": 156892, "pad_token_id": 156892,
+                       "bos_token_id": 156891}
+
+SUPPORTED_ACTIVATIONS = ("silu",)
+SUPPORTED_SCORE_FUNCTIONS = ("softmax",)
+
+
+class LLaDAMoEConfig(PreTrainedConfig):
+    r"""Configuration of a LLaDA-MoE masked-diffusion language model.
+
+    An OLMoE-style bidirectional Transformer: pre-norm RMSNorm, RMSNorm on queries and keys per head (`qk_layernorm`),
+    rotary embeddings, and a mixture-of-experts MLP in the layers where `moe_layer_freq[i]` is 1 (a dense SwiGLU MLP
+    where it is 0). The router takes a softmax over `num_experts` and keeps the top `num_experts_per_tok`; with
+    `moe_router_enable_expert_bias` a per-expert bias is added to the softmax scores (it moves both the choice and the
+    weights, as in the official code); the weights are not renormalised (`norm_topk_prob=False`). A shared expert
+    (width `shared_expert_intermediate_size`) runs on every token of the MoE layers. Untied output head.
+
+    The official config.json files set every field but `mask_token_id`, so the defaults below only matter for configs
+    built by hand. They are meant as the LLaDA-MoE-7B-A1B values but were not checked against the Hub files (no Hub
+    access when written): the ids 156892 (eos/pad) and 156895 (mask) are those the inclusionAI LLaDA2 code uses for
+    the same vocabulary family; sizes, bos and vocabulary size are best guesses.
+
+    Args:
+        vocab_size (`int`, defaults to 157184), hidden_size (`int`, defaults to 2048).
+        dense_intermediate_size (`int`, defaults to 8192): MLP width of the dense layers.
+        expert_intermediate_size (`int`, defaults to 1024): MLP width of each routed expert.
+        shared_expert_intermediate_size (`int`, *optional*, defaults to 2048): width of the shared expert; `None` means
+            no shared expert.
+        num_hidden_layers (`int`, defaults to 16), num_attention_heads (`int`, defaults to 16),
+        num_key_value_heads (`int`, *optional*): `None` means `num_attention_heads`.
+        hidden_act (`str`, defaults to `"silu"`): the only supported activation.
+        max_position_embeddings (`int`, defaults to 8192), initializer_range (`float`, defaults to 0.02),
+        rms_norm_eps (`float`, defaults to 1e-5).
+        rope_theta (`float`, defaults to 50000), partial_rotary_factor (`float`, defaults to 1.0): share of each head
+            that is rotated. rope_scaling: must be `None` (no scaled rotary variant is implemented).
+        attention_bias (`bool`), attention_dropout (`float`), clip_qkv (`float`, *optional*): clamp q, k, v.
+        num_experts (`int`, defaults to 64), num_experts_per_tok (`int`, defaults to 8).
+        norm_topk_prob (`bool`, defaults to `False`): renormalise the kept routing weights to sum to one.
+        qk_layernorm (`bool`, defaults to `True`).
+        moe_layer_freq (`list[int]`): one entry per layer, 1 for a MoE layer and 0 for a dense one; defaults to a
+            dense first layer and MoE layers after it.
+        moe_router_enable_expert_bias (`bool`, defaults to `True`): the `expert_bias` buffer of every router.
+        moe_router_score_function (`str`, defaults to `"softmax"`): the only supported router score.
+        routed_scaling_factor (`float`, defaults to 1), router_num_group / router_topk_group: official fields the
+            official model does not use; only their neutral values are accepted.
+        output_router_logits (`bool`), router_aux_loss_coef (`float`): stored (the load-balancing loss is not
+            implemented yet).
+        mask_token_id (`int`, *optional*, defaults to 156895): the `[MASK]` id; `None` when the vocabulary is too small
+            to hold the default.
+        pad_token_id / bos_token_id / eos_token_id (defaults 156892 / 156891 / 156892, see above): like
+            `mask_token_id`, `None` where the vocabulary is too small for the default.
+        tie_word_embeddings (`bool`, defaults to `False`).
+    """
+
+    model_type = "llada"  # what the official config.json files say (see the module docstring)
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+
+    vocab_size: int = 157184
+    hidden_size: int = 2048
+    dense_intermediate_size: int = 8192
+    expert_intermediate_size: int = 1024
+    shared_expert_intermediate_size: int | None = 2048
+    num_hidden_layers: int = 16
+    num_attention_heads: int = 16
+    num_key_value_heads: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 8192
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-5
+    use_cache: bool = False
+    rope_theta: float = 50000.0
+    partial_rotary_factor: float = 1.0
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    clip_qkv: float | None = None
+    num_experts_per_tok: int = 8
+    num_experts: int = 64
+    output_router_logits: bool = False
+    router_aux_loss_coef: float = 0.01
+    norm_topk_prob: bool = False
+    qk_layernorm: bool = True
+    moe_layer_freq: list[int] | None = None
+    moe_router_enable_expert_bias: bool = True
+    moe_router_score_function: str = "softmax"
+    routed_scaling_factor: float = 1.0
+    router_num_group: int = -2
+    router_topk_group: int = -2
+    mask_token_id: int | None = LLADA_MOE_TOKEN_IDS["mask_token_id"]
+    pad_token_id: int | None = LLADA_MOE_TOKEN_IDS["pad_token_id"]
+    bos_token_id: int | None = LLADA_MOE_TOKEN_IDS["bos_token_id"]
+    eos_token_id: int | list[int] | None = LLADA_MOE_TOKEN_IDS["eos_token_id"]
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs: Any):
+        # `rope_scaling` is a deprecated alias of `rope_parameters` in transformers 5; the official files carry
+        # `"rope_scaling": null`, which means plain rotary embeddings here.
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        if rope_scaling is not None:
+            raise ValueError(
+                f"Invalid LLaDAMoEConfig: `rope_scaling={rope_scaling!r}` is not supported; LLaDA-MoE uses plain rotary "
+                "embeddings (rope_scaling: null)."
+            )
+        super().__post_init__(**kwargs)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.moe_layer_freq is None:
+            self.moe_layer_freq = [0] + [1] * (self.num_hidden_layers - 1)
+        if isinstance(self.vocab_size, int):
+            for name, default in LLADA_MOE_TOKEN_IDS.items():
+                if getattr(self, name) == default and default >= self.vocab_size:
+                    setattr(self, name, None)  # the default token does not exist in this smaller vocabulary
+        self._validate_lladamoe()
+
+    # -- derived sizes ---------------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading dimensions of each head that are rotated (all of them for the official models)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and output matrices (the same as `vocab_size` here; dense LLaDA pads them)."""
+        return self.vocab_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The dense LLaDA name of `max_position_embeddings` (read by generation and likelihood)."""
+        return self.max_position_embeddings
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        return bool(self.moe_layer_freq[layer_idx])
+
+    # -- validation ------------------------------------------------------------------------------------------------
+    def _validate_lladamoe(self) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(f"Invalid LLaDAMoEConfig: {message}")
+
+        def positive_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+        for name in ("vocab_size", "hidden_size", "dense_intermediate_size", "expert_intermediate_size",
+                     "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                     "num_experts", "num_experts_per_tok"):
+            if not positive_int(getattr(self, name)):
+                fail(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
+        if self.shared_expert_intermediate_size is not None and not positive_int(self.shared_expert_intermediate_size):
+            fail(f"`shared_expert_intermediate_size` must be a positive integer or null, got "
+                 f"{self.shared_expert_intermediate_size!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            fail(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                 f"({self.num_attention_heads}).")
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            fail(f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of `num_key_value_heads` "
+                 f"({self.num_key_value_heads}).")
+        if not 0 < self.partial_rotary_factor <= 1 or self.rotary_dim % 2 != 0:
+            fail(f"`partial_rotary_factor` ({self.partial_rotary_factor}) must be in (0, 1] and rotate an even number "
+                 f"of dimensions of each head (head_dim {self.head_dim}).")
+        if self.num_experts_per_tok > self.num_experts:
+            fail(f"`num_experts_per_tok` ({self.num_experts_per_tok}) cannot exceed `num_experts` ({self.num_experts}).")
+        if not isinstance(self.moe_layer_freq, (list, tuple)) or len(self.moe_layer_freq) != self.num_hidden_layers:
+            fail(f"`moe_layer_freq` must list one 0/1 entry per layer ({self.num_hidden_layers}), got "
+                 f"{self.moe_layer_freq!r}.")
+        if any(value not in (0, 1) for value in self.moe_layer_freq):
+            fail(f"`moe_layer_freq` entries must be 0 (dense) or 1 (MoE), got {self.moe_layer_freq!r}.")
+        self.moe_layer_freq = [int(value) for value in self.moe_layer_freq]
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            fail(f"`hidden_act` {self.hidden_act!r} is not supported; LLaDA-MoE uses {SUPPORTED_ACTIVATIONS}.")
+        if self.moe_router_score_function not in SUPPORTED_SCORE_FUNCTIONS:
+            fail(f"`moe_router_score_function` {self.moe_router_score_function!r} is not supported; LLaDA-MoE uses "
+                 f"{SUPPORTED_SCORE_FUNCTIONS}.")
+        if self.routed_scaling_factor != 1:
+            fail(f"`routed_scaling_factor={self.routed_scaling_factor}` is not supported (the official model ignores "
+                 "it); use 1.")
+        if self.router_num_group not in (-2, None, 1) or self.router_topk_group not in (-2, None, 1):
+            fail("grouped routing (`router_num_group`, `router_topk_group`) is not supported; use -2 (the official "
+                 "value, meaning no groups).")
+        for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                fail(f"`{name}` must be a finite number > 0, got {value!r}.")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            fail(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
+        for name in ("mask_token_id", "pad_token_id", "bos_token_id"):
+            self._check_token_id(name, getattr(self, name))
+        for eos in self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]:
+            self._check_token_id("eos_token_id", eos)
+        for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if self.mask_token_id is not None and self.mask_token_id in (value if isinstance(value, list) else [value]):
+                fail(f"`mask_token_id` ({self.mask_token_id}) must differ from `{name}` ({value}).")
+
+    def _check_token_id(self, name: str, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
+            raise ValueError(
+                f"Invalid LLaDAMoEConfig: `{name}` must be an integer id in [0, vocab_size={self.vocab_size}), got "
+                f"{value!r}."
+            )
+
+
+__all__ = ["LLaDAMoEConfig"]

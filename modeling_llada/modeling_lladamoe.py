@@ -1,0 +1,559 @@
+"""LLaDA-MoE: an OLMoE-style mixture-of-experts Transformer without the causal mask, trained as a masked-diffusion LM.
+
+One file, read top to bottom: rotary embedding, attention (with q/k RMSNorm), MLP, sparse MoE block, decoder layer,
+pre-trained base, bare model, model with head. Parameter names are exactly the official ones
+(`model.layers.{i}.self_attn.q_norm.weight`, `model.layers.{i}.mlp.experts.{e}.gate_proj.weight`,
+`model.layers.{i}.mlp.expert_bias`, `model.layers.{i}.shared_expert.up_proj.weight`, `lm_head.weight`, ...), so the
+inclusionAI safetensors load without conversion and what we save loads in the official code.
+
+The semantics follow the official `modeling_lladamoe.py`:
+- RMSNorm over each head's queries and keys (`qk_layernorm`) before the rotary embedding;
+- layer i has a routed MoE MLP when `moe_layer_freq[i]` is 1, else a dense SwiGLU MLP (the official models: layer 0);
+- the router scores are a softmax over `num_experts` (fp32); `expert_bias` (a persistent buffer) is added to the
+  scores and the top `num_experts_per_tok` of the biased scores are both the choice and the weights; no
+  renormalisation unless `norm_topk_prob`;
+- a shared expert, a layer-level module (`model.layers.{i}.shared_expert`), runs on the same normed input as the
+  routed experts in the MoE layers, its output added to theirs;
+- rotary embeddings with `rope_theta` on the first `partial_rotary_factor * head_dim` dimensions; untied head.
+One deliberate difference: the rotation is computed in fp32 and cast back (the official code casts cos/sin to the
+activation dtype first); in float32 the two are identical.
+
+Experts keep the official per-expert weights. Tokens are dispatched by sorting the (token, expert) assignments by
+expert: one matmul per expert over its tokens, a loop over experts only.
+
+This file travels with every checkpoint (trust_remote_code): it imports only torch, transformers and its siblings.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
+
+from .configuration_lladamoe import LLaDAMoEConfig
+from .generation_llada import LLaDAGenerationMixin
+from .likelihood_llada import LLaDALikelihoodMixin
+from .modeling_llada import (
+    LegacyCacheOutputMixin,
+    LLaDACache,
+    LLaDAModel,
+    LLaDARMSNorm,
+    check_forward_kwargs,
+    eager_attention,
+    legacy_cache_argument,
+    rotate_half,
+)
+
+logger = logging.get_logger(__name__)
+
+# What `save_pretrained` writes into config.json, so the folder loads with trust_remote_code through every Auto class.
+AUTO_MAP = {
+    "AutoConfig": "configuration_lladamoe.LLaDAMoEConfig",
+    "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
+    "AutoModelForMaskedLM": "modeling_lladamoe.LLaDAMoEModelLM",
+    "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM",
+}
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor, rotary_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cos/sin tables (b or 1, 1, L, rotary_dim) of NeoX-style rotary embeddings over `rotary_dim` dimensions."""
+    exponents = torch.arange(0, rotary_dim, 2, device=position_ids.device, dtype=torch.float) / rotary_dim
+    inv_freq = 1.0 / (theta**exponents)
+    freqs = position_ids.float()[..., None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `cos.shape[-1]` dimensions of (b, heads, L, head_dim) `x` in fp32; the rest pass through."""
+    rotary_dim = cos.shape[-1]
+    rot = x[..., :rotary_dim].float()
+    rot = (rot * cos + rotate_half(rot) * sin).to(x.dtype)
+    if rotary_dim == x.shape[-1]:
+        return rot
+    return torch.cat((rot, x[..., rotary_dim:]), dim=-1)
+
+
+class LLaDAMoEAttention(nn.Module):
+    """Bidirectional multi-head attention with RMSNorm on each head's queries and keys."""
+
+    def __init__(self, config: LLaDAMoEConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        # Read by transformers' attention functions.
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.is_causal = False
+        self.scaling = self.head_dim**-0.5
+
+        d, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
+        if config.qk_layernorm:
+            self.q_norm = LLaDARMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = LLaDARMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        cache: LLaDACache | None = None,
+        cache_position: int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, length, _ = x.shape
+        q = self.q_proj(x).view(b, length, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, length, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, length, self.num_kv_heads, self.head_dim)
+        if self.config.qk_layernorm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.config.clip_qkv is not None:
+            clip = self.config.clip_qkv
+            q, k, v = q.clamp(-clip, clip), k.clamp(-clip, clip), v.clamp(-clip, clip)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            if cache_position is None:  # a full forward: remember this canvas's keys and values
+                cache.store(self.layer_idx, k, v)
+            else:  # a slice: attend to the cached keys and values of the rest of the canvas
+                k, v = cache.around(self.layer_idx, k, v, cache_position)
+        attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
+        out, weights = attention_fn(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+            **kwargs,
+        )
+        return self.o_proj(out.reshape(b, length, -1)), weights
+
+
+class LLaDAMoEMLP(nn.Module):
+    """SwiGLU MLP: the dense layers' MLP, each routed expert and the shared expert (different widths)."""
+
+    def __init__(self, config: LLaDAMoEConfig, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LLaDAMoESparseMoeBlock(nn.Module):
+    """Routed experts: softmax router (+ expert bias), top-k, weighted sum of the chosen experts' outputs."""
+
+    def __init__(self, config: LLaDAMoEConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+        self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            LLaDAMoEMLP(config, config.expert_intermediate_size) for _ in range(self.num_experts)
+        )
+        if config.moe_router_enable_expert_bias:
+            # A persistent buffer, as in the official code: it is in the checkpoints but not trained by gradients.
+            self.register_buffer("expert_bias", torch.zeros(self.num_experts))
+        else:
+            self.expert_bias = None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits (T, E), routing weights (T, k) in x's dtype and chosen experts (T, k) of flat tokens x."""
+        router_logits = self.gate(x)
+        scores = F.softmax(router_logits, dim=-1, dtype=torch.float)
+        if self.expert_bias is not None:
+            scores = scores + self.expert_bias.float()
+        weights, experts = torch.topk(scores, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return router_logits, weights.to(x.dtype), experts
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        router_logits, weights, experts = self.route(x)
+        # Sort the T*k (token, expert) assignments by expert: each expert then reads one contiguous run.
+        flat_experts = experts.reshape(-1)
+        order = torch.argsort(flat_experts, stable=True)
+        tokens = order // self.top_k
+        sorted_weights = weights.reshape(-1)[order, None]
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()  # one host sync per layer
+        out = torch.zeros_like(x)
+        start = 0
+        for expert, count in zip(self.experts, counts):
+            if count:
+                run = slice(start, start + count)
+                out.index_add_(0, tokens[run], expert(x[tokens[run]]) * sorted_weights[run])
+                start += count
+        return out.reshape(shape), router_logits
+
+
+def load_balancing_loss(
+    router_logits: tuple[torch.Tensor, ...],
+    num_experts: int,
+    top_k: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Switch-Transformer load-balancing loss over all MoE layers (the official LLaDA-MoE / OLMoE definition).
+
+    `num_experts * sum_e f_e * P_e` per top-k slot, summed: f_e is the share of tokens whose k-th choice is expert e
+    and P_e the mean router probability of e, both over the non-padding tokens of every MoE layer. The choice here is
+    the top-k of the plain softmax (without `expert_bias`), as in the official code.
+
+    router_logits: per MoE layer, (b * L, num_experts) logits; attention_mask: (b, L), 1 for tokens, or None.
+    """
+    logits = torch.cat([layer_logits.to(router_logits[0].device) for layer_logits in router_logits])
+    probs = F.softmax(logits.float(), dim=-1)
+    chosen = F.one_hot(torch.topk(probs, top_k, dim=-1).indices, num_experts).float()  # (N, k, E)
+    if attention_mask is None:
+        weights = torch.ones(probs.shape[0], device=probs.device)
+    else:  # the layers' logits are concatenated layer after layer, each in (b, L) order
+        weights = attention_mask.reshape(-1).to(probs.device, torch.float).repeat(len(router_logits))
+    total = weights.sum()
+    tokens_per_expert = (chosen * weights[:, None, None]).sum(0) / total  # (k, E)
+    prob_per_expert = (probs * weights[:, None]).sum(0) / total  # (E,)
+    return (tokens_per_expert * prob_per_expert[None]).sum() * num_experts
+
+
+class LLaDAMoEDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: attention, then the dense MLP or the routed experts plus the shared expert."""
+
+    def __init__(self, config: LLaDAMoEConfig, layer_idx: int):
+        super().__init__()
+        self.is_moe = config.is_moe_layer(layer_idx)
+        self.self_attn = LLaDAMoEAttention(config, layer_idx)
+        self.input_layernorm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
+        if self.is_moe:
+            self.mlp = LLaDAMoESparseMoeBlock(config)
+            if config.shared_expert_intermediate_size is not None:
+                self.shared_expert = LLaDAMoEMLP(config, config.shared_expert_intermediate_size)
+        else:
+            self.mlp = LLaDAMoEMLP(config, config.dense_intermediate_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache: LLaDACache | None = None,
+        cache_position: int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attended, weights = self.self_attn(
+            self.input_layernorm(hidden_states), rotary, attention_mask, cache, cache_position, **kwargs
+        )
+        hidden_states = hidden_states + attended
+        x = self.post_attention_layernorm(hidden_states)
+        router_logits = None
+        if self.is_moe:
+            y, router_logits = self.mlp(x)
+            if hasattr(self, "shared_expert"):
+                y = y + self.shared_expert(x)
+        else:
+            y = self.mlp(x)
+        return hidden_states + y, weights, router_logits
+
+
+@dataclass
+class LLaDAMoEModelOutput(LegacyCacheOutputMixin, ModelOutput):
+    """Output of [`LLaDAMoEModel`]: as [`LLaDAModelOutput`], plus `router_logits` (with `output_router_logits`):
+    per MoE layer, the (b * L, num_experts) logits of its router."""
+
+    last_hidden_state: torch.Tensor | None = None
+    cache: "LLaDACache | None" = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class LLaDAMoEOutput(LegacyCacheOutputMixin, ModelOutput):
+    """Output of [`LLaDAMoEModelLM`]: as [`LLaDAOutput`], plus `router_logits` as in [`LLaDAMoEModelOutput`] and,
+    with them, `aux_loss`, the load-balancing loss ([`load_balancing_loss`]; `loss` then includes
+    `router_aux_loss_coef * aux_loss`)."""
+
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: "LLaDACache | None" = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+class LLaDAMoEPreTrainedModel(PreTrainedModel):
+    config_class = LLaDAMoEConfig
+    config: LLaDAMoEConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LLaDAMoEDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # save_pretrained copies this file and its siblings next to the weights (trust_remote_code).
+    _auto_class = "AutoModel"
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the code files and an `auto_map` for every Auto class."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        type(self.config)._auto_class = "AutoConfig"
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, LLaDARMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, LLaDAMoESparseMoeBlock) and module.expert_bias is not None:
+            init.zeros_(module.expert_bias)
+
+
+class LLaDAMoEModel(LLaDAMoEPreTrainedModel):
+    """The bare LLaDA-MoE Transformer: token ids in, final-norm hidden states out (official name `model.*`)."""
+
+    # The dense model's input checks read only `padded_vocab_size` and `max_sequence_length`, which this config has.
+    _validate_inputs = LLaDAModel._validate_inputs
+    _cached_attention_mask = LLaDAModel._cached_attention_mask
+
+    def __init__(self, config: LLaDAMoEConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LLaDAMoEDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_router_logits: bool | None = None,
+        validate_inputs: bool = True,
+        cache: LLaDACache | None = None,
+        use_cache: bool = False,
+        cache_position: int | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> LLaDAMoEModelOutput:
+        """Run the Transformer over a whole canvas (no causal mask). Arguments as in [`LLaDAModel.forward`], plus
+        `output_router_logits` (defaults to `config.output_router_logits`)."""
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        cache = legacy_cache_argument(cache, kwargs)
+        check_forward_kwargs(kwargs, type(self).__name__)
+        for name in ("num_items_in_batch", "is_causal"):
+            kwargs.pop(name, None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("LLaDA-MoE forward needs exactly one of `input_ids` or `inputs_embeds`.")
+        if validate_inputs:
+            canvas_length = cache.get_seq_length() if cache_position is not None and cache is not None else None
+            self._validate_inputs(input_ids, inputs_embeds, attention_mask, canvas_length)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        hidden = inputs_embeds
+        length = hidden.shape[1]
+        start = cache_position if cache_position is not None else 0
+        if cache_position is not None and cache is None:
+            raise ValueError("cache_position needs `cache` (the LLaDACache of a use_cache=True forward).")
+        if use_cache and cache is None:
+            cache = LLaDACache()
+        if position_ids is None:
+            position_ids = torch.arange(start, start + length, device=hidden.device)[None]
+        rotary = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta)
+        if cache_position is not None:
+            mask = self._cached_attention_mask(attention_mask)
+        else:
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+        all_hidden = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        all_router_logits = () if output_router_logits else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            hidden, weights, router_logits = layer(hidden, rotary, mask, cache, cache_position, **kwargs)
+            if output_attentions:
+                all_attentions += (weights,)
+            if output_router_logits and router_logits is not None:
+                all_router_logits += (router_logits,)
+        hidden = self.norm(hidden)
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        return LLaDAMoEModelOutput(
+            last_hidden_state=hidden,
+            cache=cache,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+            router_logits=all_router_logits,
+        )
+
+
+class LLaDAMoEModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAMoEPreTrainedModel):
+    """LLaDA-MoE with its output head: predicts the clean token at every position of a (partly masked) canvas.
+
+    `generate` is the same diffusion sampler as the dense [`LLaDAModelLM`]'s (`generation_llada.py`); the official
+    checkpoints do not store the `[MASK]` id, so pass `mask_token_id=156895` (the default of the config) or set it.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LLaDAMoEConfig):
+        super().__init__(config)
+        self.model = LLaDAMoEModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True: `generate` is the diffusion reverse process (pipelines and `from_pretrained` read this)."""
+        return True
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | slice | torch.Tensor = 0,
+        validate_inputs: bool = True,
+        cache: LLaDACache | None = None,
+        use_cache: bool = False,
+        cache_position: int | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> LLaDAMoEOutput:
+        """Logits of the clean tokens for a (partly masked) canvas; arguments as in [`LLaDAModelLM.forward`], plus
+        `output_router_logits`: with it, `aux_loss` is the load-balancing loss of the routers (padding excluded)
+        and, when `labels` are given, `loss` adds `config.router_aux_loss_coef * aux_loss` (the OLMoE convention; the
+        official code returns the aux loss only)."""
+        cache = legacy_cache_argument(cache, kwargs)
+        check_forward_kwargs(kwargs, type(self).__name__)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            output_router_logits=output_router_logits,
+            validate_inputs=validate_inputs,
+            cache=cache,
+            use_cache=use_cache,
+            cache_position=cache_position,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            selected = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        elif isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            if logits_to_keep.shape != hidden.shape[:2]:
+                raise ValueError(
+                    f"A boolean logits_to_keep must have the inputs' shape {tuple(hidden.shape[:2])}, got "
+                    f"{tuple(logits_to_keep.shape)}."
+                )
+            selected = hidden[logits_to_keep]
+        else:
+            selected = hidden[:, logits_to_keep]
+        logits = self.lm_head(selected)
+        loss = None
+        if labels is not None:
+            if logits.dim() != 3 or logits.shape[1] != labels.shape[1]:
+                raise ValueError("`labels` need logits for every position; do not combine them with logits_to_keep.")
+            reduction = "mean" if num_items_in_batch is None else "sum"
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100, reduction=reduction
+            )
+            if num_items_in_batch is not None:
+                if torch.is_tensor(num_items_in_batch):
+                    num_items_in_batch = num_items_in_batch.to(loss.device)
+                loss = loss / num_items_in_batch
+        aux_loss = None
+        if outputs.router_logits:
+            mask = attention_mask
+            if mask is not None and (mask.dim() != 2 or mask.shape != hidden.shape[:2]):
+                mask = None  # a prepared 4-D mask or a cached slice's canvas mask: count every token
+            aux_loss = load_balancing_loss(
+                outputs.router_logits, self.config.num_experts, self.config.num_experts_per_tok, mask
+            )
+            if loss is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return LLaDAMoEOutput(
+            loss=loss,
+            aux_loss=aux_loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            router_logits=outputs.router_logits,
+        )
+
+
+__all__ = [
+    "AUTO_MAP",
+    "LLaDAMoEPreTrainedModel",
+    "LLaDAMoEModel",
+    "LLaDAMoEModelLM",
+    "LLaDAMoEModelOutput",
+    "LLaDAMoEOutput",
+    "load_balancing_loss",
+]
