@@ -3,11 +3,13 @@
 Importing this package registers LLaDA with the Auto classes, so that official checkpoints (`model_type: "llada"`)
 load with `AutoModel.from_pretrained(path)` without `trust_remote_code`; the official LLaDA-MoE checkpoints (also
 `model_type: "llada"`, `architectures: ["LLaDAMoEModelLM"]`) load the same way as [`LLaDAMoEModelLM`].
+LLaDA 2.0 / 2.1 checkpoints (`model_type: "llada2_moe"`) load as [`LLaDA2MoeModelLM`] through every Auto class.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from .configuration_llada import LLaDAConfig
+from .configuration_llada2_moe import LLaDA2MoeConfig
 from .configuration_lladamoe import LLaDAMoEConfig
 from .generation_llada import LLaDAGenerateOutput, LLaDAGenerationConfig, LLaDAGenerationMixin, num_transfer_tokens
 from .likelihood_llada import LikelihoodEstimate, LLaDALikelihoodMixin
@@ -19,7 +21,15 @@ from .modeling_llada import (
     LLaDAOutput,
     LLaDAPreTrainedModel,
 )
+from .modeling_llada2_moe import (
+    LLaDA2MoeModel,
+    LLaDA2MoeModelLM,
+    LLaDA2MoeModelOutput,
+    LLaDA2MoeOutput,
+    LLaDA2MoePreTrainedModel,
+)
 from .modeling_lladamoe import (
+    LLaDAMoEExperts,
     LLaDAMoEModel,
     LLaDAMoEModelLM,
     LLaDAMoEModelOutput,
@@ -40,12 +50,23 @@ def _register() -> None:
         # class to the MoE model. The config class is not registered with AutoConfig: the model type belongs to the
         # dense config, which dispatches.
         auto_class.register(LLaDAMoEConfig, LLaDAMoEModelLM, exist_ok=True)
+    # LLaDA 2.x (model_type "llada2_moe"): every Auto class gives the model with its head, as for LLaDA and LLaDA-MoE
+    # (the official auto_map names the bare model for AutoModel, which would drop the head's weights).
+    AutoConfig.register(LLaDA2MoeConfig.model_type, LLaDA2MoeConfig, exist_ok=True)
+    for auto_class in (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM):
+        auto_class.register(LLaDA2MoeConfig, LLaDA2MoeModelLM, exist_ok=True)
 
 
 _register()
 
 __all__ = [
     "AUTO_MAP",
+    "LLaDA2MoeConfig",
+    "LLaDA2MoeModel",
+    "LLaDA2MoeModelLM",
+    "LLaDA2MoeModelOutput",
+    "LLaDA2MoeOutput",
+    "LLaDA2MoePreTrainedModel",
     "LLaDAConfig",
     "LLaDAGenerateOutput",
     "LLaDAGenerationConfig",
@@ -56,6 +77,7 @@ __all__ = [
     "LLaDAModelLM",
     "LLaDAModelOutput",
     "LLaDAMoEConfig",
+    "LLaDAMoEExperts",
     "LLaDAMoEModel",
     "LLaDAMoEModelLM",
     "LLaDAMoEModelOutput",

@@ -60,6 +60,33 @@ DEFAULT_MAX_NEW_TOKENS = 128
 _METADATA_FIELDS = ("_commit_hash", "_from_model_config", "transformers_version")
 # transformers GenerationConfig fields that have nothing to act on in diffusion whatever their value.
 _IGNORED_STANDARD_FIELDS = ("use_cache", "low_memory", "disable_compile", "compile_config")
+# The argument names of the official `generate` of LLaDA 2.x (and of the LLaDA reference code) -> ours. Both spellings
+# of one setting in one call must agree.
+OFFICIAL_ALIASES = {
+    "gen_length": "max_new_tokens",
+    "mask_id": "mask_token_id",
+    "eos_id": "eos_token_id",
+    "eos_early_stop": "early_exit",
+}
+# Settings of LLaDA 2.1's token editing: meaningful for the LLaDA 2 sampler only.
+LLADA2_ONLY_SETTINGS = ("editing_threshold", "max_post_steps", "num_to_transfer", "minimal_topk")
+
+
+def apply_official_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with the official argument names (`gen_length`, `mask_id`, `eos_id`, `eos_early_stop`) renamed to
+    ours; raises when a setting is given under both names with different values."""
+    kwargs = dict(kwargs)
+    for official, ours in OFFICIAL_ALIASES.items():
+        if official not in kwargs:
+            continue
+        value = kwargs.pop(official)
+        if ours in kwargs and kwargs[ours] != value:
+            raise ValueError(
+                f"generate() got `{official}={value!r}` (the official name) and `{ours}={kwargs[ours]!r}` for the same "
+                f"setting; pass it once (`{ours}` is the name here, `{official}` its alias)."
+            )
+        kwargs[ours] = value
+    return kwargs
 
 
 @functools.cache
@@ -169,9 +196,13 @@ class LLaDAGenerationConfig(GenerationConfig):
         bos_token_id / eos_token_id / pad_token_id: default to the model config's. `eos_token_id` may be a list.
     """
 
+    # The diffusion fields with their defaults, and the key/value cache modes (other samplers' subclasses extend them).
+    _diffusion_fields: dict[str, Any] = _DIFFUSION_DEFAULTS
+    _kv_cache_modes: tuple[str, ...] = KV_CACHE_MODES
+
     def __init__(self, **kwargs):
         # Deliberately no super().__init__(): most autoregressive fields make no sense for diffusion.
-        for name, default in _DIFFUSION_DEFAULTS.items():
+        for name, default in self._diffusion_fields.items():
             setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
         for name in _METADATA_FIELDS:
             setattr(self, name, kwargs.pop(name, None))
@@ -186,8 +217,8 @@ class LLaDAGenerationConfig(GenerationConfig):
         unknown = sorted(name for name in kwargs if name not in standard)
         if unknown:
             raise ValueError(
-                f"LLaDAGenerationConfig got unexpected fields {unknown}; valid fields are "
-                f"{sorted(_DIFFUSION_DEFAULTS)}."
+                f"{type(self).__name__} got unexpected fields {unknown}; valid fields are "
+                f"{sorted(self._diffusion_fields)}."
             )
         self.validate()
 
@@ -230,10 +261,9 @@ class LLaDAGenerationConfig(GenerationConfig):
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
         if self.remasking not in REMASKING_STRATEGIES:
             raise ValueError(f"`remasking` must be one of {REMASKING_STRATEGIES}, got {self.remasking!r}.")
-        if self.max_new_tokens is not None:
-            check_block_schedule(self.max_new_tokens, self.block_length, self.steps)
-        if self.kv_cache is not None and self.kv_cache not in KV_CACHE_MODES:
-            raise ValueError(f"`kv_cache` must be None or one of {KV_CACHE_MODES}, got {self.kv_cache!r}.")
+        self._validate_schedule()
+        if self.kv_cache is not None and self.kv_cache not in self._kv_cache_modes:
+            raise ValueError(f"`kv_cache` must be None or one of {self._kv_cache_modes}, got {self.kv_cache!r}.")
         if self.threshold is not None and self.factor is not None:
             raise ValueError("Set either `threshold` or `factor` for parallel decoding, not both.")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
@@ -246,6 +276,11 @@ class LLaDAGenerationConfig(GenerationConfig):
                 f"{PARALLEL_REMASKING}, not {self.remasking!r}."
             )
 
+    def _validate_schedule(self) -> None:
+        """LLaDA's schedule: the answer splits into whole blocks and the steps evenly over them."""
+        if self.max_new_tokens is not None:
+            check_block_schedule(self.max_new_tokens, self.block_length, self.steps)
+
     def update(self, **kwargs) -> dict[str, Any]:
         """Set the given fields; return the kwargs that are neither fields of this config nor transformers' generation
         fields. Neutral transformers fields (`num_beams=1`, ...) are accepted and ignored; others raise."""
@@ -253,7 +288,7 @@ class LLaDAGenerationConfig(GenerationConfig):
         standard = _standard_generation_defaults()
         unused = {}
         for key, value in kwargs.items():
-            if key in _DIFFUSION_DEFAULTS:
+            if key in self._diffusion_fields:
                 setattr(self, key, value)
             elif key not in standard and key not in _METADATA_FIELDS:
                 unused[key] = value
@@ -551,7 +586,7 @@ class LLaDAGenerationMixin:
         if pretrained_model_name_or_path is None:
             return
         try:
-            self.generation_config = LLaDAGenerationConfig.from_pretrained(
+            self.generation_config = self.generation_config_class.from_pretrained(
                 pretrained_model_name_or_path,
                 cache_dir=cache_dir,
                 force_download=force_download,
@@ -575,27 +610,36 @@ class LLaDAGenerationMixin:
         """Not used by diffusion generation; present because wrappers (PEFT's CausalLM model) swap it around."""
         return {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
 
-    @staticmethod
-    def _as_llada_generation_config(config: GenerationConfig) -> LLaDAGenerationConfig:
-        if isinstance(config, LLaDAGenerationConfig):
+    @classmethod
+    def _as_llada_generation_config(cls, config: GenerationConfig) -> LLaDAGenerationConfig:
+        target = cls.generation_config_class
+        if isinstance(config, target):
             return config
-        # A plain GenerationConfig (from a tool or a user): the fields it sets that mean the same in diffusion carry
-        # over (do_sample, temperature, max_new_tokens, ...); one that asks for what diffusion lacks raises.
-        values = {k: v for k, v in config.to_dict().items() if v is not None and k not in _METADATA_FIELDS}
+        # A plain GenerationConfig (from a tool or a user), or another sampler's: the fields it sets that mean the same
+        # here carry over (do_sample, temperature, max_new_tokens, ...); one that asks for what diffusion lacks raises.
+        values = config.to_diff_dict() if isinstance(config, LLaDAGenerationConfig) else config.to_dict()
+        values = {k: v for k, v in values.items() if v is not None and k not in _METADATA_FIELDS}
         reject_unsupported_settings(values, "The GenerationConfig passed to generate()")
-        return LLaDAGenerationConfig(**{k: v for k, v in values.items() if k in _DIFFUSION_DEFAULTS})
+        return target(**{k: v for k, v in values.items() if k in target._diffusion_fields})
 
     def _resolve_generation_config(
         self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]
     ) -> LLaDAGenerationConfig:
         base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
-        config = copy.deepcopy(self._as_llada_generation_config(base or LLaDAGenerationConfig()))
-        unused = config.update(**kwargs)
+        config = copy.deepcopy(self._as_llada_generation_config(base or self.generation_config_class()))
+        unused = config.update(**apply_official_aliases(kwargs))
+        llada2_only = sorted(set(unused) & set(LLADA2_ONLY_SETTINGS))
+        if llada2_only:
+            raise ValueError(
+                f"generate() got {llada2_only}: settings of LLaDA 2.x's block-diffusion sampler (token editing), which "
+                f"{type(self).__name__} does not use; remove them."
+            )
         if unused:
             raise ValueError(
                 f"generate() got unexpected arguments {sorted(unused)}; LLaDA's diffusion generation accepts "
-                f"input_ids, attention_mask, generation_config, streamer, logits_processor, tokenizer and the "
-                f"generation config fields {sorted(_DIFFUSION_DEFAULTS)}."
+                f"input_ids, attention_mask, generation_config, streamer, logits_processor, tokenizer, the "
+                f"generation config fields {sorted(config._diffusion_fields)} and the official names "
+                f"{sorted(OFFICIAL_ALIASES)}."
             )
         config.validate()
         config.temperature, config.do_sample = config.sampling_temperature, None  # one switch for sampling from here on
@@ -654,54 +698,21 @@ class LLaDAGenerationMixin:
         >>> model.generate(ids, max_new_tokens=8)
         ```
         """
-        if "inputs" in kwargs:  # transformers' name for the prompt
-            if input_ids is not None:
-                raise ValueError("generate() got both `input_ids` and `inputs`; pass the prompt once.")
-            input_ids = kwargs.pop("inputs")
-        synced_gpus = kwargs.pop("synced_gpus", None)
-        self._reject_autoregressive_arguments(kwargs)
-        config = self._resolve_generation_config(generation_config, kwargs)
+        config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus = self._prepare_generate(
+            input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs
+        )
         if synced_gpus and (config.early_exit or config.threshold is not None or config.factor is not None):
             raise ValueError(
                 "synced_gpus=True with early_exit, threshold or factor: these make the number of forward passes "
                 "depend on the prompt, so ranks sharding one model (DeepSpeed ZeRO-3, FSDP) would fall out of step. "
                 "Without them every rank runs the same `steps` forward passes and needs no syncing."
             )
-        stops = _stop_list(config.stop_strings)
-        if stops and tokenizer is None:
-            raise ValueError(
-                "`stop_strings` needs the model's tokenizer to find the strings in the answer: pass `tokenizer=` to "
-                "generate() together with `stop_strings`."
-            )
-        if stopping_criteria:
-            raise ValueError(
-                "stopping_criteria are not supported by diffusion generation (tokens are not produced left to "
-                "right); use early_exit=True to stop at EOS, and `stop_strings=` (with `tokenizer=`) for stop strings."
-            )
-        if input_ids is None:
-            raise ValueError("generate() needs `input_ids` (the prompt); use a BOS token for unconditional generation.")
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-            attention_mask = attention_mask[None] if attention_mask is not None and attention_mask.dim() == 1 else attention_mask
-        device = self.get_input_embeddings().weight.device
-        input_ids = input_ids.to(device)
-        attention_mask = attention_mask.to(device) if attention_mask is not None else None
-        if attention_mask is None and input_ids.shape[0] > 1 and config.pad_token_id is not None:
-            attention_mask = self._infer_left_padding(input_ids, config.pad_token_id)
+        device = input_ids.device
         mask_id = config.mask_token_id
-        eos_ids = [] if config.eos_token_id is None else (
-            list(config.eos_token_id) if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id]
-        )
         gen_length = config.resolved_max_new_tokens(input_ids.shape[1])
         block_length = config.block_length or gen_length
         steps = config.steps or gen_length
         self._check_generate_inputs(input_ids, attention_mask, config, gen_length, block_length, steps, eos_ids)
-        pad_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else None)
-        if stops and pad_id is None:
-            raise ValueError(
-                "`stop_strings` needs a pad id for the positions after the stop string: set `pad_token_id` (or "
-                "`eos_token_id`) in the generation config or pass it to generate()."
-            )
 
         if config.num_return_sequences > 1:
             input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
@@ -819,6 +830,51 @@ class LLaDAGenerationMixin:
             history=torch.stack(history) if history else None,
             commit_step=commit_step,
         )
+
+    def _prepare_generate(self, input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs):
+        """What every sampler's `generate` does first: resolve the settings (official names included), check the
+        arguments, and bring the prompt to (b, P) on the model's device with its left-padding mask (inferred from
+        leading pad tokens when none is given). Returns (config, input_ids, attention_mask, eos_ids, stop strings,
+        pad id, synced_gpus)."""
+        if "inputs" in kwargs:  # transformers' name for the prompt
+            if input_ids is not None:
+                raise ValueError("generate() got both `input_ids` and `inputs`; pass the prompt once.")
+            input_ids = kwargs.pop("inputs")
+        synced_gpus = kwargs.pop("synced_gpus", None)
+        self._reject_autoregressive_arguments(kwargs)
+        config = self._resolve_generation_config(generation_config, kwargs)
+        stops = _stop_list(config.stop_strings)
+        if stops and tokenizer is None:
+            raise ValueError(
+                "`stop_strings` needs the model's tokenizer to find the strings in the answer: pass `tokenizer=` to "
+                "generate() together with `stop_strings`."
+            )
+        if stopping_criteria:
+            raise ValueError(
+                "stopping_criteria are not supported by diffusion generation (tokens are not produced left to "
+                "right); use early_exit=True to stop at EOS, and `stop_strings=` (with `tokenizer=`) for stop strings."
+            )
+        if input_ids is None:
+            raise ValueError("generate() needs `input_ids` (the prompt); use a BOS token for unconditional generation.")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+            if attention_mask is not None and attention_mask.dim() == 1:
+                attention_mask = attention_mask[None]
+        device = self.get_input_embeddings().weight.device
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device) if attention_mask is not None else None
+        if attention_mask is None and input_ids.shape[0] > 1 and config.pad_token_id is not None:
+            attention_mask = self._infer_left_padding(input_ids, config.pad_token_id)
+        eos_ids = [] if config.eos_token_id is None else (
+            list(config.eos_token_id) if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id]
+        )
+        pad_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else None)
+        if stops and pad_id is None:
+            raise ValueError(
+                "`stop_strings` needs a pad id for the positions after the stop string: set `pad_token_id` (or "
+                "`eos_token_id`) in the generation config or pass it to generate()."
+            )
+        return config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus
 
     def _denoising_scores(
         self,
@@ -1077,6 +1133,18 @@ class LLaDAGenerationMixin:
                 f"{input_ids.shape[1] + gen_length} exceeds the model's max_sequence_length ({limit}); shorten the "
                 "prompt or lower max_new_tokens."
             )
+        self._check_prompt(input_ids, attention_mask, config, eos_ids)
+
+    def _check_prompt(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        config: LLaDAGenerationConfig,
+        eos_ids: list[int],
+    ) -> None:
+        """The checks every sampler shares: ids and special ids inside the vocabulary, a left-padding mask."""
+        if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            raise ValueError(f"input_ids must be integer ids of shape (batch, length), got {tuple(input_ids.shape)}.")
         vocab = self.get_input_embeddings().weight.shape[0]
         for name, value in (("mask_token_id", config.mask_token_id), *(("eos_token_id", e) for e in eos_ids)):
             if not 0 <= value < vocab:

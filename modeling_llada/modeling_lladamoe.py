@@ -1,10 +1,13 @@
 """LLaDA-MoE: an OLMoE-style mixture-of-experts Transformer without the causal mask, trained as a masked-diffusion LM.
 
-One file, read top to bottom: rotary embedding, attention (with q/k RMSNorm), MLP, sparse MoE block, decoder layer,
-pre-trained base, bare model, model with head. Parameter names are exactly the official ones
-(`model.layers.{i}.self_attn.q_norm.weight`, `model.layers.{i}.mlp.experts.{e}.gate_proj.weight`,
-`model.layers.{i}.mlp.expert_bias`, `model.layers.{i}.shared_expert.up_proj.weight`, `lm_head.weight`, ...), so the
-inclusionAI safetensors load without conversion and what we save loads in the official code.
+One file, read top to bottom: rotary embedding, attention (with q/k RMSNorm), MLP, fused experts, sparse MoE block,
+decoder layer, pre-trained base, bare model, model with head. Parameter names are the official ones
+(`model.layers.{i}.self_attn.q_norm.weight`, `model.layers.{i}.mlp.expert_bias`,
+`model.layers.{i}.shared_expert.up_proj.weight`, `lm_head.weight`, ...) except the routed experts, which live in two
+fused tensors per layer as in transformers 5's own MoE models (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`);
+the checkpoint conversion mapping registered in this file reads the official per-expert weights
+(`model.layers.{i}.mlp.experts.{e}.gate_proj.weight`, ...) into them and `save_pretrained` writes them back, so the
+inclusionAI safetensors load as they are and what we save loads in the official code.
 
 The semantics follow the official `modeling_lladamoe.py`:
 - RMSNorm over each head's queries and keys (`qk_layernorm`) before the rotary embedding;
@@ -18,8 +21,9 @@ The semantics follow the official `modeling_lladamoe.py`:
 One deliberate difference: the rotation is computed in fp32 and cast back (the official code casts cos/sin to the
 activation dtype first); in float32 the two are identical.
 
-Experts keep the official per-expert weights. Tokens are dispatched by sorting the (token, expert) assignments by
-expert: one matmul per expert over its tokens, a loop over experts only.
+The experts' forward is chosen by `experts_implementation` (transformers' `use_experts_implementation`): "eager",
+the default, is [`LLaDAMoEExperts.forward`] (sort the (token, expert) assignments by expert, then grouped matmuls, or
+one matmul per expert for large CPU batches); "grouped_mm" and "batched_mm" are transformers' implementations.
 
 This file travels with every checkpoint (trust_remote_code): it imports only torch, transformers and its siblings.
 """
@@ -31,11 +35,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter
+from transformers.integrations.moe import use_experts_implementation
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
+from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_lladamoe import LLaDAMoEConfig
 from .generation_llada import LLaDAGenerationMixin
@@ -161,6 +170,155 @@ class LLaDAMoEMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+# (major, minor) of the running torch, for the grouped-matmul checks below.
+_TORCH_VERSION = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def _grouped_mm_supported(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether torch's grouped matmul runs for these operands: a CPU kernel (torch >= 2.9) or a CUDA GPU of compute
+    capability 8.0+ (9.x only before torch 2.9), a float32/bfloat16/float16 dtype, and weight rows whose byte lengths
+    and start addresses are multiples of 16 (the kernel's alignment rule)."""
+    if not hasattr(torch, "_grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if x.device.type == "cpu":
+        if _TORCH_VERSION < (2, 9):
+            return False
+    elif x.device.type == "cuda":
+        capability = torch.cuda.get_device_capability(x.device)
+        if capability < (8, 0) or (_TORCH_VERSION < (2, 9) and capability[0] != 9):
+            return False
+    else:
+        return False
+    size = x.element_size()
+    return all(
+        w.dtype == x.dtype and w.shape[-1] * size % 16 == 0 and w.shape[-2] * size % 16 == 0 and w.data_ptr() % 16 == 0
+        for w in weights
+    )
+
+
+def _grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows `offsets[e-1]:offsets[e]` of the expert-sorted (S, in) `x` times `weight[e].T`; weight is (E, out, in)."""
+    return torch._grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
+
+
+@use_experts_implementation
+class LLaDAMoEExperts(nn.Module):
+    """The routed experts of one MoE layer as two fused tensors, in transformers 5's MoE layout (`qwen2_moe`,
+    `deepseek_v3`, `olmoe`): `gate_up_proj` (num_experts, 2 * intermediate, hidden), gate rows first, and `down_proj`
+    (num_experts, hidden, intermediate); expert e computes `down_proj[e] @ (silu(gate) * up)`.
+
+    The official checkpoints store one module per expert (`mlp.experts.{e}.gate_proj.weight`, ...); the conversion
+    mapping registered below merges them on load and splits them back on save.
+
+    `config._experts_implementation` picks the forward (`use_experts_implementation`): `"grouped_mm"` and
+    `"batched_mm"` are transformers' own; `"eager"` (our default) is the forward below, which sorts the (token,
+    expert) assignments by expert and then runs either grouped matmuls (one kernel per projection, no host sync) or,
+    for large batches on CPU where torch's grouped kernel is slower, a loop over the experts that received tokens
+    (one matmul each, its output `index_add_`-ed into its tokens' rows). Either way there is no loop over tokens.
+
+    Args:
+        config: a LLaDA-MoE or LLaDA 2 config (`hidden_size`, `hidden_act`, `num_experts`).
+        num_experts (`int`, *optional*): defaults to `config.num_experts`.
+        intermediate_size (`int`, *optional*): width of each expert; defaults to `config.expert_intermediate_size`
+            (LLaDA-MoE) or `config.moe_intermediate_size` (LLaDA 2).
+    """
+
+    # On CPU, grouped matmuls beat the per-expert loop up to about this many (token, expert) assignments (measured
+    # with torch 2.13, 64 experts, hidden 256-512: loop/grouped 1.65x at 256, 1.0x at 4096, 0.5x at 65536); above it
+    # the loop runs. On CUDA grouped matmuls are used at every size.
+    grouped_mm_max_assignments = 4096
+
+    def __init__(self, config, num_experts: int | None = None, intermediate_size: int | None = None):
+        super().__init__()
+        if intermediate_size is None:
+            intermediate_size = getattr(config, "expert_intermediate_size", None)
+            if intermediate_size is None:
+                intermediate_size = config.moe_intermediate_size
+        self.num_experts = config.num_experts if num_experts is None else num_experts
+        self.hidden_dim = config.hidden_size
+        self.intermediate_dim = intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, 2 * self.intermediate_dim, self.hidden_dim))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim, self.intermediate_dim))
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def use_grouped_mm(self, hidden_states: torch.Tensor, num_assignments: int) -> bool:
+        """Whether the eager forward takes the grouped-matmul path for `num_assignments` (token, expert) pairs."""
+        if not _grouped_mm_supported(hidden_states, self.gate_up_proj, self.down_proj):
+            return False
+        return hidden_states.device.type != "cpu" or num_assignments <= self.grouped_mm_max_assignments
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Weighted sum of the chosen experts' outputs.
+
+        hidden_states: (T, hidden) tokens; top_k_index: (T, k) chosen experts; top_k_weights: (T, k) their weights.
+        Returns (T, hidden) in hidden_states' dtype.
+        """
+        num_tokens, top_k = top_k_index.shape
+        flat_experts = top_k_index.reshape(-1)
+        # Sort the T*k assignments by expert: each expert then reads one contiguous run of rows.
+        sorted_experts, order = torch.sort(flat_experts, stable=True)
+        tokens = order // top_k
+        x = hidden_states[tokens].to(self.gate_up_proj.dtype)
+        sorted_weights = top_k_weights.reshape(-1)[order, None].to(x.dtype)
+        # Assignments per expert; histc (float on CPU, int on CUDA, as transformers does) has a fixed output size,
+        # where bincount would read the largest id back to the host.
+        on_cpu = sorted_experts.device.type == "cpu"
+        counts = torch.histc(
+            sorted_experts.float() if on_cpu else sorted_experts.int(), bins=self.num_experts, min=0,
+            max=self.num_experts - 1,
+        ).long()
+        if self.use_grouped_mm(x, order.numel()):
+            offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
+            h = self._apply_gate(_grouped_matmul(x, self.gate_up_proj, offsets))
+            y = _grouped_matmul(h, self.down_proj, offsets) * sorted_weights
+            # Back to (token, slot) order, then a deterministic sum over the k slots of each token.
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=order.device)
+            return y[inverse].view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
+        # One matmul per expert that has tokens, its weighted output added into its tokens' rows. split / unbind
+        # rather than indexing: their backward is one cat / stack, where indexing would add a zero-filled full-size
+        # gradient per expert.
+        counts = counts.tolist()  # one host sync per layer
+        out = torch.zeros(num_tokens, self.hidden_dim, device=x.device, dtype=x.dtype)
+        for x_e, tokens_e, weights_e, gate_up, down, count in zip(
+            x.split(counts), tokens.split(counts), sorted_weights.split(counts), self.gate_up_proj.unbind(0),
+            self.down_proj.unbind(0), counts,
+        ):
+            if count:
+                out.index_add_(0, tokens_e, F.linear(self._apply_gate(F.linear(x_e, gate_up)), down) * weights_e)
+        return out.to(hidden_states.dtype)
+
+
+def expert_conversion_mapping() -> list[WeightConverter]:
+    """Official per-expert weights <-> fused [`LLaDAMoEExperts`] tensors (transformers' `qwen2_moe` recipe): on load
+    the `mlp.experts.{e}.gate_proj/up_proj.weight` are stacked over e and concatenated (gate first) into
+    `mlp.experts.gate_up_proj`, the `down_proj.weight` stacked into `mlp.experts.down_proj`; `save_pretrained` runs
+    the same steps backwards, so saved checkpoints keep the official names."""
+    return [
+        WeightConverter(
+            source_patterns=["mlp.experts.*.gate_proj.weight", "mlp.experts.*.up_proj.weight"],
+            target_patterns="mlp.experts.gate_up_proj",
+            operations=[MergeModulelist(dim=0), Concatenate(dim=1)],
+        ),
+        WeightConverter(
+            source_patterns="mlp.experts.*.down_proj.weight",
+            target_patterns="mlp.experts.down_proj",
+            operations=[MergeModulelist(dim=0)],
+        ),
+    ]
+
+
+# Registered at import, so that it also holds when this file is loaded as remote code (trust_remote_code): transformers
+# applies a mapping to a model class outside its own package only when it was registered this way. LLaDA 2 has a model
+# type of its own ("llada2_moe"; its experts have the same names and layout). LLaDA-MoE's official model type "llada"
+# is the dense LLaDA's too, which has no experts: its mapping is registered under the LLaDA-MoE class names instead,
+# so the dense model gets none.
+for _key in ("LLaDAMoEModelLM", "LLaDAMoEModel", "llada2_moe"):
+    register_checkpoint_conversion_mapping(_key, expert_conversion_mapping(), overwrite=True)
+
+
 class LLaDAMoESparseMoeBlock(nn.Module):
     """Routed experts: softmax router (+ expert bias), top-k, weighted sum of the chosen experts' outputs."""
 
@@ -170,9 +328,7 @@ class LLaDAMoESparseMoeBlock(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
-        self.experts = nn.ModuleList(
-            LLaDAMoEMLP(config, config.expert_intermediate_size) for _ in range(self.num_experts)
-        )
+        self.experts = LLaDAMoEExperts(config)
         if config.moe_router_enable_expert_bias:
             # A persistent buffer, as in the official code: it is in the checkpoints but not trained by gradients.
             self.register_buffer("expert_bias", torch.zeros(self.num_experts))
@@ -194,20 +350,7 @@ class LLaDAMoESparseMoeBlock(nn.Module):
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         router_logits, weights, experts = self.route(x)
-        # Sort the T*k (token, expert) assignments by expert: each expert then reads one contiguous run.
-        flat_experts = experts.reshape(-1)
-        order = torch.argsort(flat_experts, stable=True)
-        tokens = order // self.top_k
-        sorted_weights = weights.reshape(-1)[order, None]
-        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()  # one host sync per layer
-        out = torch.zeros_like(x)
-        start = 0
-        for expert, count in zip(self.experts, counts):
-            if count:
-                run = slice(start, start + count)
-                out.index_add_(0, tokens[run], expert(x[tokens[run]]) * sorted_weights[run])
-                start += count
-        return out.reshape(shape), router_logits
+        return self.experts(x, experts, weights).reshape(shape), router_logits
 
 
 def load_balancing_loss(
@@ -314,6 +457,8 @@ class LLaDAMoEPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # What `output_router_logits` returns: the second output of each sparse MoE block (recorded by our forward).
+    _can_record_outputs = {"router_logits": OutputRecorder(LLaDAMoESparseMoeBlock, index=1)}
     # save_pretrained copies this file and its siblings next to the weights (trust_remote_code).
     _auto_class = "AutoModel"
 
@@ -322,6 +467,12 @@ class LLaDAMoEPreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         type(self.config)._auto_class = "AutoConfig"
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
+        """transformers' check of `experts_implementation`, except that the default (None) is `"eager"`, our own
+        forward of [`LLaDAMoEExperts`], which picks grouped matmuls or the per-expert loop by size; transformers
+        would default to `"grouped_mm"`, slower than the loop on CPU for large batches."""
+        return super().get_correct_experts_implementation("eager" if requested_experts is None else requested_experts)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -332,6 +483,9 @@ class LLaDAMoEPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, LLaDARMSNorm):
             init.ones_(module.weight)
+        elif isinstance(module, LLaDAMoEExperts):
+            init.normal_(module.gate_up_proj, mean=0.0, std=std)
+            init.normal_(module.down_proj, mean=0.0, std=std)
         elif isinstance(module, LLaDAMoESparseMoeBlock) and module.expert_bias is not None:
             init.zeros_(module.expert_bias)
 
@@ -550,6 +704,8 @@ class LLaDAMoEModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAMoEPreTra
 
 __all__ = [
     "AUTO_MAP",
+    "LLaDAMoEExperts",
+    "expert_conversion_mapping",
     "LLaDAMoEPreTrainedModel",
     "LLaDAMoEModel",
     "LLaDAMoEModelLM",

@@ -55,7 +55,19 @@ def test_every_auto_class_loads_the_fixture_with_no_missing_or_unexpected_keys(a
     model, info = auto_class.from_pretrained(MOE_FIXTURE, output_loading_info=True)
     assert type(model) is LLaDAMoEModelLM
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    assert set(model.state_dict()) == safetensors_keys(MOE_FIXTURE / "model.safetensors")
+    # the official per-expert weights are fused into two tensors per MoE layer, gate rows before up rows
+    official = safetensors_keys(MOE_FIXTURE / "model.safetensors")
+    fused = {k for k in official if ".mlp.experts." not in k}
+    fused |= {f"model.layers.{i}.mlp.experts.{name}" for i in (1, 2) for name in ("gate_up_proj", "down_proj")}
+    assert set(model.state_dict()) == fused
+    with safe_open(str(MOE_FIXTURE / "model.safetensors"), "pt") as f:
+        for i in (1, 2):
+            experts = model.model.layers[i].mlp.experts
+            for e in range(4):
+                prefix = f"model.layers.{i}.mlp.experts.{e}."
+                gate, up = f.get_tensor(prefix + "gate_proj.weight"), f.get_tensor(prefix + "up_proj.weight")
+                assert torch.equal(experts.gate_up_proj[e], torch.cat([gate, up]))
+                assert torch.equal(experts.down_proj[e], f.get_tensor(prefix + "down_proj.weight"))
     # layer 0 is dense, the others routed with a shared expert; the head is not tied
     assert not model.model.layers[0].is_moe and not hasattr(model.model.layers[0], "shared_expert")
     assert all(layer.is_moe and hasattr(layer, "shared_expert") for layer in model.model.layers[1:])

@@ -1,0 +1,426 @@
+"""Block-diffusion generation for LLaDA 2.0 / 2.1 behind the transformers `generate` convention.
+
+The canvas is cut into blocks of `block_length` counted from the first prompt token (the prompt's last, partial block
+is the first block generated). Blocks are decoded left to right under the block-causal mask: a position sees its own
+block and every block before it, nothing after. Within a block:
+
+- LLaDA 2.0 (`editing_threshold=None`): up to `steps` steps; each commits every masked position whose confidence (the
+  probability of its proposed token) exceeds `threshold`, or, when fewer than the step's quota of the schedule
+  (`block_length` spread evenly over `steps`) do, the quota's most confident ones. Committed tokens stay.
+- LLaDA 2.1 (`editing_threshold` set: token editing): each step commits the masked positions above `threshold` (at
+  least `num_to_transfer`, the most confident) and rewrites every already generated token of the block whose proposal
+  differs and has probability above `editing_threshold`. Once the block holds no mask, up to `max_post_steps` more
+  steps only edit; the block ends when a step changes nothing. `steps` is not used.
+
+Because attention is block-causal, the keys/values of finished blocks are exact to reuse: with `kv_cache="prefix"`
+(the default) they are cached and each step runs only the current block (a finished block's keys/values are added by
+the first step of the next block); `kv_cache=None` runs the whole prefix every step, as the official code does. Both
+give the same tokens.
+
+This file travels with every checkpoint (trust_remote_code): it imports only torch, transformers and its siblings.
+"""
+
+import math
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache
+from transformers.generation import LogitsProcessorList
+from transformers.generation.streamers import BaseStreamer
+
+from .generation_llada import (
+    _DIFFUSION_DEFAULTS,
+    _EOS_CONFIDENCE_OFFSET,
+    LLaDAGenerateOutput,
+    LLaDAGenerationConfig,
+    LLaDAGenerationMixin,
+    _StreamState,
+    counter_uniform,
+    num_transfer_tokens,
+    row_seeds,
+    select_top_k,
+)
+
+# The official defaults of LLaDA 2.x's generate (block 32, 32 steps per block, threshold 0.95), token editing off
+# (LLaDA 2.1 checkpoints set `editing_threshold`; the official 2.1 default is 0.9), and the exact block cache on.
+_LLADA2_DEFAULTS: dict[str, Any] = {
+    **_DIFFUSION_DEFAULTS,
+    "block_length": 32,
+    "steps": 32,
+    "threshold": 0.95,
+    "kv_cache": "prefix",
+    "editing_threshold": None,
+    "max_post_steps": 16,
+    "num_to_transfer": 1,
+    "minimal_topk": 1,
+}
+
+
+class LLaDA2GenerationConfig(LLaDAGenerationConfig):
+    r"""Generation settings of LLaDA 2.x block diffusion; saved as `generation_config.json`.
+
+    The fields of [`LLaDAGenerationConfig`] with these meanings and defaults (the official ones):
+
+    Args:
+        block_length (`int`, defaults to 32): B; blocks are counted from the first prompt token, so the prompt's last
+            partial block is completed first. `max_new_tokens` need not be a multiple of it.
+        steps (`int`, defaults to 32): denoising steps **per block** (the official meaning; LLaDA's `steps` counts all
+            blocks), capped at `max_new_tokens // minimal_topk`. The schedule commits B/steps tokens per step. Not used
+            with token editing.
+        threshold (`float`, defaults to 0.95): commit every masked position whose probability exceeds it (strictly);
+            None keeps the schedule alone.
+        kv_cache (`str`, defaults to "prefix"): cache the keys/values of the prompt and finished blocks (exact under the
+            block-causal mask); None recomputes the whole prefix every step.
+        early_exit (`bool`, defaults to False; official name `eos_early_stop`): stop a row once its first EOS has no
+            mask before it (LLaDA 2.1: at the end of that block, since editing may still change it). Without it a
+            LLaDA 2.0 row stops after the block holding its first EOS (as the official code does); a LLaDA 2.1 row
+            decodes every block. Either way the answer up to the first EOS is the same.
+        editing_threshold (`float`, *optional*): switches on LLaDA 2.1 token editing: a generated (non-prompt) token of
+            the current block is replaced by its proposal when that differs and has probability above this value
+            (above 1 never edits, but keeps the 2.1 step rule).
+        max_post_steps (`int`, defaults to 16): LLaDA 2.1: editing-only steps allowed after the block has no mask.
+        num_to_transfer (`int`, defaults to 1): LLaDA 2.1: masked positions committed per step when fewer exceed
+            `threshold`.
+        minimal_topk (`int`, defaults to 1): caps `steps` at `max_new_tokens // minimal_topk` (official).
+
+    `remasking` is "low_confidence" (the only official rule); `cfg_scale` and `factor` are not used by LLaDA 2.
+    """
+
+    _diffusion_fields = _LLADA2_DEFAULTS
+    _kv_cache_modes = ("prefix",)
+
+    def _validate_schedule(self) -> None:
+        """Blocks are aligned to the prompt, not to the answer: any positive lengths and steps work."""
+
+    def validate(self, strict: bool = False, **unused) -> None:
+        super().validate(strict)
+        if self.cfg_scale:
+            raise ValueError(f"`cfg_scale` ({self.cfg_scale!r}): LLaDA 2's sampler has no classifier-free guidance; "
+                             "leave it at 0.")
+        if self.factor is not None:
+            raise ValueError(f"`factor` ({self.factor!r}): LLaDA 2's sampler uses `threshold`; unset `factor`.")
+        if self.remasking != "low_confidence":
+            raise ValueError(f"`remasking={self.remasking!r}`: LLaDA 2 commits by confidence only; use "
+                             "'low_confidence'.")
+        value = self.editing_threshold
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value) or value < 0):
+            raise ValueError(f"`editing_threshold` must be None (no token editing, LLaDA 2.0) or a finite number >= 0 "
+                             f"(LLaDA 2.1 uses 0.9), got {value!r}.")
+        for name, low in (("max_post_steps", 0), ("num_to_transfer", 1), ("minimal_topk", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+
+
+class LLaDA2GenerationMixin(LLaDAGenerationMixin):
+    """`generate` for LLaDA 2.x: block diffusion (2.0) and token editing (2.1), with an exact block cache."""
+
+    generation_config_class = LLaDA2GenerationConfig
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        generation_config: LLaDA2GenerationConfig | None = None,
+        streamer: BaseStreamer | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria=None,
+        tokenizer=None,
+        **kwargs,
+    ) -> torch.LongTensor | LLaDAGenerateOutput:
+        r"""Generate by block diffusion (LLaDA 2.0) or block diffusion with token editing (LLaDA 2.1).
+
+        Args:
+            input_ids: (b, P) prompt ids, left-padded when rows differ in length (`inputs=` works too).
+            attention_mask: (b, P), 1 for tokens and 0 for (left) padding. A padded row generates what it generates
+                alone.
+            generation_config: base settings; defaults to the model's (`generation_config.json`).
+            streamer: receives the prompt, then the answer's tokens once every position before them is final (with
+                token editing: when their block ends). Single sequence only.
+            logits_processor: applied to each step's logits of the current block (rows flattened to (b * B, V)).
+            tokenizer: needed with `stop_strings`.
+            kwargs: any [`LLaDA2GenerationConfig`] field, and the official names `gen_length` (`max_new_tokens`),
+                `mask_id` (`mask_token_id`), `eos_id` (`eos_token_id`), `eos_early_stop` (`early_exit`);
+                `use_cache=False` is `kv_cache=None`.
+
+        Returns:
+            (b * num_return_sequences, P + N) ids: the prompt as given, then the answer; after a row's first EOS
+            (kept) every position holds the pad id. With `return_dict_in_generate=True` or `output_history=True` a
+            [`LLaDAGenerateOutput`] (`raw_sequences`, `answer_lengths`, `stopped`, `tokens_per_forward`, `history`,
+            `commit_step`: for an edited position, the step that last wrote it).
+
+        Example:
+
+        ```python
+        >>> # the model card's call, official argument names
+        >>> model.generate(inputs=ids, gen_length=512, block_length=32, steps=32, threshold=0.95, eos_early_stop=True)
+        >>> # LLaDA 2.1 token editing
+        >>> model.generate(ids, max_new_tokens=512, threshold=0.5, editing_threshold=0.9, max_post_steps=16)
+        ```
+        """
+        if "use_cache" in kwargs:
+            use_cache = kwargs.pop("use_cache")
+            if use_cache is not None:
+                wanted = "prefix" if use_cache else None
+                if "kv_cache" in kwargs and kwargs["kv_cache"] != wanted:
+                    raise ValueError(
+                        f"generate() got `use_cache={use_cache!r}` and `kv_cache={kwargs['kv_cache']!r}`, which "
+                        "disagree; LLaDA 2's block cache is `kv_cache` ('prefix' or None): pass one of them."
+                    )
+                kwargs["kv_cache"] = wanted
+        config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus = self._prepare_generate(
+            input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs
+        )
+        if synced_gpus:
+            raise ValueError("synced_gpus=True: LLaDA 2's forward passes depend on the prompt (confidence threshold, "
+                             "EOS); generate on each rank separately.")
+        self._check_prompt(input_ids, attention_mask, config, eos_ids)
+        device = input_ids.device
+        mask_id = config.mask_token_id
+        gen_length = config.resolved_max_new_tokens(input_ids.shape[1])
+        block = config.block_length or _LLADA2_DEFAULTS["block_length"]  # None: the official default
+        steps = max(1, min(config.steps or block, gen_length // config.minimal_topk))
+        editing = config.editing_threshold is not None
+        eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long)
+        if pad_id is None:
+            pad_id = eos_ids[0] if eos_ids else 0
+
+        copies = config.num_return_sequences
+        if copies > 1:
+            input_ids = input_ids.repeat_interleave(copies, dim=0)
+            if attention_mask is not None:
+                attention_mask = attention_mask.repeat_interleave(copies, dim=0)
+        batch, prompt_length = input_ids.shape
+        lengths = attention_mask.sum(-1) if attention_mask is not None else input_ids.new_full((batch,), prompt_length)
+        pads = prompt_length - lengths
+
+        # The canvas: each row's blocks start at its first prompt token; rows are shifted by whole blocks so that the
+        # block holding the end of every prompt (the first one generated) sits at the same columns.
+        full_blocks = lengths // block
+        blocks_to_generate = (lengths % block + gen_length + block - 1) // block
+        first_block, num_blocks = (int(x) for x in torch.stack([full_blocks.max(), blocks_to_generate.max()]).tolist())
+        offsets = (first_block - full_blocks) * block
+        width = (first_block + num_blocks) * block
+        columns = torch.arange(width, device=device)
+        relative = columns[None] - offsets[:, None]  # (b, W) position counted from the row's first prompt token
+        is_prompt = (relative >= 0) & (relative < lengths[:, None])
+        source = (pads[:, None] + relative).clamp(0, prompt_length - 1)
+        canvas = torch.where(is_prompt, input_ids.gather(1, source), mask_id)
+        canvas = canvas.masked_fill(relative < 0, pad_id)
+        answer_region = (relative >= lengths[:, None]) & (relative < (lengths + gen_length)[:, None])
+        answer_columns = offsets[:, None] + lengths[:, None] + torch.arange(gen_length, device=device)[None]
+        row_end_block = first_block + blocks_to_generate  # (b,) the column block after each row's last block
+        context = _BlockContext(
+            is_key=relative >= 0, positions=relative.clamp_min(0), block_index=columns // block, block=block
+        )
+
+        needs_noise = config.temperature > 0
+        seeds = row_seeds(batch // copies, copies, config.seed, device) if needs_noise else None
+        processors = LogitsProcessorList(logits_processor or [])
+        warpers = self._build_sampling_warpers(config)
+        commit_step = torch.full((batch, width), -1, dtype=torch.long, device=device)
+        forwards = torch.zeros(batch, dtype=torch.long, device=device)
+        sampled = torch.zeros(batch, dtype=torch.long, device=device)
+        row_steps = torch.zeros(batch, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        history = [] if config.output_history else None
+        stream = None
+        if streamer is not None:
+            stream = _StreamState(streamer, self._answer_view(input_ids, canvas, answer_columns), prompt_length,
+                                  mask_id, eos_tensor, tokenizer, stops)
+        cache = DynamicCache() if config.kv_cache else None
+        schedule = num_transfer_tokens(torch.full((batch,), block, device=device), steps)  # (b, steps)
+        step = 0
+
+        for index in range(first_block, first_block + num_blocks):
+            start, stop = index * block, (index + 1) * block
+            in_block = slice(start, stop)
+            running = ~finished & (index < row_end_block)
+            if not bool(running.any()):
+                break
+            editable = ~is_prompt[:, in_block]
+            block_steps = torch.zeros(batch, dtype=torch.long, device=device)
+            post_steps = torch.zeros(batch, dtype=torch.long, device=device)
+            while True:
+                masked = canvas[:, in_block] == mask_id
+                open_rows = masked.any(-1)
+                if editing:
+                    post_steps += (running & ~open_rows).long()
+                    running = running & (post_steps <= config.max_post_steps)
+                else:
+                    running = running & open_rows & (block_steps < steps)
+                if not bool(running.any()):
+                    break
+                logits, cache = self._block_logits(canvas, start, stop, context, cache)
+                proposal, confidence = self._propose(
+                    logits, canvas, config, processors, warpers, eos_tensor,
+                    (seeds, row_steps[:, None], relative[:, in_block]) if needs_noise else None,
+                )
+                commit_confidence = confidence.masked_fill(~masked, -torch.inf)
+                if config.confidence_eos_eot_inf and eos_tensor.numel():
+                    commit_confidence = commit_confidence - _EOS_CONFIDENCE_OFFSET * torch.isin(proposal, eos_tensor)
+                above = commit_confidence > (config.threshold if config.threshold is not None else math.inf)
+                quota = (
+                    torch.full_like(block_steps, config.num_to_transfer) if editing
+                    else schedule.gather(1, block_steps.clamp_max(steps - 1)[:, None]).squeeze(1)
+                )
+                count = above.sum(-1)
+                transfer = torch.where((count >= quota)[:, None], above, select_top_k(commit_confidence, quota))
+                transfer &= masked
+                edits = torch.zeros_like(transfer)
+                if editing:
+                    edits = (editable & ~masked & (confidence > config.editing_threshold)
+                             & (proposal != canvas[:, in_block]))
+                    transfer |= edits
+                transfer &= running[:, None]
+                canvas[:, in_block] = torch.where(transfer, proposal, canvas[:, in_block])
+                commit_step[:, in_block].masked_fill_(transfer, step)
+                forwards += running.long()
+                sampled += (transfer & masked).sum(-1)
+                block_steps += running.long()
+                row_steps += running.long()
+                if editing:  # a block ends when a step after its last mask changes nothing
+                    running = running & (open_rows | edits.any(-1))
+                elif config.early_exit and eos_ids:
+                    # official: checked when a step commits an EOS; the row stops once its first EOS has no mask before
+                    committed_eos = (transfer & torch.isin(proposal, eos_tensor)).any(-1)
+                    done = committed_eos & self._eos_closed(canvas, answer_region, columns, mask_id, eos_tensor)
+                    finished |= done
+                    running &= ~done
+                if history is not None:
+                    history.append(self._answer_view(input_ids, canvas, answer_columns))
+                if stream is not None and not editing:
+                    stream.update(self._answer_view(input_ids, canvas, answer_columns))
+                step += 1
+            if stream is not None and editing:
+                stream.update(self._answer_view(input_ids, canvas, answer_columns))
+            # After the block: LLaDA 2.0 stops a row whose answer holds an EOS; LLaDA 2.1 with early_exit one whose
+            # answer so far is free of masks and holds an EOS.
+            done_so_far = answer_region & (columns[None] < stop)
+            has_eos = (torch.isin(canvas, eos_tensor) & done_so_far).any(-1) if eos_ids else torch.zeros_like(finished)
+            if not editing:
+                finished |= has_eos
+            elif config.early_exit:
+                finished |= has_eos & ~((canvas == mask_id) & done_so_far).any(-1)
+
+        # Rows that stopped early: their unwritten positions become EOS (they lie after the first EOS).
+        unwritten = answer_region & (canvas == mask_id) & finished[:, None]
+        canvas = canvas.masked_fill(unwritten, pad_id)
+        commit_step = commit_step.masked_fill(unwritten, max(step - 1, 0))
+        raw = self._answer_view(input_ids, canvas, answer_columns)
+        unfilled = int((raw[:, prompt_length:] == mask_id).sum())
+        if unfilled:
+            raise ValueError(
+                f"Generation left {unfilled} position(s) masked: at some step every candidate token of a position "
+                "had probability 0 or a non-finite score. A logits processor that bans every token, or non-finite "
+                "logits (NaN weights, fp16 overflow), does this; check `logits_processor` and the model's dtype."
+            )
+        sequences, answer_lengths, kept, stopped = self._cut_answers(
+            raw, prompt_length, eos_tensor, pad_id, tokenizer, stops
+        )
+        if stream is not None:
+            stream.end(raw, int(kept[0]))
+        if not (config.return_dict_in_generate or config.output_history):
+            return sequences
+        steps_taken = torch.cat([commit_step.new_full((batch, prompt_length), -1),
+                                 commit_step.gather(1, answer_columns)], dim=1)
+        return LLaDAGenerateOutput(
+            sequences=sequences,
+            raw_sequences=raw,
+            answer_lengths=answer_lengths,
+            stopped=stopped,
+            tokens_per_forward=sampled.double() / forwards.clamp_min(1).double(),
+            history=torch.stack(history) if history else None,
+            commit_step=steps_taken,
+        )
+
+    @staticmethod
+    def _answer_view(input_ids: torch.Tensor, canvas: torch.Tensor, answer_columns: torch.Tensor) -> torch.Tensor:
+        """(b, P + N): the prompt as given, then each row's answer positions of the canvas."""
+        return torch.cat([input_ids, canvas.gather(1, answer_columns)], dim=1)
+
+    @staticmethod
+    def _eos_closed(canvas, answer_region, columns, mask_id, eos_tensor) -> torch.Tensor:
+        """(b,) rows whose answer holds an EOS with no mask before the first one."""
+        width = canvas.shape[1]
+        first_eos = torch.where(torch.isin(canvas, eos_tensor) & answer_region, columns[None], width).min(-1).values
+        open_before = ((canvas == mask_id) & answer_region & (columns[None] < first_eos[:, None])).any(-1)
+        return (first_eos < width) & ~open_before
+
+    def _block_logits(self, canvas: torch.Tensor, start: int, stop: int, context: "_BlockContext", cache):
+        """Logits (b, B, V) of the block [start, stop) under the block-causal mask.
+
+        Without a cache the whole prefix [0, stop) runs. With one, the columns from the cache's end run (the current
+        block, preceded on a block's first step by the finished block before it, or the prompt on the first step) and
+        the cache is cropped back to `start`: it then holds exactly the finished blocks, whose keys/values no longer
+        change.
+        """
+        first = cache.get_seq_length() if cache is not None else 0
+        queries = slice(first, stop)
+        ids = canvas[:, queries]
+        mask = context.mask(queries, stop)
+        kwargs = {"cache": cache, "use_cache": True} if cache is not None else {}
+        out = self(ids, attention_mask=mask, position_ids=context.positions[:, queries], logits_to_keep=stop - start,
+                   validate_inputs=False, return_dict=True, **kwargs)
+        if cache is not None:
+            surplus = cache.get_seq_length() - start
+            if surplus > 0:
+                cache.crop(-surplus)  # transformers 5: a negative count of positions to drop
+        return out.logits[:, -(stop - start):], cache
+
+    def _propose(self, logits, canvas, config, processors, warpers, eos_tensor, noise):
+        """Proposals (b, B) and their probabilities (b, B).
+
+        Greedy: the argmax, and its probability under the model (as the official code: the softmax of all logits).
+        Sampling: a draw from the tempered (top-k / top-p) distribution, and its probability there (official).
+        The mask id (and ids beyond the vocabulary) are never proposed.
+        """
+        logits = logits.float()
+        vocab_size = getattr(self.config, "vocab_size", logits.shape[-1])
+        logits[..., vocab_size:] = -torch.inf
+        if config.logits_eos_inf and eos_tensor.numel():
+            logits[..., eos_tensor] = -torch.inf
+        batch, width, vocab = logits.shape
+        if processors:
+            flat_ids = canvas.repeat_interleave(width, dim=0)
+            logits = processors(flat_ids, logits.reshape(batch * width, vocab)).view(batch, width, vocab)
+        if config.temperature > 0:
+            tempered = logits / config.temperature
+            if warpers:
+                tempered = warpers(None, tempered.reshape(batch * width, vocab)).view(batch, width, vocab)
+            probs = torch.softmax(tempered, dim=-1)
+            tempered = tempered.masked_fill(_id_mask(vocab, config.mask_token_id, logits.device), -torch.inf)
+            uniform = counter_uniform(*noise, lanes=vocab)
+            proposal = (tempered.double() - torch.log(-torch.log(uniform))).argmax(-1)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+            proposal = logits.masked_fill(_id_mask(vocab, config.mask_token_id, logits.device), -torch.inf).argmax(-1)
+        return proposal, probs.gather(-1, proposal[..., None]).squeeze(-1)
+
+
+def _id_mask(vocab: int, token_id: int, device) -> torch.Tensor:
+    return torch.arange(vocab, device=device) == token_id
+
+
+class _BlockContext:
+    """Per-canvas facts the block-causal forward needs: which columns are keys (not padding), their positions (counted
+    from each row's first prompt token) and their block index."""
+
+    def __init__(self, is_key: torch.Tensor, positions: torch.Tensor, block_index: torch.Tensor, block: int):
+        self.is_key, self.positions, self.block_index, self.block = is_key, positions, block_index, block
+
+    def mask(self, queries: slice, stop: int) -> torch.Tensor:
+        """(b, 1, q, k) boolean, True = may attend: keys [0, stop) in the query's block or before it, padding never
+        (a padding query sees itself, so that no row of the softmax is empty)."""
+        query_block = self.block_index[queries]
+        key_block = self.block_index[:stop]
+        allowed = (key_block[None, :] <= query_block[:, None])[None] & self.is_key[:, None, :stop]
+        diagonal = torch.arange(queries.start, queries.stop, device=allowed.device)[:, None] == torch.arange(
+            stop, device=allowed.device
+        )[None]
+        return (allowed | diagonal[None])[:, None]
+
+
+__all__ = ["LLaDA2GenerationConfig", "LLaDA2GenerationMixin"]
