@@ -43,8 +43,35 @@ OBJECTIVE_TEXT = {
 }
 
 
+# The family members: what the card calls them, its paper, and the sentence that introduces the model.
+FAMILY = {
+    "llada": dict(name="LLaDA", paper="2502.09992", tag=None,
+                  text="masked-diffusion language model"),
+    "llada_moe": dict(name="LLaDA-MoE", paper="2509.24389", tag="llada-moe",
+                      text="mixture-of-experts masked-diffusion language model"),
+    "llada2": dict(name="LLaDA 2", paper=None, tag="llada2",
+                   text="mixture-of-experts block-diffusion language model"),
+}
+
+
+def architecture(config: dict[str, Any]) -> str:
+    """The family member of an official-format config dict: "llada" (dense), "llada_moe" or "llada2". LLaDA-MoE's
+    config also says model_type "llada": its architectures name `LLaDAMoEModelLM`."""
+    if config.get("model_type") == "llada2_moe":
+        return "llada2"
+    if "LLaDAMoEModelLM" in (config.get("architectures") or []) or "num_experts" in config:
+        return "llada_moe"
+    return "llada"
+
+
 def count_parameters(config: dict[str, Any]) -> int:
-    """Parameters of a LLaDA model from its official-format config dict (no weights needed)."""
+    """Parameters of a LLaDA, LLaDA-MoE or LLaDA 2 model from its official-format config dict (no weights needed;
+    buffers such as the routers' expert bias are not parameters)."""
+    return {"llada": _count_dense, "llada_moe": _count_lladamoe, "llada2": _count_llada2}[architecture(config)](config)
+
+
+def _count_dense(config: dict[str, Any]) -> int:
+    """Parameters of a dense LLaDA model from its official-format config dict."""
     d, layers = config["d_model"], config["n_layers"]
     heads = config["n_heads"]
     kv_heads = 1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or heads)
@@ -59,6 +86,94 @@ def count_parameters(config: dict[str, Any]) -> int:
     per_layer = attention + mlp + 2 * d
     embeddings = rows * d * (1 if config.get("weight_tying") else 2) + (0 if config.get("weight_tying") else rows * bias)
     return layers * per_layer + embeddings + d
+
+
+def _head_dim(config: dict[str, Any]) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def _count_lladamoe(config: dict[str, Any]) -> int:
+    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = _head_dim(config)
+    bias = bool(config.get("attention_bias"))
+    attention = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d
+    attention += ((heads + 2 * kv_heads) * head_dim + d) * bias + 2 * head_dim * bool(config.get("qk_layernorm"))
+    frequencies = config.get("moe_layer_freq")
+    if not isinstance(frequencies, list):
+        frequencies = [frequencies if frequencies is not None else 1] * layers
+    experts, shared = config["num_experts"], config.get("shared_expert_intermediate_size")
+    moe = d * experts + experts * 3 * d * config["expert_intermediate_size"] + (3 * d * shared if shared else 0)
+    dense = 3 * d * config["dense_intermediate_size"]
+    total = sum(attention + 2 * d + (moe if frequency else dense) for frequency in frequencies[:layers])
+    return total + vocab * d * (1 if config.get("tie_word_embeddings") else 2) + d
+
+
+def _count_llada2(config: dict[str, Any]) -> int:
+    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = _head_dim(config)
+    attention = d * (heads + 2 * kv_heads) * head_dim + (heads + 2 * kv_heads) * head_dim * bool(
+        config.get("use_qkv_bias")) + heads * head_dim * d + d * bool(config.get("use_bias"))
+    attention += 2 * head_dim * bool(config.get("use_qk_norm"))
+    experts, width = config["num_experts"], config["moe_intermediate_size"]
+    moe = d * experts + experts * 3 * d * width + 3 * d * width * (config.get("num_shared_experts") or 0)
+    dense = 3 * d * config["intermediate_size"]
+    first_dense = config.get("first_k_dense_replace") or 0
+    total = sum(attention + 2 * d + (dense if i < first_dense else moe) for i in range(layers))
+    return total + vocab * d * (1 if config.get("tie_word_embeddings") else 2) + d
+
+
+def model_rows(config: dict[str, Any], num_parameters: int | None = None) -> list[tuple[str, str]]:
+    """The card's "Model" table: (label, value) rows for the config's family member."""
+    kind = architecture(config)
+    total = f"{num_parameters if num_parameters is not None else count_parameters(config):,}"
+    class_name = (config.get("architectures") or ["LLaDAModelLM"])[0]
+    if kind == "llada":
+        kv_heads = 1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or config["n_heads"])
+        return [
+            ("architecture", f"LLaDA, dense (`{class_name}`)"),
+            ("parameters", total),
+            ("layers / width / heads / kv heads",
+             f"{config['n_layers']} / {config['d_model']} / {config['n_heads']} / {kv_heads}"),
+            ("MLP hidden size", str(config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * config["d_model"])),
+            ("vocabulary",
+             f"{config['vocab_size']} (embedding rows {config.get('embedding_size') or config['vocab_size']})"),
+            ("max sequence length", str(config.get("max_sequence_length"))),
+            ("tied embeddings", str(config.get("weight_tying"))),
+            ("mask / EOS token ids", f"{config.get('mask_token_id')} / {config.get('eos_token_id')}"),
+        ]
+    heads = config["num_attention_heads"]
+    shape = (f"{config['num_hidden_layers']} / {config['hidden_size']} / {heads} / "
+             f"{config.get('num_key_value_heads') or heads}")
+    if kind == "llada_moe":
+        frequencies = config.get("moe_layer_freq")
+        dense_layers = ([i for i, f in enumerate(frequencies) if not f] if isinstance(frequencies, list) else [])
+        shared = config.get("shared_expert_intermediate_size")
+        experts = (f"{config['num_experts']} routed (top {config['num_experts_per_tok']}, softmax router), width "
+                   f"{config['expert_intermediate_size']}" + (f"; a shared expert of width {shared}" if shared else "")
+                   + (f"; dense MLP in layer(s) {', '.join(map(str, dense_layers))}" if dense_layers else ""))
+        name = f"LLaDA-MoE, mixture of experts (`{class_name}`)"
+    else:
+        groups = config.get("n_group")
+        score = config.get("score_function", "sigmoid")
+        grouping = f", {groups} groups, top {config.get('topk_group')} groups" if groups else ""
+        experts = (f"{config['num_experts']} routed (top {config['num_experts_per_tok']}, {score} router{grouping}), "
+                   f"width {config['moe_intermediate_size']}; {config.get('num_shared_experts') or 0} shared; dense "
+                   f"MLP in the first {config.get('first_k_dense_replace') or 0} layer(s)")
+        name = f"LLaDA 2, mixture of experts with block diffusion (`{class_name}`)"
+    return [
+        ("architecture", name),
+        ("parameters", total),
+        ("layers / width / heads / kv heads", shape),
+        ("experts", experts),
+        ("vocabulary", str(config["vocab_size"])),
+        ("max sequence length", str(config.get("max_position_embeddings"))),
+        ("tied embeddings", str(bool(config.get("tie_word_embeddings")))),
+        ("mask / EOS token ids", f"{config.get('mask_token_id')} / {config.get('eos_token_id')}"),
+    ]
 
 
 def versions() -> dict[str, str]:
@@ -244,7 +359,9 @@ def training_record(trainer, dataset_names: list[str] | None = None,
         adapter = next(iter(peft_config.values()))
         target = adapter.target_modules
         lora = {"r": adapter.r, "lora_alpha": adapter.lora_alpha, "lora_dropout": adapter.lora_dropout,
-                "target_modules": target if isinstance(target, str) else sorted(target)}
+                "target_modules": target if isinstance(target, str) else sorted(target or [])}
+        if getattr(adapter, "target_parameters", None):
+            lora["target_parameters"] = sorted(adapter.target_parameters)
     names = [name for name in (dataset_names or []) if name]
     rows, tokens = _dataset_size(trainer.train_dataset, None if is_sft else args.block_size) \
         if trainer.train_dataset is not None else (None, None)
@@ -259,6 +376,7 @@ def training_record(trainer, dataset_names: list[str] | None = None,
         "random_length_probability": args.random_length_probability,
         "low_discrepancy_sampling": args.low_discrepancy_sampling,
         "train_on_padding": getattr(args, "train_on_padding", None),
+        **_family_training(trainer),
         "hyperparameters": hyperparameters,
         "train_loss": train_loss,
         "eval_loss": eval_losses[-1] if eval_losses else None,
@@ -280,6 +398,21 @@ def training_record(trainer, dataset_names: list[str] | None = None,
         "base_model": started_from,
         "stages": stages,
     }
+
+
+def _family_training(trainer) -> dict[str, Any]:
+    """The objective (masked or block diffusion, with its settings) and the load-balancing weight of a run."""
+    if not hasattr(trainer, "training_objective"):
+        return {}
+    objective = trainer.training_objective(trainer.model)
+    values: dict[str, Any] = {"diffusion_objective": objective}
+    if objective == "block_diffusion":
+        values.update(diffusion_block_size=trainer.args.diffusion_block_size,
+                      noise_range=[trainer.args.noise_range_low, trainer.args.noise_range_high])
+    coef = trainer.aux_loss_coef(trainer.model)
+    if coef:
+        values["router_aux_loss_coef"] = coef
+    return values
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------
@@ -314,13 +447,24 @@ def _model_text(reference: dict[str, Any] | None) -> str | None:
 
 def _stage_markdown(stage: dict[str, Any]) -> list[str]:
     objective = stage.get("objective")
+    block_diffusion = stage.get("diffusion_objective") == "block_diffusion"
     lines = []
-    if objective in OBJECTIVE_TEXT:
+    if block_diffusion:
+        lines.append("- objective: block diffusion (LLaDA 2, inclusionAI dFactory recipe): the noisy and the clean "
+                     "copy of each sequence in one pass under the block-diffusion attention mask (blocks of "
+                     f"{stage.get('diffusion_block_size')} tokens), cross-entropy at the masked positions averaged "
+                     "over the masked tokens of the batch")
+    elif objective in OBJECTIVE_TEXT:
         lines.append(f"- objective: {OBJECTIVE_TEXT[objective]}")
+    if stage.get("router_aux_loss_coef"):
+        lines.append(f"- plus the routers' load-balancing loss, weight {stage['router_aux_loss_coef']}")
     started = _model_text(stage.get("started_from"))
     if started:
         lines.append(f"- started from: {started}")
-    if stage.get("mask_eps") is not None:
+    if block_diffusion and stage.get("noise_range"):
+        low, high = stage["noise_range"]
+        lines.append(f"- noise: each example's tokens are masked with one probability drawn from U({low}, {high})")
+    elif stage.get("mask_eps") is not None:
         noise = f"- noise: t ~ U(0, 1), p_mask = (1 - eps) t + eps with eps = {stage['mask_eps']}"
         if stage.get("random_length_probability"):
             noise += f"; random-length batches with probability {stage['random_length_probability']}"
@@ -521,6 +665,7 @@ def build_model_card(
     has_chat_template: bool = False,
     extra_tags: list[str] = (),
     datasets_setting: str = "datasets",
+    num_parameters: int | None = None,
 ) -> ModelCard:
     """Card of a full LLaDA model (pre-trained, fine-tuned, or an adapter merged into its base).
 
@@ -530,8 +675,12 @@ def build_model_card(
     eval_results: dicts of `huggingface_hub.EvalResult` fields (task_type, dataset_type, dataset_name, metric_type,
     metric_value, ...), written as `model-index` and as a table.
     datasets: Hub dataset ids for the card metadata (default: those of the record's stages).
+    num_parameters: the count shown (default: computed from the config).
+    The card names the family member (LLaDA, LLaDA-MoE, LLaDA 2) and describes its architecture.
     """
     recorded = _base_of_record(training) or {}
+    family_tag = FAMILY[architecture(config)]["tag"]
+    extra_tags = [*extra_tags, *([family_tag, "moe"] if family_tag else [])]
     base_model = base_model or recorded.get("hub_id")
     local_base = None if base_model else (recorded.get("name") or ("an unnamed base" if recorded else None))
     relation = base_model_relation or ("merge" if (training or {}).get("merge") else "finetune")
@@ -541,12 +690,14 @@ def build_model_card(
         eval_results=eval_results, extra_tags=list(extra_tags), generation_config=generation_config,
         has_chat_template=has_chat_template, datasets_setting=datasets_setting,
         local_base=local_base, merged=bool((training or {}).get("merge")),
-        config=config,
-        kv_heads=1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or config["n_heads"]),
-        mlp_hidden=config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * config["d_model"],
-        embedding_rows=config.get("embedding_size") or config["vocab_size"],
-        num_parameters=count_parameters(config),
+        config=config, model_rows=model_rows(config, num_parameters), **_family_values(config),
     )
+
+
+def _family_values(config: dict[str, Any]) -> dict[str, Any]:
+    """What the card's introduction says of the family member."""
+    family = FAMILY[architecture(config)]
+    return {"family_name": family["name"], "family_text": family["text"], "family_paper": family["paper"]}
 
 
 def build_adapter_card(
@@ -581,6 +732,7 @@ def build_adapter_card(
         base_source=base_model or "<the base model: its Hub id or folder>", local_base=local_base,
         adapter=adapter_config,
         target_modules=target if isinstance(target, str) else ", ".join(sorted(target or [])),
+        target_parameters=", ".join(sorted(adapter_config.get("target_parameters") or [])),
         num_adapter_parameters=num_adapter_parameters,
     )
 

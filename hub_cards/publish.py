@@ -35,8 +35,11 @@ from .cards import (TRAINING_RECORD, card_for_folder, check_dataset_ids, local_l
                     model_hub_id)
 
 CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py")
-# Saved next to them by LLaDA-MoE models (not required: dense folders do not have them).
+# Saved next to them by LLaDA-MoE and LLaDA 2 models (not required: dense folders do not have them).
 MOE_CODE_FILES = ("configuration_lladamoe.py", "modeling_lladamoe.py")
+LLADA2_CODE_FILES = ("configuration_llada2_moe.py", "modeling_llada2_moe.py", "generation_llada2.py")
+# The official model_type of each family member: LLaDA and LLaDA-MoE "llada", LLaDA 2.x "llada2_moe".
+LLADA_MODEL_TYPES = ("llada", "llada2_moe")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -44,7 +47,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 # `*.safetensors` files (tensors only: no code, no pickles), an adapter's are adapter_model.safetensors.
 ALLOW_LIST = {
     "model": frozenset({"config.json", "generation_config.json", WEIGHTS_INDEX, *CODE_FILES, *MOE_CODE_FILES,
-                        *TOKENIZER_FILES, TRAINING_RECORD}),
+                        *LLADA2_CODE_FILES, *TOKENIZER_FILES, TRAINING_RECORD}),
     "adapter": frozenset({"adapter_config.json", "adapter_model.safetensors", "generation_config.json",
                           *TOKENIZER_FILES, TRAINING_RECORD}),
 }
@@ -183,7 +186,7 @@ def resolve_base_model(folder: str | Path, base_model: str | None = None, *, mer
             model_type = json.loads(config_file.read_text()).get("model_type")
         except (ValueError, AttributeError):
             raise BaseModelError(f"{origin}: its config.json is not a JSON object of settings; {fix}.") from None
-        if model_type != "llada":
+        if model_type not in LLADA_MODEL_TYPES:
             raise BaseModelError(f"{origin} is not a LLaDA checkpoint (config.json has model_type {model_type!r}); "
                                  f"{fix}.")
         return BaseModel(str(path), None, local_label(str(path)))
@@ -269,8 +272,9 @@ def check_folder(folder: str | Path, base_model: str | None = None, require_card
             problems.append("config.json is missing.")
         else:
             config = json.loads(config_path.read_text())
-            if config.get("model_type") != "llada":
-                problems.append(f"config.json has model_type {config.get('model_type')!r}, not 'llada'.")
+            if config.get("model_type") not in LLADA_MODEL_TYPES:
+                problems.append(f"config.json has model_type {config.get('model_type')!r}, not 'llada' (LLaDA, "
+                                "LLaDA-MoE) or 'llada2_moe' (LLaDA 2).")
             auto_map = config.get("auto_map") or {}
             missing = [name for name in REQUIRED_AUTO_CLASSES if name not in auto_map]
             if missing:
@@ -285,7 +289,7 @@ def check_folder(folder: str | Path, base_model: str | None = None, require_card
             absent = sorted(name for name in shards if "/" in name or not (folder / name).is_file())
             if absent:
                 problems.append(f"{WEIGHTS_INDEX} names weight shards that are not in the folder: {', '.join(absent)}.")
-        for name in CODE_FILES:
+        for name in _required_code_files(folder, config if config_path.exists() else {}):
             if not (folder / name).exists():
                 problems.append(f"code file {name} is missing (needed by trust_remote_code loading); "
                                 "save with model.save_pretrained(...) from llada-hf.")
@@ -298,6 +302,30 @@ def check_folder(folder: str | Path, base_model: str | None = None, require_card
     if require_card and not (folder / "README.md").exists():
         problems.append("the model card README.md is missing.")
     return problems
+
+
+def _required_code_files(folder: Path, config: dict) -> list[str]:
+    """The code files trust_remote_code loading reads: the modules `auto_map` names and, file by file, the sibling
+    modules they import (`from .name import ...`); a dense LLaDA folder always needs `CODE_FILES`."""
+    import re
+
+    auto_map = config.get("auto_map") or {}
+    pending = [f"{str(target).split('.')[0]}.py" for target in auto_map.values() if isinstance(target, str)
+               and "--" not in target]
+    if config.get("model_type") == "llada" and "num_experts" not in config:
+        pending += list(CODE_FILES)
+    required: list[str] = []
+    while pending:
+        name = pending.pop(0)
+        if name in required:
+            continue
+        required.append(name)
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            pending += [f"{module}.py" for module in re.findall(r"^\s*from \.(\w+) import", path.read_text(),
+                                                                 flags=re.MULTILINE)]
+    ordered = [name for name in CODE_FILES if name in required]
+    return ordered + [name for name in required if name not in ordered]
 
 
 def select_files(folder: str | Path, render_card: bool = True) -> tuple[list[str], list[str]]:

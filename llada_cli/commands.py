@@ -51,6 +51,36 @@ _HEAVY_NAMES = frozenset({
 })
 
 
+_EXPERTS_HELP = ("with --use_peft on LLaDA-MoE or LLaDA 2: adapt the routed experts too (their fused weights, through "
+                 "PEFT's target_parameters); the defaults adapt attention, the dense MLPs and the shared experts, "
+                 "never the router")
+
+
+def _check_lora_flags(model_args, script_args) -> None:
+    """Before anything is loaded: --lora_target_experts needs --use_peft."""
+    if script_args.lora_target_experts and not model_args.use_peft:
+        raise ValueError("--lora_target_experts adapts the experts with LoRA; add --use_peft.")
+    if script_args.lora_target_experts and model_args.lora_dropout:
+        raise ValueError(f"--lora_target_experts: PEFT's LoRA on the fused expert weights has no dropout, and "
+                         f"--lora_dropout is {model_args.lora_dropout} (the default is 0.05); add --lora_dropout 0.")
+
+
+def _peft_config(model_args, script_args, model):
+    """TRL's LoRA config from the flags (None without --use_peft), plus the routed experts with
+    --lora_target_experts."""
+    from trainers import lora_target_parameters
+
+    config = get_peft_config(model_args)
+    if script_args.lora_target_experts:
+        _check_lora_flags(model_args, script_args)
+        targets = lora_target_parameters(model)
+        if not targets:
+            raise ValueError(f"--lora_target_experts: {type(model).__name__} has no routed experts (only LLaDA-MoE "
+                             "and LLaDA 2 do); drop the flag.")
+        config.target_parameters = targets
+    return config
+
+
 def _script_argument_classes(ScriptArguments) -> dict:  # noqa: N803 (TRL's class)
     """The script-argument dataclasses of pretrain and sft (subclasses of TRL's ScriptArguments, hence built here)."""
 
@@ -65,6 +95,7 @@ def _script_argument_classes(ScriptArguments) -> dict:  # noqa: N803 (TRL's clas
             default=None, metadata={"help": "Tokenizer; default: the model's, or a new BPE for a fresh preset model."}
         )
         trust_remote_code: bool = field(default=False, metadata={"help": "Allow code files shipped with the model."})
+        lora_target_experts: bool = field(default=False, metadata={"help": _EXPERTS_HELP})
 
     @dataclass
     class SFTScriptArguments(ScriptArguments):
@@ -73,6 +104,7 @@ def _script_argument_classes(ScriptArguments) -> dict:  # noqa: N803 (TRL's clas
             metadata={"help": "Hub id or local data files (json/jsonl/csv/parquet); default: a local addition task."},
         )
         tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's."})
+        lora_target_experts: bool = field(default=False, metadata={"help": _EXPERTS_HELP})
         sample_answers: int = field(
             default=3,
             metadata={"help": "After training, print the model's answers to this many prompts (held-out ones when "
@@ -253,6 +285,7 @@ def pretrain(argv: list[str] | None = None) -> None:
     help_cache.warm("pretrain", parser)  # the next `llada-hf pretrain --help` is then fast
     argv = _check_config_file(parser, sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    _check_lora_flags(model_args, script_args)
     model_name = model_args.model_name_or_path or "llada-tiny"
     if script_args.dataset_name is None:
         dataset = python_docs_corpus()
@@ -270,7 +303,7 @@ def pretrain(argv: list[str] | None = None) -> None:
         model_args.attn_implementation, script_args.trust_remote_code, training_args.seed,
     )
     trainer = MaskedDiffusionTrainer(model, training_args, train_dataset=dataset, processing_class=tokenizer,
-                                     peft_config=get_peft_config(model_args))
+                                     peft_config=_peft_config(model_args, script_args, model))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir, dataset_name=script_args.dataset_name or "Python docs (local)")
 
@@ -284,6 +317,7 @@ def sft(argv: list[str] | None = None) -> None:
     help_cache.warm("sft", parser)  # the next `llada-hf sft --help` is then fast
     argv = _check_config_file(parser, sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    _check_lora_flags(model_args, script_args)
     if script_args.dataset_name is None:
         dataset = addition_task(2000, seed=training_args.seed).remove_columns("answer")
     else:
@@ -296,7 +330,7 @@ def sft(argv: list[str] | None = None) -> None:
         training_args.trust_remote_code, training_args.seed,
     )
     trainer = MaskedDiffusionSFTTrainer(model, training_args, train_dataset=dataset, processing_class=tokenizer,
-                                        peft_config=get_peft_config(model_args))
+                                        peft_config=_peft_config(model_args, script_args, model))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir, dataset_name=script_args.dataset_name or "addition task (local)")
     _print_sample_answers(trainer, script_args.sample_answers)
@@ -368,6 +402,12 @@ def _generation_parser(prog: str, description: str) -> argparse.ArgumentParser:
     add_flag(parser, "kv_cache", choices=KV_CACHES,
              help="approximate key/value caching, refreshed at every block: prefix (the prompt and finished blocks) or "
                   f"dual (also the positions after the block); {_FROM_CONFIG}, else off (the exact sampler)")
+    add_flag(parser, "editing_threshold", type=float,
+             help="LLaDA 2.1 token editing: a written token of the block is rewritten when the model gives another "
+                  f"token more than this probability (e.g. 0.9; LLaDA 2 models only); {_FROM_CONFIG}, else off")
+    add_flag(parser, "max_post_steps", type=int, metavar="N",
+             help="LLaDA 2.1 token editing: editing-only steps after a block's last mask is filled (LLaDA 2 models "
+                  f"only); {_FROM_CONFIG}")
     add_flag(parser, "logits_eos_inf", action=argparse.BooleanOptionalAction,
              help=f"never propose an EOS token; {_FROM_CONFIG}, else off")
     add_flag(parser, "confidence_eos_eot_inf", action=argparse.BooleanOptionalAction,
@@ -407,8 +447,8 @@ def build_chat_parser() -> argparse.ArgumentParser:
 
 
 _GENERATION_FIELDS = ("max_new_tokens", "steps", "block_length", "temperature", "top_k", "top_p", "cfg_scale",
-                      "remasking", "threshold", "factor", "kv_cache", "logits_eos_inf", "confidence_eos_eot_inf",
-                      "early_exit", "do_sample", "seed")
+                      "remasking", "threshold", "factor", "kv_cache", "editing_threshold", "max_post_steps",
+                      "logits_eos_inf", "confidence_eos_eot_inf", "early_exit", "do_sample", "seed")
 
 
 def generation_kwargs(args) -> dict:
@@ -481,6 +521,9 @@ def _load_for_generation(args, command: str):
         model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype)
     except OSError as error:  # missing or unreadable weights, a failed download: what failed, then why
         raise OSError(f"model {args.model!r}: cannot load the model: {' '.join(str(error).split())}") from error
+    from .loading import fill_mask_token_id
+
+    fill_mask_token_id(model, tokenizer)
     return model.to(device).eval(), tokenizer, generation_kwargs(args)
 
 

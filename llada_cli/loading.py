@@ -27,6 +27,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 LOCAL_DATA_FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet", "txt": "text"}
 LLADA_MODEL_TYPE = LLaDAConfig.model_type
+# every family member's official model_type: LLaDA and LLaDA-MoE ("llada"), LLaDA 2.x ("llada2_moe")
+LLADA_MODEL_TYPES = (LLADA_MODEL_TYPE, "llada2_moe")
 
 
 def config_for_tokenizer(preset: str, tokenizer: PreTrainedTokenizerBase) -> LLaDAConfig:
@@ -134,7 +136,8 @@ def check_tokenizer_source(path: str, setting: str = "--tokenizer_name_or_path",
 
 def check_llada_checkpoint(name: str, setting: str = "--model_name_or_path") -> None:
     """Check that the checkpoint `name` (a folder or Hub id that `check_model_source` accepted) is a LLaDA model:
-    `model_type` "llada" in its config.json. A LoRA adapter folder (no config.json) is left to its base's loading."""
+    `model_type` "llada" (LLaDA, LLaDA-MoE) or "llada2_moe" (LLaDA 2.x) in its config.json. A LoRA adapter folder (no
+    config.json) is left to its base's loading."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -155,13 +158,23 @@ def check_llada_checkpoint(name: str, setting: str = "--model_name_or_path") -> 
     if not isinstance(config, dict):
         raise ValueError(f"{setting} {name!r}: its config.json holds a {type(config).__name__}, not a JSON object.")
     model_type = config.get("model_type")
-    if model_type != LLADA_MODEL_TYPE:
+    if model_type not in LLADA_MODEL_TYPES:
         architectures = ", ".join(config.get("architectures") or []) or "none given"
         raise ValueError(
             f"{setting} {name!r} is not a LLaDA checkpoint: its config.json has model_type {model_type!r} "
-            f"(architectures: {architectures}); pass a LLaDA model (model_type {LLADA_MODEL_TYPE!r}), e.g. "
+            f"(architectures: {architectures}); pass a LLaDA model (model_type "
+            f"{' or '.join(map(repr, LLADA_MODEL_TYPES))}), e.g. "
             "GSAI-ML/LLaDA-8B-Instruct or a folder written by llada-hf pretrain / sft."
         )
+
+
+def fill_mask_token_id(model, tokenizer: PreTrainedTokenizerBase | None):
+    """Give `model` the tokenizer's mask id when its config has none (the official LLaDA-MoE and LLaDA 2 configs do
+    not store it; our configs default to the real models' id, which a smaller vocabulary cannot hold)."""
+    config = model.config
+    if getattr(config, "mask_token_id", None) is None and getattr(tokenizer, "mask_token_id", None) is not None:
+        config.mask_token_id = tokenizer.mask_token_id
+    return model
 
 
 def load_model(
@@ -192,9 +205,10 @@ def load_model(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        return AutoModel.from_pretrained(model_name_or_path, **kwargs)
+        model = AutoModel.from_pretrained(model_name_or_path, **kwargs)
     except OSError as error:  # missing or unreadable weights, a download that failed: what failed, then why
         raise OSError(f"{setting} {model_name_or_path!r}: could not load the model: {_one_line(error)}") from error
+    return fill_mask_token_id(model, tokenizer)
 
 
 def load_model_and_tokenizer(

@@ -20,6 +20,35 @@ EOT = "<|eot_id|>"
 LOSS_EVERY = 2  # optimizer steps between logged losses (the loss plot smooths them)
 # --quick: a short run that still has to learn (CI fails it when accuracy after SFT does not beat accuracy before)
 QUICK = dict(pretrain_steps=10, sft_steps=120, eval_prompts=20, digits=3, train_pairs=1000)
+# --model: the family member whose architecture the fresh model has
+MODELS = ("llada", "llada-moe", "llada2")
+# what LoRA trains in full beside the adapters (the embeddings and the output head, by each architecture's names)
+FULLY_TRAINED = {"llada": ["wte", "transformer.ff_out"], "llada-moe": ["embed_tokens", "lm_head"],
+                 "llada2": ["word_embeddings", "lm_head"]}
+
+
+def fresh_config(model: str, tokenizer):
+    """A small config of the chosen family member (about the size of the dense quickstart model: width 128, 4
+    layers), with the tokenizer's vocabulary and special ids."""
+    from modeling_llada import LLaDAConfig, LLaDAMoEConfig
+
+    vocab, ids = len(tokenizer), dict(mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=tokenizer.eos_token_id)
+    if model == "llada":
+        return LLaDAConfig(d_model=128, n_heads=4, n_layers=4, mlp_hidden_size=384, vocab_size=vocab,
+                           embedding_size=vocab, max_sequence_length=256, bos_token_id=tokenizer.bos_token_id, **ids)
+    if model == "llada-moe":
+        return LLaDAMoEConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=vocab,
+                              dense_intermediate_size=384, expert_intermediate_size=96,
+                              shared_expert_intermediate_size=96, num_experts=8, num_experts_per_tok=2,
+                              max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, **ids)
+    from modeling_llada import LLaDA2MoeConfig
+
+    return LLaDA2MoeConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                           vocab_size=vocab, intermediate_size=384, moe_intermediate_size=96, num_experts=8,
+                           num_experts_per_tok=2, n_group=2, topk_group=1, num_shared_experts=1,
+                           first_k_dense_replace=1, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                           **ids)
 
 
 class QuickstartDidNotLearn(RuntimeError):
@@ -90,6 +119,10 @@ def _losses(trainer) -> list[tuple[int, float]]:
 
 def build_parser():
     parser = new_parser("llada-hf quickstart", __doc__)
+    add_flag(parser, "model", choices=MODELS, default="llada",
+             help="architecture of the fresh model: llada (dense, LLaDA 8B's), llada-moe (LLaDA-MoE's mixture of "
+             "experts, plus the routers' load-balancing loss) or llada2 (LLaDA 2's mixture of experts, trained with "
+             "block diffusion)")
     add_flag(parser, "output_dir", default="llada-quickstart",
              help="folder for everything the run writes (created; relative to the current folder)")
     add_flag(parser, "pretrain_steps", type=int, default=200, help="optimizer steps of masked-diffusion pre-training")
@@ -135,7 +168,7 @@ def quickstart(argv: list[str] | None = None) -> dict:
     from transformers import AutoModel
 
     from hub_cards import check_folder, publish
-    from modeling_llada import LLaDAConfig, LLaDAGenerationConfig, LLaDAModelLM
+    from modeling_llada import LLaDAGenerationConfig
 
     from trainers import MaskedDiffusionConfig, MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer, MaskedDiffusionTrainer
     from .live_view import DenoisingView, plot_losses, plot_unmasking_order
@@ -153,13 +186,10 @@ def quickstart(argv: list[str] | None = None) -> dict:
     tokenizer = train_tokenizer(corpus["text"], vocab_size=1024)
     torch.manual_seed(args.seed)
     vocab = len(tokenizer)
-    config = LLaDAConfig(d_model=128, n_heads=4, n_layers=4, mlp_hidden_size=384, vocab_size=vocab,
-                         embedding_size=vocab, max_sequence_length=256, mask_token_id=tokenizer.mask_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id)
-    model = LLaDAModelLM(config)
+    config = fresh_config(args.model, tokenizer)
+    model = AutoModel.from_config(config)
     say(f"tokenizer: {vocab} tokens from Python's docs ({sum(map(len, corpus['text'])):,} characters); model: "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        f"{args.model} ({type(model).__name__}), {sum(p.numel() for p in model.parameters()):,} parameters")
 
     # 2. pre-training
     pretrainer = MaskedDiffusionTrainer(
@@ -176,7 +206,7 @@ def quickstart(argv: list[str] | None = None) -> dict:
     # saved and reloaded as a user's pre-trained folder would be: the fine-tuning record (and the card) then carries
     # the pre-training stage too
     pretrainer.save_model(str(output / "pretrained"), dataset_name="Python docs (local)")
-    model = LLaDAModelLM.from_pretrained(output / "pretrained")
+    model = AutoModel.from_pretrained(output / "pretrained")
 
     # 3. the task, accuracy before, LoRA SFT, accuracy after
     train_pairs = digit_copy_task(train_pairs_count, args.digits, args.seed)
@@ -194,7 +224,7 @@ def quickstart(argv: list[str] | None = None) -> dict:
     # LoRA on every block projection; the embeddings and the output head are trained in full (modules_to_save):
     # a minute-scale base has no useful digit embeddings for adapters alone to build on. (Measured here: adapters
     # alone stay at 0%, and a base pre-trained at lr 2e-3 instead of 5e-4 resists the adapters too.)
-    lora = LoraConfig(r=32, lora_alpha=64, modules_to_save=["wte", "transformer.ff_out"])
+    lora = LoraConfig(r=32, lora_alpha=64, modules_to_save=FULLY_TRAINED[args.model])
     sft_trainer = MaskedDiffusionSFTTrainer(
         model,
         MaskedDiffusionSFTConfig(output_dir=str(output / "sft"), per_device_train_batch_size=32,
@@ -217,7 +247,8 @@ def quickstart(argv: list[str] | None = None) -> dict:
     merged = tuned.merge_and_unload()
     # a chat model ends its turn with <|eot_id|>: both ids end an answer, and early_exit stops there
     end_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EOT)]
-    merged.generation_config = LLaDAGenerationConfig(**generation, eos_token_id=end_ids, early_exit=True,
+    generation_config_class = getattr(merged, "generation_config_class", None) or LLaDAGenerationConfig
+    merged.generation_config = generation_config_class(**generation, eos_token_id=end_ids, early_exit=True,
                                                      pad_token_id=tokenizer.eos_token_id,
                                                      bos_token_id=tokenizer.bos_token_id)
     merged.save_pretrained(output / "model")

@@ -61,7 +61,7 @@ def test_a_checkpoint_that_is_not_llada_is_named_with_its_model_type(capsys, tmp
     extra = ["--prompt", "hi"] if command == "generate" else []
     err = one_line_error(capsys, command, folder, *extra)
     assert f"model {folder!r} is not a LLaDA checkpoint" in err
-    assert f"model_type {model_type!r}" in err and architecture in err and "model_type 'llada'" in err
+    assert f"model_type {model_type!r}" in err and architecture in err and "model_type 'llada' or 'llada2_moe'" in err
 
 
 def test_a_checkpoint_without_a_tokenizer_asks_for_one(capsys, tmp_path):
@@ -161,7 +161,8 @@ def test_the_console_script_prints_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"llada-hf generate: model {llama!r} is not a LLaDA checkpoint: its config.json has model_type 'llama' "
-        "(architectures: LlamaForCausalLM); pass a LLaDA model (model_type 'llada'), e.g. GSAI-ML/LLaDA-8B-Instruct "
+        "(architectures: LlamaForCausalLM); pass a LLaDA model (model_type 'llada' or 'llada2_moe'), e.g. "
+        "GSAI-ML/LLaDA-8B-Instruct "
         "or a folder written by llada-hf pretrain / sft."
     ]
     result = console_script("sft", "--dataset_name", str(tmp_path / "missing.jsonl"))

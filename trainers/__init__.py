@@ -2,6 +2,9 @@
 
 from .base import DiffusionArguments, DiffusionTrainerMixin
 from .objectives import (
+    block_diffusion_attention_mask,
+    block_diffusion_inputs,
+    block_diffusion_loss,
     forward_process,
     pretraining_loss,
     random_length_cut,
@@ -9,12 +12,21 @@ from .objectives import (
     sft_loss,
     weighted_token_losses,
 )
-from .peft_utils import LLADA_LORA_TARGET_MODULES, with_llada_defaults
+from .peft_utils import (
+    LLADA2_LORA_TARGET_MODULES,
+    LLADA_LORA_TARGET_MODULES,
+    LLADA_MOE_LORA_TARGET_MODULES,
+    default_lora_target_modules,
+    lora_target_parameters,
+    with_llada_defaults,
+)
 from .pretraining import MaskedDiffusionConfig, MaskedDiffusionTrainer, pack_dataset
 from .sft import DiffusionSFTCollator, MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
 
 __all__ = [
+    "LLADA2_LORA_TARGET_MODULES",
     "LLADA_LORA_TARGET_MODULES",
+    "LLADA_MOE_LORA_TARGET_MODULES",
     "DiffusionArguments",
     "DiffusionSFTCollator",
     "DiffusionTrainerMixin",
@@ -22,7 +34,12 @@ __all__ = [
     "MaskedDiffusionSFTConfig",
     "MaskedDiffusionSFTTrainer",
     "MaskedDiffusionTrainer",
+    "block_diffusion_attention_mask",
+    "block_diffusion_inputs",
+    "block_diffusion_loss",
+    "default_lora_target_modules",
     "forward_process",
+    "lora_target_parameters",
     "pack_dataset",
     "pretraining_loss",
     "random_length_cut",

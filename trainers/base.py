@@ -16,10 +16,26 @@ from datasets import Dataset
 from modeling_llada.generation_llada import counter_uniform, mix32
 
 from .checkpoints import AtomicCheckpointsMixin
-from .objectives import DEFAULT_EPS, forward_process, random_length_cut, weighted_token_losses
+from .objectives import (
+    BLOCK_DIFFUSION_BLOCK_SIZE,
+    BLOCK_DIFFUSION_NOISE_RANGE,
+    DEFAULT_EPS,
+    block_diffusion_inputs,
+    block_diffusion_loss,
+    forward_process,
+    pretraining_loss,
+    random_length_cut,
+    sft_loss,
+    weighted_token_losses,
+)
 
 EXAMPLE_ID = "example_id"
 _U32 = 0xFFFFFFFF
+OBJECTIVES = ("masked_diffusion", "block_diffusion")
+# model_type -> the objective its official recipe trains with (others: masked_diffusion, LLaDA's)
+DEFAULT_OBJECTIVES = {"llada2_moe": "block_diffusion"}
+# model types whose official recipe trains without the routers' load-balancing loss (expert bias only)
+NO_AUX_LOSS_MODEL_TYPES = ("llada2_moe",)
 
 
 @dataclass
@@ -39,6 +55,37 @@ class DiffusionArguments:
     random_length_probability: float = field(
         default=0.0,
         metadata={"help": "Probability of cutting a step's batches to a random length in [1, l]."},
+    )
+    objective: str | None = field(
+        default=None,
+        metadata={
+            "help": "The training objective: masked_diffusion (LLaDA, LLaDA-MoE: t ~ U(eps, 1) per sequence, "
+            "bidirectional attention, CE / t) or block_diffusion (LLaDA 2, inclusionAI's dFactory recipe: the noisy "
+            "and the clean copy in one pass under the block-diffusion mask, noise level in [noise_range_low, "
+            "noise_range_high], CE averaged over the masked tokens). Default: the model's own (block_diffusion for "
+            "llada2_moe, else masked_diffusion).",
+            "choices": list(OBJECTIVES),
+        },
+    )
+    diffusion_block_size: int = field(
+        default=BLOCK_DIFFUSION_BLOCK_SIZE,
+        metadata={"help": "block_diffusion: length of the attention blocks (dFactory: 32)."},
+    )
+    noise_range_low: float = field(
+        default=BLOCK_DIFFUSION_NOISE_RANGE[0],
+        metadata={"help": "block_diffusion: lowest masking probability of an example (dFactory: 0.3)."},
+    )
+    noise_range_high: float = field(
+        default=BLOCK_DIFFUSION_NOISE_RANGE[1],
+        metadata={"help": "block_diffusion: highest masking probability of an example (dFactory: 0.8)."},
+    )
+    router_aux_loss_coef: float | None = field(
+        default=None,
+        metadata={
+            "help": "Mixture-of-experts models: weight of the routers' load-balancing loss added to the diffusion "
+            "loss (logged as aux_loss); 0 turns it off. Default: the model config's router_aux_loss_coef (LLaDA-MoE: "
+            "0.01), 0 for LLaDA 2 (its official recipe balances experts with the expert bias alone)."
+        },
     )
     eval_noise_seed: int = field(
         default=1234, metadata={"help": "Seed of the fixed corruption used for eval_loss (comparable evaluations)."}
@@ -70,6 +117,17 @@ class DiffusionArguments:
             raise ValueError(f"eval_likelihood_mc_num must be >= 0, got {self.eval_likelihood_mc_num}.")
         if not 0.0 <= self.random_length_probability <= 1.0:
             raise ValueError(f"random_length_probability must be in [0, 1], got {self.random_length_probability}.")
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)} (or unset: the model's own), got "
+                             f"{self.objective!r}.")
+        if self.diffusion_block_size < 1:
+            raise ValueError(f"diffusion_block_size must be >= 1, got {self.diffusion_block_size}; dFactory uses 32.")
+        if not 0.0 < self.noise_range_low <= self.noise_range_high <= 1.0:
+            raise ValueError(f"noise_range_low ({self.noise_range_low}) and noise_range_high ({self.noise_range_high}) "
+                             "must satisfy 0 < low <= high <= 1; dFactory uses 0.3 and 0.8.")
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            raise ValueError(f"router_aux_loss_coef must be >= 0 (0 turns the load-balancing loss off), got "
+                             f"{self.router_aux_loss_coef}.")
 
 
 def resolve_args(args, config_class, default_output_dir: str):
@@ -107,17 +165,40 @@ class DiffusionTrainerMixin(AtomicCheckpointsMixin):
         base = _seed32(self.args.seed, self.state.global_step) if training else _seed32(self.args.eval_noise_seed)
         return mix32((mix32(example_ids.long() & _U32) ^ base) & _U32)
 
-    def diffusion_row_losses(
+    def training_objective(self, model) -> str:
+        """The objective of this run: `args.objective`, else the one the model's official recipe uses."""
+        if self.args.objective is not None:
+            return self.args.objective
+        return DEFAULT_OBJECTIVES.get(getattr(model_config(model), "model_type", None), "masked_diffusion")
+
+    def aux_loss_coef(self, model) -> float:
+        """Weight of the routers' load-balancing loss: `args.router_aux_loss_coef`, else the model's (0 without
+        experts, and for the models whose official recipe trains without it)."""
+        config = model_config(model)
+        if self.args.router_aux_loss_coef is not None:
+            if self.args.router_aux_loss_coef > 0 and getattr(config, "num_experts", None) is None:
+                raise ValueError(f"router_aux_loss_coef={self.args.router_aux_loss_coef} needs a mixture-of-experts "
+                                 f"model; {type(config).__name__} has no routers. Leave it unset or 0.")
+            return self.args.router_aux_loss_coef
+        if getattr(config, "num_experts", None) is None or config.model_type in NO_AUX_LOSS_MODEL_TYPES:
+            return 0.0
+        return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
+
+    def diffusion_loss(
         self,
         model,
         input_ids: torch.Tensor,
         example_ids: torch.Tensor,
         maskable: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Corrupt the batch, run one forward pass, return (per-row sum of CE / p_mask, masked, the ids used).
+        answer_lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Corrupt the batch, run one forward pass, return (loss, masked positions).
 
-        The head is computed only at masked positions (`logits_to_keep=masked`).
+        masked_diffusion: sum of CE / p_mask over b * l (pre-training) or over each row's `answer_lengths` (SFT),
+        then over b. block_diffusion: CE averaged over the masked tokens of the batch, from one pass over the noisy
+        and the clean copy. Mixture-of-experts models add `aux_loss_coef * aux_loss` (logged as `aux_loss`). The head
+        is computed only at masked positions (`logits_to_keep=masked`).
         """
         training = model.training
         if training and self.args.random_length_probability > 0:
@@ -131,12 +212,40 @@ class DiffusionTrainerMixin(AtomicCheckpointsMixin):
         u = counter_uniform(seeds, 0, torch.zeros(batch, 1, dtype=torch.long, device=seeds.device))[:, 0]
         if self.args.low_discrepancy_sampling:
             u = (u[:1] + torch.arange(batch, device=u.device, dtype=u.dtype) / batch) % 1.0
-        p_mask = ((1 - self.args.mask_eps) * u + self.args.mask_eps).float()
+        objective = self.training_objective(model)
+        if objective == "block_diffusion":
+            low, high = self.args.noise_range_low, self.args.noise_range_high
+            p_mask = (low + (high - low) * u).float()
+        else:
+            p_mask = ((1 - self.args.mask_eps) * u + self.args.mask_eps).float()
         positions = torch.arange(length, device=seeds.device)[None].expand(batch, -1)
         draws = counter_uniform(seeds, 1, positions)
         noisy, masked = forward_process(input_ids, model_mask_id(model), p_mask, maskable=maskable, draws=draws)
-        outputs = model(input_ids=noisy, attention_mask=attention_mask, logits_to_keep=masked, return_dict=True)
-        return weighted_token_losses(outputs.logits, input_ids, masked, p_mask), masked, input_ids
+        coef = self.aux_loss_coef(model)
+        extra = {"output_router_logits": True} if coef > 0 else {}
+        if objective == "block_diffusion":
+            inputs = block_diffusion_inputs(noisy, input_ids, self.args.diffusion_block_size, attention_mask)
+            keep = torch.cat([masked, torch.zeros_like(masked)], dim=1)
+            outputs = model(**inputs, logits_to_keep=keep, return_dict=True, **extra)
+            loss = block_diffusion_loss(outputs.logits, input_ids, masked)
+        else:
+            outputs = model(input_ids=noisy, attention_mask=attention_mask, logits_to_keep=masked, return_dict=True,
+                            **extra)
+            row_losses = weighted_token_losses(outputs.logits, input_ids, masked, p_mask)
+            loss = pretraining_loss(row_losses, length) if answer_lengths is None else sft_loss(row_losses,
+                                                                                                 answer_lengths)
+        if coef > 0:
+            aux_loss = getattr(outputs, "aux_loss", None)
+            if aux_loss is None:
+                raise ValueError(f"router_aux_loss_coef={coef}, but {type(unwrap(model)).__name__} returned no "
+                                 "aux_loss with output_router_logits=True; set router_aux_loss_coef=0.")
+            loss = loss + coef * aux_loss.to(loss.device)
+            self._record_metric(model, "aux_loss", aux_loss.detach().float().item())
+        return loss, masked
+
+    def _record_metric(self, model, name: str, value: float) -> None:
+        """Averaged over the logging interval and logged with the loss (TRL's `_metrics`, ours for `Trainer`)."""
+        self._metrics["train" if model.training else "eval"][name].append(value)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False, *,
                    dataset_name: str | list[str] | None = None):
@@ -209,6 +318,17 @@ class DiffusionTrainerMixin(AtomicCheckpointsMixin):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def unwrap(model):
+    """The model inside DDP and PEFT wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def model_config(model):
+    """The config of a (possibly PEFT- or DDP-wrapped) model."""
+    return getattr(unwrap(model), "config", None)
 
 
 def model_mask_id(model) -> int:

@@ -4,14 +4,17 @@
     lm_eval.simple_evaluate(model="llada", model_args="pretrained=GSAI-ML/LLaDA-8B-Base,mc_num=128", tasks=[...])
 
 - `loglikelihood`: the model's likelihood bound (`model.log_likelihood`, Monte-Carlo with `mc_num` samples, exact
-  for one-token continuations), CFG through `cfg_scale`; `is_greedy` says whether every continuation token is the
-  argmax when the whole continuation is masked.
+  for one-token continuations; LLaDA 2: the block-diffusion bound, block by block), CFG through `cfg_scale`;
+  `is_greedy` says whether every continuation token is the argmax when the whole continuation is masked (LLaDA 2: each
+  block's continuation tokens masked, given the clean prompt and earlier blocks).
 - `loglikelihood_rolling`: the unconditional bound of each document, in chunks of the model's max length.
 - `generate_until`: diffusion `generate` with the model args as generation kwargs. Each answer ends at the first end
   token (every id of the model's `generation_config.eos_token_id`, the tokenizer's EOS, the chat template's
   end-of-turn token such as `<|eot_id|>`), is decoded without special tokens, and is cut at the earliest of its
   request's `until` strings. Requests are batched only with requests of the same generation kwargs.
 - `peft=<adapter path or Hub id>` evaluates a LoRA adapter on its base, which the official evaluation cannot.
+- Every family member (LLaDA, LLaDA-MoE, LLaDA 2: `pretrained=inclusionAI/LLaDA2.0-mini`) loads natively; when the
+  checkpoint's config has no mask id (the official LLaDA-MoE / LLaDA 2 configs), the tokenizer's is used.
 """
 
 import json
@@ -102,6 +105,9 @@ class LLaDAEvalModel(LM):
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or pretrained, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.llada.config.mask_token_id is None and self.tokenizer.mask_token_id is not None:
+            # the official LLaDA-MoE / LLaDA 2 configs do not store the mask id; the tokenizer knows it
+            self.llada.config.mask_token_id = self.tokenizer.mask_token_id
         self._device = torch.device(device)
         self.batch_size = int(_parse(batch_size)) if batch_size != "auto" else 16
         self.mc_num, self.cfg_scale, self.seed = int(_parse(mc_num)), float(_parse(cfg_scale)), int(_parse(seed))
@@ -170,6 +176,8 @@ class LLaDAEvalModel(LM):
     @torch.no_grad()
     def _is_greedy(self, pairs) -> list[bool]:
         """Whether each continuation is the argmax at every position when the whole continuation is masked."""
+        if getattr(self.llada, "_likelihood_block_length", lambda: None)() is not None:  # LLaDA 2: block by block
+            return self.llada._block_greedy(pairs)
         mask_id, pad = self.llada.config.mask_token_id, self.llada.config.pad_token_id or 0
         longest = max(len(p) + len(a) for p, a in pairs)
         ids = torch.full((len(pairs), longest), pad, dtype=torch.long)

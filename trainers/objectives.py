@@ -96,3 +96,63 @@ def random_length_cut(
     length = int(torch.randint(1, input_ids.shape[1] + 1, (1,), generator=generator))
     return input_ids[:, :length]
 
+
+
+# LLaDA 2's SFT objective, the block-diffusion recipe of inclusionAI's dFactory (tasks/train_llada2_bd.py,
+# configs/sft/llada2_*_bd_sft.yaml): block size 32, a noise level per example uniform in [0.3, 0.8], the noisy copy
+# and the clean copy of each sequence concatenated into one forward pass under the block-diffusion attention mask,
+# the loss read at the same positions (no shift) and averaged over the masked tokens of the batch (no 1 / t weight).
+BLOCK_DIFFUSION_BLOCK_SIZE = 32
+BLOCK_DIFFUSION_NOISE_RANGE = (0.3, 0.8)
+
+
+def block_diffusion_attention_mask(length: int, block_size: int, device: torch.device | str | None = None
+                                   ) -> torch.Tensor:
+    """(2L, 2L) bool, True where a query may attend a key, over the concatenation [noisy x_t (L); clean x_0 (L)].
+
+    A noisy token sees its own noisy block (block-diagonal) and the clean blocks before it (offset block-causal); a
+    clean token sees its own and earlier clean blocks (block-causal). Nothing sees a later block, and no clean token
+    sees a noisy one.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}.")
+    index = torch.arange(2 * length, device=device)
+    clean = index >= length
+    block = torch.where(clean, index - length, index) // block_size
+    q_clean, k_clean = clean[:, None], clean[None, :]
+    q_block, k_block = block[:, None], block[None, :]
+    same_block_same_copy = (q_block == k_block) & (q_clean == k_clean)
+    noisy_sees_earlier_clean = ~q_clean & k_clean & (k_block < q_block)
+    clean_sees_clean_so_far = q_clean & k_clean & (k_block <= q_block)
+    return same_block_same_copy | noisy_sees_earlier_clean | clean_sees_clean_so_far
+
+
+def block_diffusion_inputs(
+    noisy: torch.Tensor,
+    clean: torch.Tensor,
+    block_size: int,
+    attention_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The model inputs of one block-diffusion pass: `input_ids` [noisy; clean] (b, 2L), `position_ids` 0..L-1 twice
+    and a boolean 4-D `attention_mask` (b, 1, 2L, 2L), True where a query may attend a key.
+
+    attention_mask: optional (b, L) padding mask (1 for tokens); padded keys are hidden in both copies (every query
+    still sees itself, so no row is empty).
+    """
+    batch, length = clean.shape
+    allowed = block_diffusion_attention_mask(length, block_size, clean.device)[None, None]
+    if attention_mask is not None:
+        keys = attention_mask.bool().repeat(1, 2)[:, None, None, :]
+        allowed = (allowed & keys) | torch.eye(2 * length, dtype=torch.bool, device=clean.device)
+    allowed = allowed.expand(batch, 1, 2 * length, 2 * length)
+    positions = torch.arange(length, device=clean.device).repeat(2)[None].expand(batch, -1)
+    return {"input_ids": torch.cat([noisy, clean], dim=1), "position_ids": positions, "attention_mask": allowed}
+
+
+def block_diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at the masked positions, summed and divided by the number of masked tokens in the batch (dFactory:
+    `same_token_labels`, no 1 / t weight). logits: (n, V) for the n masked positions in row-major order, or
+    (b, l, V); targets: (b, l) clean ids; masked: (b, l) bool. 0 (with a gradient) when nothing is masked."""
+    flat_logits = logits[masked] if logits.dim() == 3 else logits
+    ce = F.cross_entropy(flat_logits.float(), targets[masked], reduction="sum")
+    return ce / masked.sum().clamp_min(1)

@@ -4,6 +4,7 @@ Everything `Trainer` offers keeps working (arguments, callbacks, logging, checkp
 only the data preparation (packing text into fixed-length blocks) and `compute_loss` (the diffusion objective) change.
 """
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +13,6 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
 from .compat import sync_checkpointing_names
-from .objectives import pretraining_loss
 from .peft_utils import maybe_wrap_with_peft
 
 
@@ -115,16 +115,18 @@ def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 class MaskedDiffusionTrainer(DiffusionTrainerMixin, Trainer):
-    """Pre-trains a LLaDA model with the masked-diffusion objective (loss = sum of CE / p_mask over b * l).
+    """Pre-trains a LLaDA model with the masked-diffusion objective (loss = sum of CE / p_mask over b * l); LLaDA-MoE
+    adds the routers' load-balancing loss, LLaDA 2 trains with block diffusion (`args.objective`, see
+    [`DiffusionArguments`]).
 
     Args:
-        model: a LLaDA model (`LLaDAModelLM`), or a PEFT-wrapped one.
+        model: a LLaDA family model (`LLaDAModelLM`, `LLaDAMoEModelLM`, `LLaDA2MoeModelLM`), or a PEFT-wrapped one.
         args: [`MaskedDiffusionConfig`].
         train_dataset / eval_dataset: `datasets.Dataset` of raw text (`dataset_text_field`) or of `input_ids`; packed
             into `block_size` blocks with EOS between documents.
         processing_class: the tokenizer (needed for raw text; saved with checkpoints).
-        peft_config: a `peft.LoraConfig` to train adapters only; `target_modules=None` picks LLaDA's block
-            projections (not the output head).
+        peft_config: a `peft.LoraConfig` to train adapters only; `target_modules=None` picks the model's defaults
+            (`trainers.peft_utils`; never the output head or a router).
     """
 
     def __init__(self, model, args: MaskedDiffusionConfig | None = None, train_dataset=None, eval_dataset=None,
@@ -155,8 +157,16 @@ class MaskedDiffusionTrainer(DiffusionTrainerMixin, Trainer):
         )
         # The loss is a mean over its micro-batch; Trainer averages it over accumulation steps.
         self.model_accepts_loss_kwargs = False
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # e.g. aux_loss, as TRL keeps them
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Log with the averages of the extra metrics (`aux_loss`) since the last log."""
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        logs.update({f"eval_{key}" if mode == "eval" else key: value for key, value in metrics.items()})
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        row_losses, masked, input_ids = self.diffusion_row_losses(model, inputs["input_ids"], inputs[EXAMPLE_ID])
-        loss = pretraining_loss(row_losses, input_ids.shape[1])
+        loss, masked = self.diffusion_loss(model, inputs["input_ids"], inputs[EXAMPLE_ID])
         return (loss, {"masked": masked}) if return_outputs else loss

@@ -18,7 +18,6 @@ from modeling_llada.answers import decode_answers, end_token_ids
 
 from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
 from .compat import quiet_upstream_deprecations, sync_checkpointing_names
-from .objectives import sft_loss
 from .peft_utils import with_llada_defaults
 
 logger = logging.get_logger(__name__)
@@ -161,7 +160,12 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
 
     Accepts TRL's dataset formats: `prompt`/`completion` (plain or conversational) and `messages` (the response is
     the last assistant turn; earlier turns are the prompt). `peft_config=LoraConfig(...)` trains adapters;
-    `target_modules=None` picks LLaDA's block projections (not the output head).
+    `target_modules=None` picks the model's defaults (`trainers.peft_utils`: LLaDA's block projections; for LLaDA-MoE
+    and LLaDA 2 attention, dense MLPs and shared experts; never the output head or a router).
+
+    Every family member trains with its official objective unless `args.objective` says otherwise: masked diffusion
+    for LLaDA and LLaDA-MoE (plus the routers' load-balancing loss, `args.router_aux_loss_coef`), block diffusion
+    (dFactory's recipe) for LLaDA 2.
     """
 
     def __init__(self, model, args: MaskedDiffusionSFTConfig | None = None, train_dataset=None, eval_dataset=None,
@@ -182,6 +186,10 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
         eos = processing_class.eos_token_id
         if eos is None:
             raise ValueError("The tokenizer has no eos_token; LLaDA pads answers with EOS. Set tokenizer.eos_token.")
+        # TRL (>= 1.16) switches the config's output_router_logits on for its own MoE loss; ours asks for the router
+        # logits per forward, so the saved config keeps the official value
+        config = getattr(model, "config", None)
+        router_logits_setting = getattr(config, "output_router_logits", None)
         with quiet_upstream_deprecations():
             super().__init__(
                 model=model,
@@ -190,9 +198,12 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
                 eval_dataset=convert(eval_dataset),
                 processing_class=processing_class,
                 data_collator=data_collator or DiffusionSFTCollator(eos, args.train_on_padding),
-                peft_config=with_llada_defaults(peft_config) if peft_config is not None else None,
+                peft_config=(with_llada_defaults(peft_config, None if isinstance(model, str) else model)
+                             if peft_config is not None else None),
                 **kwargs,
             )
+        if router_logits_setting is not None:
+            config.output_router_logits = router_logits_setting
         self.train_dataset = with_example_ids(self.train_dataset)
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {name: with_example_ids(ds) for name, ds in self.eval_dataset.items()}
@@ -312,11 +323,10 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
             self._signature_columns = ["input_ids", "labels", EXAMPLE_ID]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        row_losses, masked, _ = self.diffusion_row_losses(
+        loss, masked = self.diffusion_loss(
             model, inputs["input_ids"], inputs[EXAMPLE_ID], maskable=inputs["maskable"],
-            attention_mask=inputs["attention_mask"],
+            attention_mask=inputs["attention_mask"], answer_lengths=inputs["answer_lengths"],
         )
-        loss = sft_loss(row_losses, inputs["answer_lengths"])
         mode = "train" if model.training else "eval"
         self._metrics[mode]["masked_fraction"].append(
             (masked.sum() / inputs["maskable"].sum().clamp_min(1)).item()
