@@ -198,7 +198,9 @@ def _grouped_mm_supported(x: torch.Tensor, *weights: torch.Tensor) -> bool:
 
 def _grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Rows `offsets[e-1]:offsets[e]` of the expert-sorted (S, in) `x` times `weight[e].T`; weight is (E, out, in)."""
-    return torch._grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
+    # torch >= 2.10 has the public `F.grouped_mm` (measured faster than `torch._grouped_mm` on CPU at decode sizes)
+    grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
+    return grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
 
 
 @use_experts_implementation
