@@ -478,7 +478,13 @@ def make_model_manager_class():
                 load["dtype"] = self.dtype
             model = AutoModel.from_pretrained(model_id, **load)
             if getattr(model.config, "mask_token_id", None) is None:
-                raise ValueError(f"{model_id!r} is not a LLaDA model (no mask_token_id in its config).")
+                # the official LLaDA-MoE / LLaDA 2 configs do not store it: the tokenizer's mask token, as the other
+                # commands do
+                from .loading import fill_mask_token_id
+
+                fill_mask_token_id(model, self._load_processor(model_id_and_revision))
+            if getattr(model.config, "mask_token_id", None) is None:
+                raise ValueError(f"{model_id!r} is not a LLaDA model (no mask_token_id in its config or tokenizer).")
             if not hasattr(model.generation_config, "block_length"):  # not diffusion generation
                 raise ValueError(f"{model_id!r}: the model's code has no diffusion `generate` (the official "
                                  "checkpoints' own code files lack one); serve it without --trust_remote_code to "

@@ -266,3 +266,41 @@ def test_token_editing_on_a_model_without_it_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     ours = [line for line in err.splitlines() if line.startswith("llada-hf generate:")]  # (after the loading bar)
     assert code == 2 and len(ours) == 1 and "editing_threshold" in ours[0] and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+@members
+def test_serve_answers_with_each_member_s_own_sampler(member, tmp_path):
+    """`llada-hf serve` on an official-format folder (no mask id in its config: the tokenizer's is used) answers a chat
+    request with exactly what the library's generate gives for the same settings."""
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    import shutil
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from llada_cli.commands import _answer_text, _stop_ids
+    from tests.test_serve import Server
+
+    source, ids = MEMBERS[member]
+    folder = tmp_path / "model"
+    shutil.copytree(source, folder)
+    chat_tokenizer(ids).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, mask_token_id=tokenizer.mask_token_id).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "t5 t6 t7"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, steps=16,
+                                   block_length=8, tokenizer=tokenizer)[0, prompt.shape[1]:]
+    expected = _answer_text(tokenizer, generated.tolist(), _stop_ids(tokenizer, model))
+    assert expected.strip()  # a non-empty answer to compare
+    running = Server(folder)
+    try:
+        response = running.client().chat.completions.create(
+            model=running.model, messages=[{"role": "user", "content": "t5 t6 t7"}], max_tokens=16,
+            extra_body={"steps": 16, "block_length": 8})
+    finally:
+        running.stop()
+    assert response.choices[0].message.content == expected
