@@ -38,7 +38,8 @@ def fresh_config(model: str, tokenizer):
         return LLaDAConfig(d_model=128, n_heads=4, n_layers=4, mlp_hidden_size=384, vocab_size=vocab,
                            embedding_size=vocab, max_sequence_length=256, bos_token_id=tokenizer.bos_token_id, **ids)
     if model == "llada-moe":
-        return LLaDAMoEConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=vocab,
+        return LLaDAMoEConfig(hidden_size=128, num_hidden_layers=4, moe_layer_freq=[0, 1, 1, 1],
+                              num_attention_heads=4, vocab_size=vocab,
                               dense_intermediate_size=384, expert_intermediate_size=96,
                               shared_expert_intermediate_size=96, num_experts=8, num_experts_per_tok=2,
                               max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, **ids)

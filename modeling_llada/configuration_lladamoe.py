@@ -34,20 +34,22 @@ class LLaDAMoEConfig(PreTrainedConfig):
     rotary embeddings, and a mixture-of-experts MLP in the layers where `moe_layer_freq[i]` is 1 (a dense SwiGLU MLP
     where it is 0). The router takes a softmax over `num_experts` and keeps the top `num_experts_per_tok`; with
     `moe_router_enable_expert_bias` a per-expert bias is added to the softmax scores (it moves both the choice and the
-    weights, as in the official code); the weights are not renormalised (`norm_topk_prob=False`). A shared expert
-    (width `shared_expert_intermediate_size`) runs on every token of the MoE layers. Untied output head.
+    weights, as in the official code); the weights are not renormalised (`norm_topk_prob=False`). An optional shared
+    expert (width `shared_expert_intermediate_size`) runs on every token of the MoE layers. Untied output head.
 
     The official config.json files set every field but `mask_token_id`, so the defaults below only matter for configs
-    built by hand. They are meant as the LLaDA-MoE-7B-A1B values but were not checked against the Hub files (no Hub
-    access when written): the ids 156892 (eos/pad) and 156895 (mask) are those the inclusionAI LLaDA2 code uses for
-    the same vocabulary family; sizes, bos and vocabulary size are best guesses.
+    built by hand; they are the LLaDA-MoE-7B-A1B architecture: 16 layers, all MoE (64 experts of width 1024, top-8),
+    no shared expert, no dense layer, vocabulary 157184, d 2048, 16 heads. That layout was checked against public
+    copies and measurements of the release (7,356,880,896 parameters: the 14.7 GB bf16 checkpoint, its 12288 MiB of
+    expert weights), not read from the Hub file itself; `dense_intermediate_size` is unused by it. Ids: mask 156895
+    (`<|mdm_mask|>`), eos/pad 156892 (`<|endoftext|>`), as in the official generate code; bos 156891 is not verified.
 
     Args:
         vocab_size (`int`, defaults to 157184), hidden_size (`int`, defaults to 2048).
         dense_intermediate_size (`int`, defaults to 8192): MLP width of the dense layers.
         expert_intermediate_size (`int`, defaults to 1024): MLP width of each routed expert.
-        shared_expert_intermediate_size (`int`, *optional*, defaults to 2048): width of the shared expert; `None` means
-            no shared expert.
+        shared_expert_intermediate_size (`int`, *optional*, defaults to `None`): width of the shared expert; `None`
+            (the real model) means no shared expert.
         num_hidden_layers (`int`, defaults to 16), num_attention_heads (`int`, defaults to 16),
         num_key_value_heads (`int`, *optional*): `None` means `num_attention_heads`.
         hidden_act (`str`, defaults to `"silu"`): the only supported activation.
@@ -59,14 +61,14 @@ class LLaDAMoEConfig(PreTrainedConfig):
         num_experts (`int`, defaults to 64), num_experts_per_tok (`int`, defaults to 8).
         norm_topk_prob (`bool`, defaults to `False`): renormalise the kept routing weights to sum to one.
         qk_layernorm (`bool`, defaults to `True`).
-        moe_layer_freq (`list[int]`): one entry per layer, 1 for a MoE layer and 0 for a dense one; defaults to a
-            dense first layer and MoE layers after it.
+        moe_layer_freq (`list[int]`): one entry per layer, 1 for a MoE layer and 0 for a dense one; defaults to all
+            MoE layers, as in the real model.
         moe_router_enable_expert_bias (`bool`, defaults to `True`): the `expert_bias` buffer of every router.
         moe_router_score_function (`str`, defaults to `"softmax"`): the only supported router score.
         routed_scaling_factor (`float`, defaults to 1), router_num_group / router_topk_group: official fields the
             official model does not use; only their neutral values are accepted.
-        output_router_logits (`bool`), router_aux_loss_coef (`float`): stored (the load-balancing loss is not
-            implemented yet).
+        output_router_logits (`bool`), router_aux_loss_coef (`float`, defaults to 0.01): return the router logits and
+            the load-balancing loss (`aux_loss`); with labels, `router_aux_loss_coef * aux_loss` is added to the loss.
         mask_token_id (`int`, *optional*, defaults to 156895): the `[MASK]` id; `None` when the vocabulary is too small
             to hold the default.
         pad_token_id / bos_token_id / eos_token_id (defaults 156892 / 156891 / 156892, see above): like
@@ -81,7 +83,7 @@ class LLaDAMoEConfig(PreTrainedConfig):
     hidden_size: int = 2048
     dense_intermediate_size: int = 8192
     expert_intermediate_size: int = 1024
-    shared_expert_intermediate_size: int | None = 2048
+    shared_expert_intermediate_size: int | None = None
     num_hidden_layers: int = 16
     num_attention_heads: int = 16
     num_key_value_heads: int | None = None
@@ -126,7 +128,7 @@ class LLaDAMoEConfig(PreTrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.moe_layer_freq is None:
-            self.moe_layer_freq = [0] + [1] * (self.num_hidden_layers - 1)
+            self.moe_layer_freq = [1] * self.num_hidden_layers
         if isinstance(self.vocab_size, int):
             for name, default in LLADA_MOE_TOKEN_IDS.items():
                 if getattr(self, name) == default and default >= self.vocab_size:

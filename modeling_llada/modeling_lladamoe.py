@@ -11,12 +11,13 @@ inclusionAI safetensors load as they are and what we save loads in the official 
 
 The semantics follow the official `modeling_lladamoe.py`:
 - RMSNorm over each head's queries and keys (`qk_layernorm`) before the rotary embedding;
-- layer i has a routed MoE MLP when `moe_layer_freq[i]` is 1, else a dense SwiGLU MLP (the official models: layer 0);
+- layer i has a routed MoE MLP when `moe_layer_freq[i]` is 1, else a dense SwiGLU MLP (the released 7B-A1B: all MoE);
 - the router scores are a softmax over `num_experts` (fp32); `expert_bias` (a persistent buffer) is added to the
   scores and the top `num_experts_per_tok` of the biased scores are both the choice and the weights; no
   renormalisation unless `norm_topk_prob`;
-- a shared expert, a layer-level module (`model.layers.{i}.shared_expert`), runs on the same normed input as the
-  routed experts in the MoE layers, its output added to theirs;
+- when `shared_expert_intermediate_size` is set (not in the released 7B-A1B), a shared expert, a layer-level module
+  (`model.layers.{i}.shared_expert`), runs on the same normed input as the routed experts in the MoE layers, its
+  output added to theirs;
 - rotary embeddings with `rope_theta` on the first `partial_rotary_factor * head_dim` dimensions; untied head.
 One deliberate difference: the rotation is computed in fp32 and cast back (the official code casts cos/sin to the
 activation dtype first); in float32 the two are identical.

@@ -263,3 +263,41 @@ def test_the_dense_config_class_hands_moe_dicts_to_the_moe_config():
     raw = json.loads((MOE_FIXTURE / "config.json").read_text())
     assert type(LLaDAConfig.from_dict(dict(raw))) is LLaDAMoEConfig
     assert type(LLaDAMoEConfig.from_dict(dict(raw))) is LLaDAMoEConfig
+
+
+# LLaDA-MoE-7B-A1B (Base and Instruct share it): 16 layers, all MoE, 64 experts of width 1024 (top-8), no shared
+# expert, d 2048, 16 heads of 128, vocabulary 157184, untied head. Sources: the inclusionAI model cards and the paper
+# (arXiv 2509.24389: "7 billion total parameters, only 1.4 billion are activated"); the layout matches the public copies
+# (dInfer fuses experts in every layer; the 14.7 GB bf16 checkpoint; 12288 MiB of bf16 expert weights measured).
+LLADA_MOE_7B_A1B = dict(
+    vocab_size=157184, hidden_size=2048, dense_intermediate_size=8192, expert_intermediate_size=1024,
+    shared_expert_intermediate_size=None, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16,
+    num_experts=64, num_experts_per_tok=8, moe_layer_freq=[1] * 16, rope_theta=50000, max_position_embeddings=8192,
+    norm_topk_prob=False, tie_word_embeddings=False,
+)
+
+
+def test_the_defaults_are_the_real_architecture():
+    defaults, real = LLaDAMoEConfig().to_dict(), LLaDAMoEConfig(**LLADA_MOE_7B_A1B).to_dict()
+    assert {key: defaults[key] for key in LLADA_MOE_7B_A1B} == {key: real[key] for key in LLADA_MOE_7B_A1B}
+    assert (defaults["mask_token_id"], defaults["eos_token_id"], defaults["pad_token_id"]) == (156895, 156892, 156892)
+
+
+def test_the_real_config_builds_on_the_meta_device_with_the_published_sizes():
+    config = LLaDAMoEConfig(**LLADA_MOE_7B_A1B)
+    with torch.device("meta"):
+        model = LLaDAMoEModelLM(config)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert all(not hasattr(layer, "shared_expert") for layer in model.model.layers)
+    total = sum(p.numel() for p in model.parameters())
+    # by hand: both vocabulary matrices, then per layer q/k/v/o, the two norms and the per-head q/k norms, the router
+    # and 64 SwiGLU experts, then the final norm
+    d, experts = 2048, 64 * 3 * 2048 * 1024
+    assert total == 2 * 157184 * d + 16 * (4 * d * d + 2 * d + 2 * 128 + 64 * d + experts) + d == 7_356_880_896
+    assert round(total / 1e9) == 7  # published: "7B" total
+    # activated per token: everything but the 56 unchosen experts of each layer and the input embedding table (a
+    # lookup, not a product; the output head counts): 1,397,823,488, the published "1.4B" (with the input table it
+    # would be 1.72B)
+    per_expert = 3 * d * 1024
+    active = total - 16 * (64 - 8) * per_expert - model.model.embed_tokens.weight.numel()
+    assert round(active / 1e9, 1) == 1.4, active

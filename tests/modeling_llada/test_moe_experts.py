@@ -23,7 +23,8 @@ GROUPED_MM_ON_CPU = hasattr(torch, "_grouped_mm") and tuple(map(int, torch.__ver
 def tiny_config(**overrides) -> LLaDAMoEConfig:
     settings = dict(
         vocab_size=64, hidden_size=32, dense_intermediate_size=64, expert_intermediate_size=16,
-        shared_expert_intermediate_size=16, num_hidden_layers=3, num_attention_heads=4, num_experts=6,
+        shared_expert_intermediate_size=16, num_hidden_layers=3, moe_layer_freq=[0, 1, 1], num_attention_heads=4,
+        num_experts=6,
         num_experts_per_tok=3, max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=1,
         mask_token_id=63,
     )

@@ -26,7 +26,8 @@ def tiny_moe_config(**overrides) -> LLaDAMoEConfig:
     """2 layers (the first dense), d 32, 4 heads (2 key/value heads), 4 experts top-2, vocab 64 (mask 60)."""
     values = dict(
         vocab_size=64, hidden_size=32, dense_intermediate_size=64, expert_intermediate_size=16,
-        shared_expert_intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        shared_expert_intermediate_size=24, num_hidden_layers=2, moe_layer_freq=[0, 1], num_attention_heads=4,
+        num_key_value_heads=2,
         num_experts=4, num_experts_per_tok=2, max_position_embeddings=128, mask_token_id=60, eos_token_id=61,
         pad_token_id=61, bos_token_id=62,
     )
