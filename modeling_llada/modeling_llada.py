@@ -295,6 +295,37 @@ TRANSFORMERS_FORWARD_KWARGS = (
 )
 
 
+def keep_positions(hidden: torch.Tensor, logits_to_keep) -> torch.Tensor:
+    """The hidden states the head runs on: `logits_to_keep` 0 keeps every position, an int k the last k, a slice or
+    index tensor those positions, a boolean (b, n) tensor the selected tokens (flattened to (selected, d))."""
+    if isinstance(logits_to_keep, int):
+        return hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+    if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+        if logits_to_keep.shape != hidden.shape[:2]:
+            raise ValueError(
+                f"A boolean logits_to_keep must have the inputs' shape {tuple(hidden.shape[:2])}, got "
+                f"{tuple(logits_to_keep.shape)}."
+            )
+        return hidden[logits_to_keep]  # (number of kept positions, d_model)
+    return hidden[:, logits_to_keep]
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy of `labels` at their own positions (no shift; -100 = no loss): the mean, or the sum divided by
+    `num_items_in_batch` when a trainer passes it (gradient accumulation)."""
+    if logits.dim() != 3 or logits.shape[1] != labels.shape[1]:
+        raise ValueError("`labels` need logits for every position; do not combine them with logits_to_keep.")
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = F.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100, reduction=reduction
+    )
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
 def check_forward_kwargs(kwargs: dict, model_name: str) -> None:
     """Raise on keyword arguments that neither the forward nor transformers' calling convention defines."""
     unknown = sorted(set(kwargs) - TRANSFORMERS_FORWARD_KWARGS)
@@ -603,32 +634,11 @@ class LLaDAModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAPreTrainedMo
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            selected = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
-        elif isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
-            if logits_to_keep.shape != hidden.shape[:2]:
-                raise ValueError(
-                    f"A boolean logits_to_keep must have the inputs' shape {tuple(hidden.shape[:2])}, got "
-                    f"{tuple(logits_to_keep.shape)}."
-                )
-            selected = hidden[logits_to_keep]  # (number of kept positions, d_model)
-        else:
-            selected = hidden[:, logits_to_keep]
+        selected = keep_positions(hidden, logits_to_keep)
         logits = self.model.transformer.ff_out(selected)
         if self.config.scale_logits:
             logits = logits * (self.config.d_model**-0.5)
-        loss = None
-        if labels is not None:
-            if logits.dim() != 3 or logits.shape[1] != labels.shape[1]:
-                raise ValueError("`labels` need logits for every position; do not combine them with logits_to_keep.")
-            reduction = "mean" if num_items_in_batch is None else "sum"
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100, reduction=reduction
-            )
-            if num_items_in_batch is not None:
-                if torch.is_tensor(num_items_in_batch):
-                    num_items_in_batch = num_items_in_batch.to(loss.device)
-                loss = loss / num_items_in_batch
+        loss = None if labels is None else label_loss(logits, labels, num_items_in_batch)
         return LLaDAOutput(
             loss=loss,
             logits=logits,

@@ -57,6 +57,8 @@ from .modeling_llada import (
     LLaDARMSNorm,
     check_forward_kwargs,
     eager_attention,
+    keep_positions,
+    label_loss,
     legacy_cache_argument,
     rotate_half,
 )
@@ -660,30 +662,9 @@ class LLaDAMoEModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAMoEPreTra
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            selected = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
-        elif isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
-            if logits_to_keep.shape != hidden.shape[:2]:
-                raise ValueError(
-                    f"A boolean logits_to_keep must have the inputs' shape {tuple(hidden.shape[:2])}, got "
-                    f"{tuple(logits_to_keep.shape)}."
-                )
-            selected = hidden[logits_to_keep]
-        else:
-            selected = hidden[:, logits_to_keep]
+        selected = keep_positions(hidden, logits_to_keep)
         logits = self.lm_head(selected)
-        loss = None
-        if labels is not None:
-            if logits.dim() != 3 or logits.shape[1] != labels.shape[1]:
-                raise ValueError("`labels` need logits for every position; do not combine them with logits_to_keep.")
-            reduction = "mean" if num_items_in_batch is None else "sum"
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100, reduction=reduction
-            )
-            if num_items_in_batch is not None:
-                if torch.is_tensor(num_items_in_batch):
-                    num_items_in_batch = num_items_in_batch.to(loss.device)
-                loss = loss / num_items_in_batch
+        loss = None if labels is None else label_loss(logits, labels, num_items_in_batch)
         aux_loss = None
         if outputs.router_logits:
             mask = attention_mask
