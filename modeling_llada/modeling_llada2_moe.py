@@ -57,7 +57,7 @@ from .modeling_llada import (
     keep_positions,
     label_loss,
 )
-from .modeling_lladamoe import LLaDAMoEExperts, apply_rotary, rotary_cos_sin
+from .modeling_lladamoe import LLaDAMoEExperts, LLaDAMoEMLP, apply_rotary, rotary_cos_sin
 
 logger = logging.get_logger(__name__)
 
@@ -142,17 +142,8 @@ class LLaDA2MoeAttention(nn.Module):
         return self.dense(out.reshape(b, length, -1)), weights
 
 
-class LLaDA2MoeMLP(nn.Module):
-    """SwiGLU MLP: the dense layers' MLP and the shared experts (different widths)."""
-
-    def __init__(self, config: LLaDA2MoeConfig, intermediate_size: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+class LLaDA2MoeMLP(LLaDAMoEMLP):
+    """SwiGLU MLP (LLaDA-MoE's, `gate_proj`/`up_proj`/`down_proj`): the dense layers' MLP and the shared experts."""
 
 
 class LLaDA2MoeRouter(nn.Module):
