@@ -1,4 +1,4 @@
-"""Masked-diffusion trainers for LLaDA, built on transformers' Trainer and TRL's SFTTrainer."""
+"""Masked-diffusion trainers for LLaDA, built on transformers' Trainer and TRL's SFTTrainer and DPOTrainer (VRPO)."""
 
 from .base import DiffusionArguments, DiffusionTrainerMixin
 from .objectives import (
@@ -12,6 +12,7 @@ from .objectives import (
 from .peft_utils import LLADA_LORA_TARGET_MODULES, with_llada_defaults
 from .pretraining import MaskedDiffusionConfig, MaskedDiffusionTrainer, pack_dataset
 from .sft import DiffusionSFTCollator, MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
+from .vrpo import VRPOCollator, VRPOConfig, VRPOTrainer
 
 __all__ = [
     "LLADA_LORA_TARGET_MODULES",
@@ -22,6 +23,9 @@ __all__ = [
     "MaskedDiffusionSFTConfig",
     "MaskedDiffusionSFTTrainer",
     "MaskedDiffusionTrainer",
+    "VRPOCollator",
+    "VRPOConfig",
+    "VRPOTrainer",
     "forward_process",
     "pack_dataset",
     "pretraining_loss",
