@@ -275,3 +275,33 @@ def test_vrpo_raises_preference_accuracy_on_the_copy_task(tmp_path):
     after = preference_accuracy(trainer.model, tokenizer, held_out)
     print(f"held-out preference accuracy: before {before:.2f}, after {after:.2f}")
     assert after >= before + 0.12 and after >= 0.62  # measured: 0.48 -> 0.80 (torch 2.13), 0.69 (torch 2.6)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_agree_with_one(tmp_path):
+    """2 processes x 2 pairs train as 1 process x 4 pairs: each response's noise depends on its example alone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("vrpo_distributed_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert [e["loss"] for e in ranks[0]["logs"]] == [e["loss"] for e in ranks[1]["logs"]]
+    for key, tensor in ranks[0]["state"].items():
+        assert torch.equal(tensor, ranks[1]["state"][key]), key
+    single = VRPOTrainer(tiny_model(), args=vrpo_config(tmp_path / "single", per_device_train_batch_size=4,
+                                                        max_steps=3, elbo_samples=2),
+                         train_dataset=pairs_set(), processing_class=tiny_chat_tokenizer())
+    single.train()
+    logs = [e for e in single.state.log_history if "loss" in e]
+    for key in ("loss", "rewards/margins", "rewards/accuracies"):
+        assert [e[key] for e in ranks[0]["logs"]] == pytest.approx([e[key] for e in logs], rel=1e-4, abs=1e-6), key
