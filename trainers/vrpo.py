@@ -125,6 +125,30 @@ class VRPOCollator(DataCollatorForPreference):
         return output
 
 
+def check_preference_dataset(dataset, name: str = "train") -> None:
+    """Check, before anything is tokenized, that a dataset has TRL's preference columns; a `ValueError` naming the
+    dataset, its columns and the accepted ones otherwise (a dict of datasets is checked entry by entry)."""
+    if dataset is None:
+        return
+    if isinstance(dataset, dict):
+        for key, entry in dataset.items():
+            check_preference_dataset(entry, key)
+        return
+    label = f"{name} dataset" if name in ("train", "eval") else f"eval dataset {name!r}"
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise ValueError(f"The {label} is empty (0 rows); pass preference pairs (prompt, chosen, rejected).")
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if not columns and not isinstance(dataset, Dataset):
+        return  # an IterableDataset whose features are unknown until read
+    if {"chosen", "rejected"} <= set(columns) or {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns):
+        return
+    raise ValueError(
+        f"The {label} has columns {columns}; VRPO reads TRL's preference format: 'prompt', 'chosen' and 'rejected' "
+        "(plain text or chat messages; without 'prompt', chosen and rejected conversations share their first "
+        "turns). Rename your columns (dataset.rename_columns)."
+    )
+
+
 class VRPOTrainer(DPOTrainer):
     """Preference optimisation of a LLaDA model with VRPO's ELBO estimates in place of log-likelihoods.
 
@@ -145,6 +169,10 @@ class VRPOTrainer(DPOTrainer):
             raise TypeError(f"args must be a VRPOConfig, got {type(args).__name__}.")
         if processing_class is None:
             raise ValueError("Pass the tokenizer as processing_class (it tokenizes the data and is saved with the model).")
+        if train_dataset is None:
+            raise ValueError("Pass a train_dataset of preference pairs (prompt, chosen, rejected).")
+        check_preference_dataset(train_dataset, "train")
+        check_preference_dataset(eval_dataset, "eval")
         if isinstance(model, str):
             raise ValueError("Pass a loaded LLaDA model (AutoModel.from_pretrained(...)), not a name.")
         model_mask_id(model)  # a ValueError when the config has no mask token
@@ -331,4 +359,4 @@ class VRPOTrainer(DPOTrainer):
         return torch.cat(scores)
 
 
-__all__ = ["VRPOCollator", "VRPOConfig", "VRPOTrainer"]
+__all__ = ["VRPOCollator", "VRPOConfig", "VRPOTrainer", "check_preference_dataset"]

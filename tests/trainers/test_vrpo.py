@@ -305,3 +305,39 @@ def test_two_cpu_processes_agree_with_one(tmp_path):
     logs = [e for e in single.state.log_history if "loss" in e]
     for key in ("loss", "rewards/margins", "rewards/accuracies"):
         assert [e[key] for e in ranks[0]["logs"]] == pytest.approx([e[key] for e in logs], rel=1e-4, abs=1e-6), key
+
+
+def test_datasets_without_preference_columns_are_refused(tmp_path):
+    sft_style = Dataset.from_dict({"prompt": ["t1"], "completion": [" t2"]})
+    with pytest.raises(ValueError, match=r"train dataset has columns \['prompt', 'completion'\].*'chosen'"):
+        VRPOTrainer(tiny_model(), args=vrpo_config(tmp_path), train_dataset=sft_style,
+                    processing_class=tiny_chat_tokenizer())
+
+
+def test_cli_reports_a_dataset_without_preference_columns(tmp_path, capsys):
+    from llada_cli.main import main
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "Say hi.", "completion": " hi"}\n' * 4)
+    assert main(["dpo", "--dataset_name", str(data), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the datasets progress bars
+    assert err.startswith("llada-hf dpo: --dataset_name") and str(data) in err and "'chosen'" in err
+
+
+@pytest.mark.slow
+def test_cli_dpo_and_the_example_run(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from llada_cli.main import main
+
+    assert main(["dpo", "--output_dir", str(tmp_path / "cli"), "--max_steps", "2", "--elbo_samples", "2",
+                 "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--save_strategy", "no"]) == 0
+    assert (tmp_path / "cli" / "model.safetensors").exists()
+    example = Path(__file__).resolve().parents[2] / "examples" / "vrpo.py"
+    result = subprocess.run([sys.executable, str(example), "--output_dir", str(tmp_path / "example"), "--sft_steps",
+                             "2", "--vrpo_steps", "2", "--elbo_samples", "2", "--eval_prompts", "4", "--use_peft"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "example" / "summary.json").exists()
