@@ -149,6 +149,20 @@ def check_preference_dataset(dataset, name: str = "train") -> None:
     )
 
 
+def frozen_copy(model):
+    """A frozen deep copy of `model` that runs its own weights.
+
+    Trainers patch `forward` on the instance (TRL's SFTTrainer and DPOTrainer wrap it to fuse the LM head); such a
+    wrapper keeps the *original* model's forward in its closure, which `copy.deepcopy` does not rebind, so a copy of a
+    fine-tuned model would silently run the policy. The copy drops these instance-level overrides and uses the
+    class's forward.
+    """
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        module.__dict__.pop("forward", None)
+    return reference.eval().requires_grad_(False)
+
+
 class VRPOTrainer(DPOTrainer):
     """Preference optimisation of a LLaDA model with VRPO's ELBO estimates in place of log-likelihoods.
 
@@ -180,7 +194,7 @@ class VRPOTrainer(DPOTrainer):
             peft_config = with_llada_defaults(peft_config)
         elif ref_model is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
             # TRL would reload the reference from the model's path; a frozen in-memory copy works for any model
-            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            ref_model = frozen_copy(model)
         if data_collator is None:
             tokenizer = getattr(processing_class, "tokenizer", processing_class)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -341,3 +341,25 @@ def test_cli_dpo_and_the_example_run(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "example" / "summary.json").exists()
+
+
+def test_the_reference_copy_of_a_fine_tuned_model_is_independent(tmp_path):
+    """TRL's trainers patch `model.forward` with a wrapper that closes over the original forward: a plain deepcopy of
+    a model fine-tuned with MaskedDiffusionSFTTrainer would run the policy as its reference (rewards stuck at 0)."""
+    from tests.trainers.test_sft import sft_config, variable_length_set
+    from trainers import MaskedDiffusionSFTTrainer
+
+    sft = MaskedDiffusionSFTTrainer(tiny_model(), sft_config(tmp_path, max_steps=1), train_dataset=variable_length_set(),
+                                    processing_class=tiny_chat_tokenizer())
+    sft.train()
+    trainer = VRPOTrainer(sft.model, args=vrpo_config(tmp_path, max_steps=3, elbo_samples=2), train_dataset=pairs_set(),
+                          processing_class=tiny_chat_tokenizer())
+    trainer.train()
+    batch = batch_of(trainer, [0, 1])
+    p_mask, masked = trainer.sample_noise(batch)
+    with torch.no_grad():
+        policy = trainer.elbo_samples(trainer.model, batch, p_mask, masked)
+        reference = trainer.elbo_samples(trainer.ref_model, batch, p_mask, masked)
+    assert not torch.allclose(policy, reference, atol=1e-4)
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert logs[-1]["rewards/margins"] != 0
