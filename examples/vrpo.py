@@ -11,19 +11,11 @@ over a corrupted one (one digit changed). Before and after VRPO it reports the p
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def corrupted(text: str, rng: random.Random) -> str:
-    digits = text.split()
-    position = rng.randrange(len(digits))
-    digits[position] = rng.choice([d for d in "0123456789" if d != digits[position]])
-    return " ".join(digits)
 
 
 def preference_accuracy(model, tokenizer, rows, seed: int = 0) -> float:
@@ -42,11 +34,36 @@ def preference_accuracy(model, tokenizer, rows, seed: int = 0) -> float:
     return (values[:, 0] > values[:, 1]).float().mean().item()
 
 
+def score_variances(trainer, rows: int = 8, repetitions: int = 30) -> dict:
+    """Variance of the estimated preference score over fresh noise draws, per estimator, on `rows` training pairs with
+    the trained policy and its reference: the naive estimator (one timestep per ELBO, independent reference noise),
+    optimal allocation alone, and VRPO (optimal allocation + antithetic sampling), all with the same budget n."""
+    import torch
+
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(rows)]))
+    settings = {"naive": (False, False), "optimal_allocation": (True, False), "vrpo": (True, True)}
+    saved = (trainer.args.optimal_allocation, trainer.args.antithetic_sampling, trainer.state.global_step)
+    trainer.model.train()
+    variances = {}
+    with torch.no_grad():
+        for name, (optimal, antithetic) in settings.items():
+            trainer.args.optimal_allocation, trainer.args.antithetic_sampling = optimal, antithetic
+            scores = []
+            for step in range(repetitions):
+                trainer.state.global_step = 10_000 + step
+                scores.append(trainer.compute_loss(trainer.model, batch, return_outputs=True)[1]["scores"])
+            variances[name] = torch.stack(scores).var(dim=0).mean().item()
+    trainer.args.optimal_allocation, trainer.args.antithetic_sampling, trainer.state.global_step = saved
+    for values in trainer._metrics.values():
+        values.clear()
+    return variances
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/vrpo")
-    parser.add_argument("--sft_steps", type=int, default=150)
-    parser.add_argument("--vrpo_steps", type=int, default=100)
+    parser.add_argument("--sft_steps", type=int, default=100)
+    parser.add_argument("--vrpo_steps", type=int, default=60)
     parser.add_argument("--elbo_samples", type=int, default=8)
     parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--vrpo_learning_rate", type=float, default=5e-4)
@@ -61,7 +78,7 @@ def main(argv=None) -> dict:
     import torch
     from datasets import Dataset
 
-    from llada_cli.local_data import digit_copy_task, python_docs_corpus, train_tokenizer
+    from llada_cli.local_data import copy_preference_task, python_docs_corpus, train_tokenizer
     from llada_cli.quickstart import task_accuracy
     from modeling_llada import LLaDAConfig, LLaDAModelLM
     from trainers import MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer, VRPOConfig, VRPOTrainer
@@ -81,11 +98,12 @@ def main(argv=None) -> dict:
                                      mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
                                      pad_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id))
 
-    rng = random.Random(args.seed)
-    train = digit_copy_task(2000, args.digits, args.seed)
+    preference = copy_preference_task(2000, args.digits, args.seed)
+    train = [(p[0]["content"], c[0]["content"]) for p, c in zip(preference["prompt"], preference["chosen"])]
     seen = {q for q, _ in train}
-    held_out = [p for p in digit_copy_task(4 * args.eval_prompts, args.digits, args.seed + 1) if p[0] not in seen]
-    held_out = [(q, a, corrupted(a, rng)) for q, a in held_out[: args.eval_prompts]]
+    held_out = [(p[0]["content"], c[0]["content"], r[0]["content"])
+                for p, c, r in zip(*copy_preference_task(4 * args.eval_prompts, args.digits, args.seed + 1)[:].values())
+                if p[0]["content"] not in seen][: args.eval_prompts]
     answer_tokens = len(tokenizer(held_out[0][1], add_special_tokens=False)["input_ids"]) + 1
     length = -(-answer_tokens // 8) * 8
     generation = dict(max_new_tokens=length, steps=length, block_length=length)
@@ -106,11 +124,6 @@ def main(argv=None) -> dict:
     say(f"SFT model on {len(held_out)} held-out prompts: {before}")
 
     # 2. VRPO: prefer the correct copy over a corrupted one
-    preference = Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": q}] for q, _ in train],
-        "chosen": [[{"role": "assistant", "content": a}] for _, a in train],
-        "rejected": [[{"role": "assistant", "content": corrupted(a, rng)}] for _, a in train],
-    })
     peft_config = None
     if args.use_peft:
         from peft import LoraConfig
@@ -123,12 +136,16 @@ def main(argv=None) -> dict:
         train_dataset=preference, processing_class=tokenizer, peft_config=peft_config)
     say(f"VRPO for {args.vrpo_steps} steps (n={args.elbo_samples} ELBO samples, optimal allocation, antithetic)")
     vrpo.train()
+    variances = score_variances(vrpo)
+    say("variance of the preference score (trained policy vs reference, same budget): "
+        + ", ".join(f"{name} {value:.3g}" for name, value in variances.items())
+        + f"; naive / VRPO = {variances['naive'] / max(variances['vrpo'], 1e-30):.0f}x")
     tuned = vrpo.model.merge_and_unload() if args.use_peft else vrpo.model
     after = {"preference_accuracy": preference_accuracy(tuned, tokenizer, held_out),
              "generate_accuracy": task_accuracy(tuned, tokenizer, [(q, a) for q, a, _ in held_out], generation)}
     say(f"after VRPO: {after} (SFT model: {before})")
     logs = [e for e in vrpo.state.log_history if "loss" in e]
-    summary = {"before": before, "after": after, "vrpo_logs": logs, "seconds": time.perf_counter() - began,
+    summary = {"before": before, "after": after, "score_variances": variances, "vrpo_logs": logs, "seconds": time.perf_counter() - began,
                "settings": vars(args)}
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
