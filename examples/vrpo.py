@@ -145,7 +145,8 @@ def main(argv=None) -> dict:
              "generate_accuracy": task_accuracy(tuned, tokenizer, [(q, a) for q, a, _ in held_out], generation)}
     say(f"after VRPO: {after} (SFT model: {before})")
     logs = [e for e in vrpo.state.log_history if "loss" in e]
-    summary = {"before": before, "after": after, "score_variances": variances, "vrpo_logs": logs, "seconds": time.perf_counter() - began,
+    summary = {"before": before, "after": after, "score_variances": variances, "vrpo_logs": logs,
+               "seconds": time.perf_counter() - began,
                "settings": vars(args)}
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

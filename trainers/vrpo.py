@@ -182,7 +182,8 @@ class VRPOTrainer(DPOTrainer):
         elif not isinstance(args, VRPOConfig):
             raise TypeError(f"args must be a VRPOConfig, got {type(args).__name__}.")
         if processing_class is None:
-            raise ValueError("Pass the tokenizer as processing_class (it tokenizes the data and is saved with the model).")
+            raise ValueError("Pass the tokenizer as processing_class (it tokenizes the data and is saved with the "
+                             "model).")
         if train_dataset is None:
             raise ValueError("Pass a train_dataset of preference pairs (prompt, chosen, rejected).")
         check_preference_dataset(train_dataset, "train")
@@ -221,8 +222,9 @@ class VRPOTrainer(DPOTrainer):
         def add_seed(example, index):
             return {NOISE_SEED: _seed32(*settings, index)}
 
-        kwargs = {"desc": f"Storing VRPO noise seeds of the {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
-        return dataset.map(add_seed, with_indices=True, **kwargs)
+        if isinstance(dataset, Dataset):  # `IterableDataset.map` takes no `desc`
+            return dataset.map(add_seed, with_indices=True, desc=f"Storing noise seeds of the {dataset_name} dataset")
+        return dataset.map(add_seed, with_indices=True)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

@@ -349,8 +349,8 @@ def test_the_reference_copy_of_a_fine_tuned_model_is_independent(tmp_path):
     from tests.trainers.test_sft import sft_config, variable_length_set
     from trainers import MaskedDiffusionSFTTrainer
 
-    sft = MaskedDiffusionSFTTrainer(tiny_model(), sft_config(tmp_path, max_steps=1), train_dataset=variable_length_set(),
-                                    processing_class=tiny_chat_tokenizer())
+    sft = MaskedDiffusionSFTTrainer(tiny_model(), sft_config(tmp_path, max_steps=1),
+                                    train_dataset=variable_length_set(), processing_class=tiny_chat_tokenizer())
     sft.train()
     trainer = VRPOTrainer(sft.model, args=vrpo_config(tmp_path, max_steps=3, elbo_samples=2), train_dataset=pairs_set(),
                           processing_class=tiny_chat_tokenizer())
