@@ -263,6 +263,7 @@ def preference_accuracy(model, tokenizer, dataset, seed: int = 0) -> float:
     return (values[:, 0] > values[:, 1]).float().mean().item()
 
 
+@pytest.mark.slow
 def test_vrpo_raises_preference_accuracy_on_the_copy_task(tmp_path):
     tokenizer = tiny_chat_tokenizer()
     train, held_out = copy_pairs(256, seed=0), copy_pairs(64, seed=1)
