@@ -5,8 +5,13 @@ over a corrupted one (one digit changed). Before and after VRPO it reports the p
 (the chosen answer has the higher likelihood bound, from `model.log_likelihood`) and the exact-match accuracy of
 `model.generate`.
 
-    python examples/vrpo.py --output_dir runs/vrpo                  # a few minutes on a CPU
+    python examples/vrpo.py --output_dir runs/vrpo                  # ~15 minutes on 2 CPU cores
     python examples/vrpo.py --output_dir runs/vrpo-lora --use_peft  # LoRA: the reference is the adapter-free base
+
+Measured (2 CPU cores): the defaults take the held-out preference accuracy from 0.90 (SFT) to 0.97. The exact-match
+accuracy of generation is not improved by these settings: the SFT model of the defaults barely generates the copy
+(0.03), and with a longer SFT (`--sft_steps 150`) it is already perfect; at `--vrpo_learning_rate 2e-4` VRPO then
+lowers both ELBOs (the usual DPO drift) and the generate accuracy (0.98 -> 0.78 on 3 digits).
 """
 
 import argparse
