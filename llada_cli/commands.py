@@ -47,7 +47,7 @@ _HEAVY_NAMES = frozenset({
     "torch", "ModelConfig", "ScriptArguments", "TrlParser", "get_peft_config", "DTYPES", "PRESETS",
     "check_adapter_source", "check_llada_checkpoint", "check_model_source", "load_dataset_arg",
     "load_model_and_tokenizer", "load_tokenizer", "addition_task", "python_docs_corpus", "PretrainScriptArguments",
-    "SFTScriptArguments",
+    "SFTScriptArguments", "DPOScriptArguments", "copy_preference_task",
 })
 
 
@@ -111,7 +111,18 @@ def _script_argument_classes(ScriptArguments) -> dict:  # noqa: N803 (TRL's clas
                               "there is an eval dataset) next to the expected ones; 0 turns it off."},
         )
 
-    classes = {"PretrainScriptArguments": PretrainScriptArguments, "SFTScriptArguments": SFTScriptArguments}
+    @dataclass
+    class DPOScriptArguments(ScriptArguments):
+        dataset_name: str | None = field(
+            default=None,
+            metadata={"help": "Hub id or local data files (json/jsonl/csv/parquet) of preference pairs (prompt, "
+                              "chosen, rejected); default: a local copy task (the correct copy preferred over one "
+                              "with a digit changed)."},
+        )
+        tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's."})
+
+    classes = {"PretrainScriptArguments": PretrainScriptArguments, "SFTScriptArguments": SFTScriptArguments,
+               "DPOScriptArguments": DPOScriptArguments}
     for name, cls in classes.items():
         cls.__qualname__ = name  # llada_cli.commands.<name>, as if defined at the top (pickle finds it there)
     return classes
@@ -133,7 +144,8 @@ def _import_heavy() -> None:
     namespace.update({name: getattr(loading, name) for name in (
         "DTYPES", "PRESETS", "check_adapter_source", "check_llada_checkpoint", "check_model_source", "load_dataset_arg",
         "load_model_and_tokenizer", "load_tokenizer")})
-    namespace.update(addition_task=local_data.addition_task, python_docs_corpus=local_data.python_docs_corpus)
+    namespace.update(addition_task=local_data.addition_task, python_docs_corpus=local_data.python_docs_corpus,
+                     copy_preference_task=local_data.copy_preference_task)
     namespace.update(_script_argument_classes(ScriptArguments))  # last: its presence means everything is bound
 
 
@@ -234,6 +246,22 @@ examples:
   # the same flags from a YAML file of `setting: value` lines
   llada-hf sft --config sft.yaml"""
 
+DPO_DESCRIPTION = """\
+Preference optimisation of a LLaDA model with VRPO (LLaDA 1.5): DPO with each log-likelihood replaced by a
+variance-reduced Monte-Carlo ELBO of the response (optimal allocation and antithetic sampling by default), full or
+LoRA (--use_peft; the reference is then the base with the adapter disabled). The dataset has TRL's `prompt`/
+`chosen`/`rejected` columns. Every flag of TRL's DPOConfig and ModelConfig applies, plus the VRPO settings; or put
+them in a YAML file (--config). The defaults below are a small CPU run."""
+DPO_EXAMPLES = """\
+examples:
+  # a fine-tuned model on the local copy-task preferences (no download)
+  llada-hf dpo --model_name_or_path runs/sft --output_dir runs/vrpo
+  # LoRA on LLaDA-8B-Instruct with a Hub preference dataset (on several GPUs: accelerate launch, same flags)
+  llada-hf dpo --model_name_or_path GSAI-ML/LLaDA-8B-Instruct --dataset_name trl-lib/ultrafeedback_binarized \\
+      --bf16 --use_peft --elbo_samples 8 --output_dir runs/llada-vrpo
+  # the same flags from a YAML file of `setting: value` lines
+  llada-hf dpo --config dpo.yaml"""
+
 
 def _training_parser(command: str, classes: tuple, description: str, epilog: str, **defaults):
     """TRL's parser of `classes` (both spellings of every flag, defaults shown), with `--config` listed and our
@@ -274,6 +302,44 @@ def build_sft_parser():
         per_device_train_batch_size=16, max_steps=200, learning_rate=1e-3, warmup_steps=20, logging_steps=20,
         save_steps=100, max_length=256,
     )
+
+
+def build_dpo_parser():
+    """The parser of `llada-hf dpo` (imports transformers and TRL: seconds; its help text is cached)."""
+    _import_heavy()
+    from trainers import VRPOConfig
+
+    return _training_parser(
+        "dpo", (DPOScriptArguments, VRPOConfig, ModelConfig), DPO_DESCRIPTION, DPO_EXAMPLES,
+        per_device_train_batch_size=16, max_steps=100, learning_rate=5e-4, beta=0.5, logging_steps=10,
+        save_steps=50, max_length=256,
+    )
+
+
+def dpo(argv: list[str] | None = None) -> None:
+    """VRPO preference optimisation, full or LoRA (see examples/vrpo.py for a run with before/after accuracies)."""
+    from trainers import VRPOTrainer
+    from trainers.vrpo import check_preference_dataset
+
+    parser = build_dpo_parser()
+    help_cache.warm("dpo", parser)  # the next `llada-hf dpo --help` is then fast
+    argv = _check_config_file(parser, sys.argv[1:] if argv is None else argv)
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    if script_args.dataset_name is None:
+        dataset = copy_preference_task(2000, 4, seed=training_args.seed)
+    else:
+        dataset = load_dataset_arg(script_args.dataset_name, script_args.dataset_config,
+                                   script_args.dataset_train_split)
+    _check_dataset(check_preference_dataset, dataset, script_args.dataset_name, "train")
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path or "llada-tiny", script_args.tokenizer_name_or_path,
+        lambda: python_docs_corpus()["text"], model_args.dtype, model_args.attn_implementation,
+        training_args.trust_remote_code, training_args.seed,
+    )
+    trainer = VRPOTrainer(model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
 
 
 def pretrain(argv: list[str] | None = None) -> None:

@@ -87,3 +87,18 @@ def digit_copy_task(count: int, digits: int, seed: int) -> list[tuple[str, str]]
         text = " ".join(rng.choice("0123456789") for _ in range(digits))
         pairs.append((f"Repeat: {text}", text))
     return pairs
+
+
+def copy_preference_task(count: int, digits: int, seed: int) -> Dataset:
+    """Preference pairs for the copy task, in chat format: `chosen` copies the digits of the prompt, `rejected` is the
+    same answer with one digit changed (TRL's `prompt`/`chosen`/`rejected` columns)."""
+    rng = random.Random(seed)
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    for question, answer in digit_copy_task(count, digits, seed):
+        wrong = answer.split()
+        position = rng.randrange(len(wrong))
+        wrong[position] = rng.choice([d for d in "0123456789" if d != wrong[position]])
+        rows["prompt"].append([{"role": "user", "content": question}])
+        rows["chosen"].append([{"role": "assistant", "content": answer}])
+        rows["rejected"].append([{"role": "assistant", "content": " ".join(wrong)}])
+    return Dataset.from_dict(rows)

@@ -34,6 +34,8 @@ COMMANDS = {
                         "pretrain", "llada_cli.commands", "build_pretrain_parser", True),
     "sft": Command("response-only masked-diffusion fine-tuning (SFT), full or LoRA",
                    "sft", "llada_cli.commands", "build_sft_parser", True),
+    "dpo": Command("preference optimisation with VRPO (LLaDA 1.5's DPO on ELBOs), full or LoRA",
+                   "dpo", "llada_cli.commands", "build_dpo_parser", True),
     "generate": Command("generate from a prompt, showing the denoising live",
                         "generate", "llada_cli.commands", "build_generate_parser", False),
     "chat": Command("chat with a LLaDA model in the terminal",

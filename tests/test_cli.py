@@ -69,7 +69,7 @@ def test_unknown_command_and_missing_model_are_reported(tmp_path, capsys):
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("quickstart", "pretrain", "sft", "generate", "chat", "publish", "eval"):
+    for command in ("quickstart", "pretrain", "sft", "dpo", "generate", "chat", "publish", "eval"):
         assert f"\n  {command} " in out
     assert main([]) == 0 and capsys.readouterr().out == out
 

@@ -1,4 +1,4 @@
-"""Masked-diffusion trainers for LLaDA, built on transformers' Trainer and TRL's SFTTrainer."""
+"""Masked-diffusion trainers for LLaDA, built on transformers' Trainer and TRL's SFTTrainer and DPOTrainer (VRPO)."""
 
 from .base import DiffusionArguments, DiffusionTrainerMixin
 from .objectives import (
@@ -22,6 +22,7 @@ from .peft_utils import (
 )
 from .pretraining import MaskedDiffusionConfig, MaskedDiffusionTrainer, pack_dataset
 from .sft import DiffusionSFTCollator, MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
+from .vrpo import VRPOCollator, VRPOConfig, VRPOTrainer
 
 __all__ = [
     "LLADA2_LORA_TARGET_MODULES",
@@ -34,6 +35,9 @@ __all__ = [
     "MaskedDiffusionSFTConfig",
     "MaskedDiffusionSFTTrainer",
     "MaskedDiffusionTrainer",
+    "VRPOCollator",
+    "VRPOConfig",
+    "VRPOTrainer",
     "block_diffusion_attention_mask",
     "block_diffusion_inputs",
     "block_diffusion_loss",

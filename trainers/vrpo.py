@@ -1,0 +1,378 @@
+"""VRPO (LLaDA 1.5, arXiv 2505.19223): DPO for masked-diffusion models on TRL's `DPOTrainer`.
+
+A diffusion LM has no exact log-likelihood, so each log p(y | x) of DPO is replaced by the ELBO of the response given
+the prompt (the SFT bound: the prompt is never masked), estimated by Monte Carlo:
+
+    B(y | x) = E_t E_{y_t ~ q(. | t, y)} [ (1 / p_t) * sum_{i masked in y_t} log p_theta(y_i | x, y_t) ],
+    p_t = (1 - eps) * t + eps,  t ~ U(0, 1)
+
+    loss = -log sigmoid(beta * [(B_theta(y_w) - B_ref(y_w)) - (B_theta(y_l) - B_ref(y_l))])
+
+with the paper's variance reductions, each a config field:
+- a budget of `elbo_samples` (n) masked copies per ELBO;
+- optimal allocation: n distinct timesteps with one mask each (off: one timestep shared by n masks);
+- antithetic sampling: the policy and the reference score a response on the *same* timesteps and masks, so the
+  noise common to both cancels in B_theta - B_ref;
+- optionally stratified timesteps t_j = (u + j / n) mod 1.
+
+The noise of a response depends only on (its example's stored `noise_seed`, the optimizer step, chosen/rejected,
+policy/reference when antithetic sampling is off): never on how the batch is split or padded. With
+`precompute_ref_log_probs=True` the reference ELBO samples are computed once with the step left out of the noise,
+and the policy then uses that same stored noise, so antithetic sampling still holds.
+"""
+
+import copy
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import use_adapter
+
+from modeling_llada.generation_llada import counter_uniform, mix32
+
+from .base import _seed32, model_mask_id
+from .compat import quiet_upstream_deprecations, sync_checkpointing_names
+from .objectives import DEFAULT_EPS, weighted_token_losses
+from .peft_utils import with_llada_defaults
+
+NOISE_SEED = "noise_seed"
+_U32 = 0xFFFFFFFF
+_REJECTED_SALT = 0x7F4A7C15  # rejected responses draw other noise than chosen ones
+_REFERENCE_SALT = 0x5BD1E995  # the reference's own noise when antithetic sampling is off
+_SAMPLE_STRIDE = 0x9E3779B9
+
+
+@dataclass
+class VRPOConfig(DPOConfig):
+    """[`trl.DPOConfig`] plus VRPO's ELBO estimator settings, with defaults that are safe on a CPU.
+
+    Differences from DPOConfig: `bf16` defaults to True only when CUDA is available, activation (gradient)
+    checkpointing defaults to False, and only the DPO loss of the paper (`loss_type="sigmoid"`, reverse KL, no
+    length weighting) is accepted.
+    """
+
+    elbo_samples: int = field(
+        default=8, metadata={"help": "Monte-Carlo budget n: masked copies per ELBO estimate (the paper uses 8)."}
+    )
+    optimal_allocation: bool = field(
+        default=True,
+        metadata={"help": "Spend the budget on n distinct timesteps with one mask each (the paper's choice); "
+                  "False draws one timestep per ELBO and n masks at it."},
+    )
+    antithetic_sampling: bool = field(
+        default=True,
+        metadata={"help": "Score a response with the policy and the reference on the same timesteps and masks."},
+    )
+    stratified_timesteps: bool = field(
+        default=False,
+        metadata={"help": "Stratify an ELBO's n timesteps: t_j = (u + j / n) mod 1 (each still uniform)."},
+    )
+    mask_eps: float = field(
+        default=DEFAULT_EPS, metadata={"help": "eps of p_mask = (1 - eps) * t + eps; the reference uses 1e-3."}
+    )
+    eval_noise_seed: int = field(
+        default=1234, metadata={"help": "Seed of the fixed noise of evaluations (comparable evaluations)."}
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin data-loader memory; default: on only when training on a CUDA GPU."}
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and not self.fp16 and not getattr(self, "use_cpu", False)
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = bool(torch.cuda.is_available() and not getattr(self, "use_cpu", False))
+        if self.elbo_samples < 1:
+            raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}; the paper uses 8.")
+        if not 0.0 < self.mask_eps < 1.0:
+            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}; the reference uses 1e-3.")
+        if self.padding_free:
+            raise ValueError("padding_free is not supported for LLaDA: the bidirectional model would attend across "
+                             "packed sequences. Set padding_free=False.")
+        sync_checkpointing_names(self)
+        super().__post_init__()
+        if list(self.loss_type) != ["sigmoid"]:
+            raise ValueError(f"VRPO is the sigmoid DPO loss on ELBOs; loss_type={self.loss_type} is not supported. "
+                             "Set loss_type='sigmoid'.")
+        for name, default in (("ld_alpha", None), ("use_weighting", False), ("f_divergence_type", "reverse_kl"),
+                              ("label_smoothing", 0.0), ("sync_ref_model", False)):
+            if getattr(self, name) != default:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by VRPO; leave it at {default!r}.")
+
+
+@dataclass
+class VRPOCollator(DataCollatorForPreference):
+    """TRL's preference collator (rows [chosen..., rejected...], right-padded, `completion_mask`), plus each example's
+    `noise_seed` and, when precomputed, the reference's ELBO samples (b, n)."""
+
+    def torch_call(self, examples):
+        output = super().torch_call(examples)
+        output[NOISE_SEED] = torch.tensor([int(example[NOISE_SEED]) for example in examples], dtype=torch.long)
+        return output
+
+
+def check_preference_dataset(dataset, name: str = "train") -> None:
+    """Check, before anything is tokenized, that a dataset has TRL's preference columns; a `ValueError` naming the
+    dataset, its columns and the accepted ones otherwise (a dict of datasets is checked entry by entry)."""
+    if dataset is None:
+        return
+    if isinstance(dataset, dict):
+        for key, entry in dataset.items():
+            check_preference_dataset(entry, key)
+        return
+    label = f"{name} dataset" if name in ("train", "eval") else f"eval dataset {name!r}"
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise ValueError(f"The {label} is empty (0 rows); pass preference pairs (prompt, chosen, rejected).")
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if not columns and not isinstance(dataset, Dataset):
+        return  # an IterableDataset whose features are unknown until read
+    if {"chosen", "rejected"} <= set(columns) or {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns):
+        return
+    raise ValueError(
+        f"The {label} has columns {columns}; VRPO reads TRL's preference format: 'prompt', 'chosen' and 'rejected' "
+        "(plain text or chat messages; without 'prompt', chosen and rejected conversations share their first "
+        "turns). Rename your columns (dataset.rename_columns)."
+    )
+
+
+def frozen_copy(model):
+    """A frozen deep copy of `model` that runs its own weights.
+
+    Trainers patch `forward` on the instance (TRL's SFTTrainer and DPOTrainer wrap it to fuse the LM head); such a
+    wrapper keeps the *original* model's forward in its closure, which `copy.deepcopy` does not rebind, so a copy of a
+    fine-tuned model would silently run the policy. The copy drops these instance-level overrides and uses the
+    class's forward.
+    """
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        module.__dict__.pop("forward", None)
+    return reference.eval().requires_grad_(False)
+
+
+class VRPOTrainer(DPOTrainer):
+    """Preference optimisation of a LLaDA model with VRPO's ELBO estimates in place of log-likelihoods.
+
+    Accepts TRL's preference datasets (`prompt`/`chosen`/`rejected`, plain or conversational, or implicit prompts).
+    The reference is `ref_model`, else a frozen copy of `model`; under LoRA (`peft_config`) the base with the adapter
+    disabled (no second copy). `peft_config=LoraConfig(...)` without `target_modules` picks LLaDA's block projections.
+    Logs TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`, `logps/*` (the ELBOs)
+    and `preference_score/variance`: the estimator's variance of the preference score, measured on the batch.
+    """
+
+    _tag_names = ["trl", "dpo", "vrpo", "llada"]
+
+    def __init__(self, model, ref_model=None, args: VRPOConfig | None = None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
+        if args is None:
+            args = VRPOConfig(output_dir="llada-vrpo")
+        elif not isinstance(args, VRPOConfig):
+            raise TypeError(f"args must be a VRPOConfig, got {type(args).__name__}.")
+        if processing_class is None:
+            raise ValueError("Pass the tokenizer as processing_class (it tokenizes the data and is saved with the "
+                             "model).")
+        if train_dataset is None:
+            raise ValueError("Pass a train_dataset of preference pairs (prompt, chosen, rejected).")
+        check_preference_dataset(train_dataset, "train")
+        check_preference_dataset(eval_dataset, "eval")
+        if isinstance(model, str):
+            raise ValueError("Pass a loaded LLaDA model (AutoModel.from_pretrained(...)), not a name.")
+        model_mask_id(model)  # a ValueError when the config has no mask token
+        if peft_config is not None:
+            peft_config = with_llada_defaults(peft_config)
+        elif ref_model is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
+            # TRL would reload the reference from the model's path; a frozen in-memory copy works for any model
+            ref_model = frozen_copy(model)
+        if data_collator is None:
+            tokenizer = getattr(processing_class, "tokenizer", processing_class)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            data_collator = VRPOCollator(pad_token_id=pad, max_length=args.max_length,
+                                         truncation_mode=args.truncation_mode,
+                                         pad_to_multiple_of=args.pad_to_multiple_of)
+        with quiet_upstream_deprecations():
+            super().__init__(model, ref_model=ref_model, args=args, data_collator=data_collator,
+                             train_dataset=train_dataset, eval_dataset=eval_dataset,
+                             processing_class=processing_class, peft_config=peft_config, **kwargs)
+        self.model_accepts_loss_kwargs = False
+
+    # ----------------------------------------------------------------------------------------------------- data
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """TRL's preparation, then one stored noise seed per example (its VRPO settings included, so reference ELBOs
+        cached by `precompute_ref_log_probs` are recomputed when the estimator changes)."""
+        dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        columns = getattr(dataset, "column_names", None) or []
+        if NOISE_SEED in columns:
+            return dataset
+        settings = (args.seed, args.elbo_samples, args.optimal_allocation, args.antithetic_sampling,
+                    args.stratified_timesteps, round(args.mask_eps * 1e9))
+
+        def add_seed(example, index):
+            return {NOISE_SEED: _seed32(*settings, index)}
+
+        if isinstance(dataset, Dataset):  # `IterableDataset.map` takes no `desc`
+            return dataset.map(add_seed, with_indices=True, desc=f"Storing noise seeds of the {dataset_name} dataset")
+        return dataset.map(add_seed, with_indices=True)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if NOISE_SEED not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, NOISE_SEED]
+
+    # ---------------------------------------------------------------------------------------------------- noise
+    def _response_seeds(self, inputs, *, reference: bool, training: bool) -> torch.Tensor:
+        """One 32-bit seed per row of the batch [chosen..., rejected...]."""
+        base = inputs[NOISE_SEED].long() & _U32
+        if not self.args.precompute_ref_log_probs:  # fresh noise every step; fixed noise for evaluations
+            salt = _seed32(self.state.global_step, 11) if training else _seed32(self.args.eval_noise_seed, 13)
+            base = mix32(base ^ salt)
+        seeds = torch.cat([base, mix32(base ^ _REJECTED_SALT)])
+        if reference and not self.args.antithetic_sampling:
+            seeds = mix32(seeds ^ _REFERENCE_SALT)
+        return seeds
+
+    def sample_noise(self, inputs, *, reference: bool = False, training: bool = True):
+        """The timesteps and masks of every ELBO of the batch: p_mask (2b, n) float32 and masked (2b, n, l) bool,
+        only completion positions maskable. Depends on each row's seed alone (not on the batch or its padding)."""
+        completion = inputs["completion_mask"].bool()
+        rows, length = completion.shape
+        n = self.args.elbo_samples
+        seeds = self._response_seeds(inputs, reference=reference, training=training).to(completion.device)
+        samples = torch.arange(n, device=completion.device)
+        u = counter_uniform(seeds, 0, samples[None].expand(rows, -1))  # (2b, n)
+        if not self.args.optimal_allocation:
+            u = u[:, :1].expand(-1, n)  # one timestep, n masks
+        elif self.args.stratified_timesteps:
+            u = (u[:, :1] + samples[None] / n) % 1.0
+        eps = self.args.mask_eps
+        p_mask = ((1 - eps) * u + eps).float()
+        sample_seeds = mix32((seeds[:, None] + (samples[None] + 1) * _SAMPLE_STRIDE) & _U32).reshape(-1)
+        positions = torch.arange(length, device=completion.device)[None].expand(rows * n, -1)
+        draws = counter_uniform(sample_seeds, 1, positions).view(rows, n, length)
+        masked = (draws < p_mask[..., None]) & completion[:, None, :]
+        return p_mask, masked
+
+    # ------------------------------------------------------------------------------------------------- the ELBO
+    def elbo_samples(self, model, inputs, p_mask: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """The n single-sample ELBO estimates of every response, (2b, n) float32: for each masked copy,
+        sum over its masked positions of log p(clean token) / p_mask. One forward pass over the 2b * n copies, the
+        head computed only at masked positions."""
+        ids = inputs["input_ids"]
+        rows, n, length = masked.shape
+        flat_masked = masked.reshape(rows * n, length)
+        targets = ids.repeat_interleave(n, dim=0)
+        noisy = targets.masked_fill(flat_masked, model_mask_id(model))
+        attention = inputs["attention_mask"].repeat_interleave(n, dim=0)
+        attention = None if bool(attention.all()) else attention
+        logits = model(input_ids=noisy, attention_mask=attention, logits_to_keep=flat_masked, return_dict=True).logits
+        return -weighted_token_losses(logits, targets, flat_masked, p_mask.reshape(-1)).view(rows, n)
+
+    def _reference_context(self):
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _reference_elbo_samples(self, model, inputs, training: bool) -> torch.Tensor:
+        p_mask, masked = self.sample_noise(inputs, reference=True, training=training)
+        with self._reference_context():
+            return self.elbo_samples(model, inputs, p_mask, masked)
+
+    def compute_ref_log_probs(self, model, inputs):
+        """The reference's ELBO samples of a batch, (b, n) for chosen and rejected (what `precompute_ref_log_probs`
+        stores per example; their mean is the ELBO)."""
+        was_training = model.training
+        model.eval()
+        try:
+            samples = self._reference_elbo_samples(model, inputs, training=True)
+        finally:
+            model.train(was_training)
+        return samples.chunk(2, dim=0)
+
+    # ----------------------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        training = mode == "train"
+        p_mask, masked = self.sample_noise(inputs, training=training)
+        policy = self.elbo_samples(model, inputs, p_mask, masked)  # (2b, n)
+        if "ref_chosen_logps" in inputs:
+            ref_chosen, ref_rejected = (inputs[key].float() for key in ("ref_chosen_logps", "ref_rejected_logps"))
+            reference = torch.cat([ref_chosen, ref_rejected]).to(policy.device)
+            if reference.dim() == 1:  # scalar reference log-probs from elsewhere
+                reference = reference[:, None].expand_as(policy)
+        else:
+            ref_model = self.ref_model if self.ref_model is not None else model
+            reference = self._reference_elbo_samples(ref_model, inputs, training)
+        per_sample_ratio = policy - reference  # (2b, n): B_theta - B_ref for each shared (or own) noise draw
+        chosen_ratio, rejected_ratio = per_sample_ratio.mean(-1).chunk(2)
+        score = self.beta * (chosen_ratio - rejected_ratio)
+        loss = -F.logsigmoid(score).mean()
+
+        # metrics (TRL's names), gathered over processes
+        n = per_sample_ratio.shape[1]
+        sample_scores = self.beta * torch.sub(*per_sample_ratio.detach().chunk(2))  # (b, n)
+        variance = sample_scores.var(dim=1) / n if n > 1 else torch.full_like(score, float("nan"))
+        chosen_rewards, rejected_rewards = self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()
+        chosen_elbo, rejected_elbo = policy.detach().mean(-1).chunk(2)
+        gather = self.accelerator.gather_for_metrics
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_elbo).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_elbo).mean().item())
+        metrics["preference_score/variance"].append(gather(variance).mean().item())
+        if training:
+            tokens = gather(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens = getattr(self, "_total_train_tokens", 0) + tokens
+            metrics["num_tokens"] = [self._total_train_tokens]
+        if return_outputs:
+            return loss, {"scores": score.detach(), "elbo_samples": policy.detach()}
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    @torch.no_grad()
+    def preference_scores(self, dataset=None, batch_size: int | None = None) -> torch.Tensor:
+        """The estimated preference score beta * [(B_theta - B_ref)(chosen) - (B_theta - B_ref)(rejected)] of every
+        pair of a prepared dataset (default: the eval dataset, else the train dataset), with the evaluation noise;
+        the preference accuracy is `(scores > 0).float().mean()`."""
+        dataset = dataset if dataset is not None else (self.eval_dataset if isinstance(self.eval_dataset, Dataset)
+                                                       else self.train_dataset)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or self.args.per_device_eval_batch_size,
+                                             collate_fn=self.data_collator, shuffle=False)
+        was_training = self.model.training
+        self.model.eval()
+        scores = []
+        try:
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                with self.compute_loss_context_manager():
+                    _, outputs = self.compute_loss(self.model, batch, return_outputs=True)
+                scores.append(outputs["scores"].cpu())
+            for key in list(self._metrics["eval"]):  # these batches are not an evaluation
+                self._metrics["eval"][key].clear()
+        finally:
+            self.model.train(was_training)
+        return torch.cat(scores)
+
+
+__all__ = ["VRPOCollator", "VRPOConfig", "VRPOTrainer", "check_preference_dataset"]
