@@ -4,8 +4,10 @@
     python benchmarks/bench_alignment.py --shape 1b --device cuda --lora  # bf16 on a GPU (the trainers' CUDA default)
 
 VRPO: seconds per optimizer step with the paper's budget n = `--elbo-samples` against n = 1 measured in the same run
-(the ratio is what the variance reduction costs in compute), plus the peak accelerator memory. Every row also checks
-that the loss is finite and that the step changed the trainable weights.
+(the ratio is what the variance reduction costs in compute). diffu-GRPO: seconds per optimizer step (rollouts with
+the diffusion sampler included) without a key/value cache and with the prefix cache, the ratio against the first.
+Both print the peak accelerator memory, and every row checks that the loss is finite and that the step changed the
+trainable weights.
 """
 
 import argparse
@@ -48,18 +50,49 @@ def preference_rows(count: int, prompt: int, response: int, seed: int) -> Datase
     return Dataset.from_dict({"prompt": draw(prompt), "chosen": draw(response), "rejected": draw(response)})
 
 
-def vrpo_step_seconds(model, tokenizer, rows, args, elbo_samples: int) -> tuple[float, float, float]:
+def prompt_rows(count: int, prompt: int, seed: int) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(WORDS), (count, prompt), generator=generator).tolist()
+    return Dataset.from_dict({"prompt": [" ".join(WORDS[i] for i in row) for row in rows]})
+
+
+def length_reward(completions, **kwargs):
+    return [float(len(text.split())) for text in completions]
+
+
+def vrpo_trainer(model, tokenizer, args, elbo_samples: int):
     from peft import LoraConfig
-    from transformers import PrinterCallback
 
     from trainers import VRPOConfig, VRPOTrainer
 
+    rows = preference_rows(args.pairs * (args.steps + 1), args.prompt, args.response, 0)
     config = VRPOConfig(output_dir="/tmp/bench-alignment", per_device_train_batch_size=args.pairs,
                         max_steps=args.steps + 1, learning_rate=1e-4, elbo_samples=elbo_samples, report_to="none",
                         save_strategy="no", disable_tqdm=True, logging_steps=1, max_length=None,
                         use_cpu=args.device == "cpu")
-    trainer = VRPOTrainer(model, args=config, train_dataset=rows, processing_class=tokenizer,
-                          peft_config=LoraConfig(r=16, lora_alpha=32) if args.lora else None)
+    return VRPOTrainer(model, args=config, train_dataset=rows, processing_class=tokenizer,
+                       peft_config=LoraConfig(r=16, lora_alpha=32) if args.lora else None)
+
+
+def grpo_trainer(model, tokenizer, args, kv_cache: str | None):
+    from peft import LoraConfig
+
+    from trainers.grpo import DiffuGRPOConfig, DiffuGRPOTrainer
+
+    config = DiffuGRPOConfig(
+        output_dir="/tmp/bench-alignment", per_device_train_batch_size=args.generations,
+        num_generations=args.generations, max_completion_length=args.response, block_length=args.block_length,
+        steps=args.response // 2, kv_cache=kv_cache, max_steps=args.steps + 1, learning_rate=1e-4,
+        report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=args.device == "cpu")
+    return DiffuGRPOTrainer(model, reward_funcs=length_reward, args=config,
+                            train_dataset=prompt_rows(args.steps + 1, args.prompt, 0), processing_class=tokenizer,
+                            peft_config=LoraConfig(r=16, lora_alpha=32) if args.lora else None)
+
+
+def step_seconds(trainer) -> tuple[float, float, float]:
+    """(fastest step after the first, peak GiB, last loss) of a short run, checked to have trained."""
+    from transformers import PrinterCallback
+
     trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     times = []
 
@@ -87,11 +120,22 @@ def vrpo_step_seconds(model, tokenizer, rows, args, elbo_samples: int) -> tuple[
     changed = any(not torch.equal(p.detach(), trainable[n]) for n, p in trainer.model.named_parameters() if n in trainable)
     assert changed, "the step changed no trainable weight"
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    if args.lora:
+    if hasattr(trainer.model, "unload"):
         trainer.model.unload()  # the base model back, without adapters, for the next row
     del trainer
     gc.collect()
     return min(times[1:]), peak, losses[-1]
+
+
+def table(title: str, label: str, rows) -> None:
+    print(f"\n# {title}")
+    print(f"| {label} | s/step | ratio to the first row | peak GiB | last loss |")
+    print("|---|---:|---:|---:|---:|")
+    base = None
+    for name, build in rows:
+        seconds, peak, loss = step_seconds(build())
+        base = base or seconds
+        print(f"| {name} | {seconds:.3f} | {seconds / base:.2f}x | {peak:.1f} | {loss:.4f} |", flush=True)
 
 
 def main():
@@ -104,6 +148,10 @@ def main():
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--response", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--generations", type=int, default=4,
+                        help="diffu-GRPO: completions per prompt (one prompt a step)")
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--only", choices=["vrpo", "grpo"], default=None)
     args = parser.parse_args()
 
     import datasets
@@ -115,18 +163,18 @@ def main():
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = random_model(args.shape, args.device, dtype)
     tokenizer = train_tokenizer([" ".join(WORDS)] * 20, vocab_size=256)
-    rows = preference_rows(args.pairs * (args.steps + 1), args.prompt, args.response, 0)
     params = sum(p.numel() for p in model.parameters()) / 1e9
-    print(f"# VRPO, {args.shape} LLaDA ({params:.2f}B parameters, {dtype}), {args.device}, "
-          f"{'LoRA r=16' if args.lora else 'full'}; {args.pairs} pairs/step, prompt {args.prompt} + response "
-          f"{args.response} tokens; min over {args.steps} steps after one warm-up")
-    print("| ELBO samples n | s/step | ratio to n=1 | peak GiB | last loss |")
-    print("|---:|---:|---:|---:|---:|")
-    base = None
-    for n in (1, args.elbo_samples):
-        seconds, peak, loss = vrpo_step_seconds(model, tokenizer, rows, args, n)
-        base = base or seconds
-        print(f"| {n} | {seconds:.3f} | {seconds / base:.2f}x | {peak:.1f} | {loss:.4f} |", flush=True)
+    setting = (f"{args.shape} LLaDA ({params:.2f}B parameters, {dtype}), {args.device}, "
+               f"{'LoRA r=16' if args.lora else 'full'}, min over {args.steps} steps after one warm-up")
+    if args.only != "grpo":
+        table(f"VRPO, {setting}; {args.pairs} pairs/step, prompt {args.prompt} + response {args.response} tokens",
+              "ELBO samples n", [(str(n), lambda n=n: vrpo_trainer(model, tokenizer, args, n))
+                                 for n in (1, args.elbo_samples)])
+    if args.only != "vrpo":
+        table(f"diffu-GRPO, {setting}; 1 prompt of {args.prompt} tokens x {args.generations} completions of "
+              f"{args.response} tokens/step ({args.response // 2} denoising steps, blocks of {args.block_length})",
+              "rollout cache", [(str(mode), lambda mode=mode: grpo_trainer(model, tokenizer, args, mode))
+                                for mode in (None, "prefix")])
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Every value a card states is read from the checkpoint it describes (its `config.
 
 The training record (format 2) lists every training stage that led to the weights, oldest first, under `stages`:
 a trainer that starts from a folder (or a cached Hub repository) holding its own record carries that record's
-stages and appends its own. A stage states its kind ("pre-training", "SFT", "LoRA SFT", "LoRA pre-training"), the
-model it started from, steps, key hyper-parameters, final losses, LoRA settings and its data (names, rows, tokens).
+stages and appends its own. A stage states its kind ("pre-training", "SFT", "VRPO", "diffu-GRPO", each also as
+"LoRA ..."), the model it started from, steps, key hyper-parameters, final losses (and, for the alignment stages, the
+last logged rewards), LoRA settings and its data (names, rows, tokens).
 The top-level fields repeat the last stage, in the layout of format 1 (records without `stages`), which cards still
 render. Names in a record are Hub ids, or the last part of a local path: never a path of the machine that trained.
 """
@@ -40,7 +41,27 @@ OBJECTIVE_TEXT = {
             "by each row's answer length, averaged over rows"),
     "pretraining": ("masked-diffusion pre-training (LLaDA): cross-entropy at masked positions / p_mask, summed and "
                     "divided by batch size x sequence length"),
+    "vrpo": ("VRPO (LLaDA 1.5, arXiv 2505.19223): DPO with each log-likelihood replaced by a Monte-Carlo ELBO of the "
+             "response given the prompt (prompt never masked), the policy and the reference scored on the same "
+             "timesteps and masks"),
+    "diffu_grpo": ("diffu-GRPO (d1, arXiv 2504.12216): GRPO on completions sampled with the diffusion sampler, "
+                   "per-token log-probabilities from one forward pass with the completion fully masked and the prompt "
+                   "randomly masked"),
 }
+# what each objective's stage is called in the card, and the hyper-parameters of the alignment objectives
+STAGE_KINDS = {"sft": "SFT", "pretraining": "pre-training", "vrpo": "VRPO", "diffu_grpo": "diffu-GRPO"}
+OBJECTIVE_HYPERPARAMETERS = {
+    "vrpo": ("beta", "elbo_samples", "optimal_allocation", "antithetic_sampling", "stratified_timesteps",
+             "loss_type", "loss_weights", "precompute_ref_log_probs"),
+    "diffu_grpo": ("beta", "num_generations", "num_iterations", "epsilon", "p_mask_prompt", "max_completion_length",
+                   "steps", "block_length", "remasking", "temperature", "threshold", "kv_cache", "loss_type"),
+}
+# the metrics whose last logged value an alignment stage records
+OBJECTIVE_METRICS = {
+    "vrpo": ("rewards/accuracies", "rewards/margins"),
+    "diffu_grpo": ("reward", "reward_std", "kl"),
+}
+ROW_UNITS = {"sft": "examples", "vrpo": "preference pairs", "diffu_grpo": "prompts"}
 
 
 # The family members: what the card calls them, its paper, and the sentence that introduces the model.
@@ -284,8 +305,17 @@ def record_stages(record: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def _stage_kind(objective: str, lora: bool) -> str:
-    kind = "SFT" if objective == "sft" else "pre-training"
+    kind = STAGE_KINDS.get(objective, objective)
     return f"LoRA {kind}" if lora else kind
+
+
+def stage_objective(args) -> str:
+    """The objective a trainer's arguments train with: "vrpo", "diffu_grpo", "sft" or "pretraining"."""
+    if hasattr(args, "elbo_samples"):
+        return "vrpo"
+    if hasattr(args, "p_mask_prompt"):
+        return "diffu_grpo"
+    return "sft" if hasattr(args, "train_on_padding") else "pretraining"
 
 
 def starting_model(model) -> str | None:
@@ -335,7 +365,8 @@ def training_record(trainer, dataset_names: list[str] | None = None,
     earlier: the stages before this one (default: those recorded with the model the trainer started from).
     """
     args, state = trainer.args, trainer.state
-    is_sft = hasattr(args, "train_on_padding")
+    objective = stage_objective(args)
+    is_sft = objective != "pretraining"  # every objective but pre-training trains on (prompt, response) examples
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     eval_losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
     train_loss = losses[-1] if losses else next((e["train_loss"] for e in state.log_history if "train_loss" in e), None)
@@ -351,8 +382,11 @@ def training_record(trainer, dataset_names: list[str] | None = None,
         "weight_decay": args.weight_decay,
         "precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32"),
         "seed": args.seed,
-        ("max_length" if is_sft else "block_size"): args.max_length if is_sft else args.block_size,
+        ("max_length" if is_sft else "block_size"): getattr(args, "max_length", None) if is_sft else args.block_size,
     }
+    for name in OBJECTIVE_HYPERPARAMETERS.get(objective, ()):
+        value = getattr(args, name, None)
+        hyperparameters[name] = list(value) if isinstance(value, (list, tuple)) else value
     lora = None
     peft_config = getattr(trainer.model, "peft_config", None)
     if peft_config:
@@ -367,14 +401,14 @@ def training_record(trainer, dataset_names: list[str] | None = None,
         if trainer.train_dataset is not None else (None, None)
     started_from = model_reference(starting_model(trainer.model))
     stage = {
-        "kind": _stage_kind("sft" if is_sft else "pretraining", lora is not None),
-        "objective": "sft" if is_sft else "pretraining",
+        "kind": _stage_kind(objective, lora is not None),
+        "objective": objective,
         "started_from": started_from,
         "steps": state.global_step,
         "epochs": round(state.epoch, 4) if state.epoch is not None else None,
-        "mask_eps": args.mask_eps,
-        "random_length_probability": args.random_length_probability,
-        "low_discrepancy_sampling": args.low_discrepancy_sampling,
+        "mask_eps": getattr(args, "mask_eps", None),
+        "random_length_probability": getattr(args, "random_length_probability", None),
+        "low_discrepancy_sampling": getattr(args, "low_discrepancy_sampling", None),
         "train_on_padding": getattr(args, "train_on_padding", None),
         **_family_training(trainer),
         "hyperparameters": hyperparameters,
@@ -385,10 +419,14 @@ def training_record(trainer, dataset_names: list[str] | None = None,
             "names": [dataset_hub_id(name) or local_label(name) for name in names],
             "hub_ids": [name for name in names if dataset_hub_id(name)],
             "rows": rows,
-            "row_unit": "examples" if is_sft else f"packed blocks of {args.block_size} tokens",
+            "row_unit": ROW_UNITS.get(objective) or f"packed blocks of {args.block_size} tokens",
             "tokens": tokens,
         },
     }
+    metrics = {name: next((e[name] for e in reversed(state.log_history) if name in e), None)
+               for name in OBJECTIVE_METRICS.get(objective, ())}
+    if any(value is not None for value in metrics.values()):
+        stage["final_metrics"] = metrics
     stages = [*(earlier_stages(trainer.model) if earlier is None else earlier), stage]
     return {
         "format": RECORD_FORMAT,
@@ -458,6 +496,14 @@ def _stage_markdown(stage: dict[str, Any]) -> list[str]:
         lines.append(f"- objective: {OBJECTIVE_TEXT[objective]}")
     if stage.get("router_aux_loss_coef"):
         lines.append(f"- plus the routers' load-balancing loss, weight {stage['router_aux_loss_coef']}")
+    if objective in ("vrpo", "diffu_grpo"):
+        beta = (stage.get("hyperparameters") or {}).get("beta")
+        if not beta:
+            lines.append("- no reference model (beta = 0: no KL term)")
+        else:
+            reference = "the starting model with the adapter disabled" if stage.get("lora") else \
+                "a frozen copy of the starting model"
+            lines.append(f"- reference: {reference}; beta = {beta}")
     started = _model_text(stage.get("started_from"))
     if started:
         lines.append(f"- started from: {started}")
@@ -487,6 +533,9 @@ def _stage_markdown(stage: dict[str, Any]) -> list[str]:
     if stage.get("eval_loss") is not None:
         steps += f"; final eval loss {stage['eval_loss']:.4f}"
     lines.append(steps)
+    metrics = {k: v for k, v in (stage.get("final_metrics") or {}).items() if v is not None}
+    if metrics:
+        lines.append("- last logged: " + ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()))
     if stage.get("hyperparameters"):
         lines.append("- hyper-parameters: " + ", ".join(f"{k} = {v}" for k, v in stage["hyperparameters"].items()))
     if stage.get("lora"):

@@ -251,7 +251,9 @@ Preference optimisation of a LLaDA model with VRPO (LLaDA 1.5): DPO with each lo
 variance-reduced Monte-Carlo ELBO of the response (optimal allocation and antithetic sampling by default), full or
 LoRA (--use_peft; the reference is then the base with the adapter disabled). The dataset has TRL's `prompt`/
 `chosen`/`rejected` columns. Every flag of TRL's DPOConfig and ModelConfig applies, plus the VRPO settings; or put
-them in a YAML file (--config). The defaults below are a small CPU run."""
+them in a YAML file (--config). `--loss_type sigmoid sft --loss_weights 1 0.5` adds TRL's "sft" term: the
+masked-diffusion SFT loss of the chosen answers. The defaults below are a small CPU run; examples/vrpo.py runs SFT
+then VRPO on the SFT model's own mistakes and reports the accuracies before and after."""
 DPO_EXAMPLES = """\
 examples:
   # a fine-tuned model on the local copy-task preferences (no download)

@@ -102,3 +102,45 @@ def copy_preference_task(count: int, digits: int, seed: int) -> Dataset:
         rows["chosen"].append([{"role": "assistant", "content": answer}])
         rows["rejected"].append([{"role": "assistant", "content": " ".join(wrong)}])
     return Dataset.from_dict(rows)
+
+
+def on_policy_preference_pairs(model, tokenizer, pairs, generation: dict, samples: int = 4, temperature: float = 1.0,
+                               seed: int = 0, batch_size: int = 64) -> Dataset:
+    """Preference pairs from a model's own mistakes on (question, answer) pairs, in chat format.
+
+    `model.generate` samples `samples` answers per question at `temperature` (independent draws, reproducible from
+    `seed`); each distinct wrong one becomes a `rejected` answer with the correct answer as `chosen`. Questions the
+    model always answers right give no pair. Preference optimisation on such pairs pushes down the answers the model
+    actually generates, which is what moves its generate accuracy (corrupted answers it would never write do not).
+    """
+    import torch
+
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}; it is the number of answers drawn per question.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; greedy decoding draws one answer per question.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    try:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            prompts = [tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                                     add_generation_prompt=True, tokenize=True, return_dict=False)
+                       for question, _ in chunk]
+            longest = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=model.device)
+            mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=mask, temperature=temperature, num_return_sequences=samples,
+                                     seed=seed + start, **generation)
+            texts = [tokenizer.decode(row).split(EOT)[0].strip() for row in out[:, longest:]]
+            for index, (question, answer) in enumerate(chunk):
+                for wrong in sorted(set(texts[index * samples : (index + 1) * samples]) - {answer}):
+                    rows["prompt"].append([{"role": "user", "content": question}])
+                    rows["chosen"].append([{"role": "assistant", "content": answer}])
+                    rows["rejected"].append([{"role": "assistant", "content": wrong}])
+    finally:
+        model.train(was_training)
+    return Dataset.from_dict(rows)

@@ -36,6 +36,8 @@ COMMANDS = {
                    "sft", "llada_cli.commands", "build_sft_parser", True),
     "dpo": Command("preference optimisation with VRPO (LLaDA 1.5's DPO on ELBOs), full or LoRA",
                    "dpo", "llada_cli.commands", "build_dpo_parser", True),
+    "grpo": Command("reinforcement learning with diffu-GRPO (d1), full or LoRA",
+                    "llada_cli.grpo:grpo", "llada_cli.grpo", "build_parser", True),
     "generate": Command("generate from a prompt, showing the denoising live",
                         "generate", "llada_cli.commands", "build_generate_parser", False),
     "chat": Command("chat with a LLaDA model in the terminal",

@@ -1,4 +1,5 @@
-"""Masked-diffusion trainers for LLaDA, built on transformers' Trainer and TRL's SFTTrainer and DPOTrainer (VRPO)."""
+"""Masked-diffusion trainers for LLaDA, built on transformers' Trainer and TRL's SFTTrainer, DPOTrainer (VRPO) and
+GRPOTrainer (diffu-GRPO)."""
 
 from .base import DiffusionArguments, DiffusionTrainerMixin
 from .objectives import (
@@ -22,12 +23,15 @@ from .peft_utils import (
 )
 from .pretraining import MaskedDiffusionConfig, MaskedDiffusionTrainer, pack_dataset
 from .sft import DiffusionSFTCollator, MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
+from .grpo import DiffuGRPOConfig, DiffuGRPOTrainer, exact_match_reward
 from .vrpo import VRPOCollator, VRPOConfig, VRPOTrainer
 
 __all__ = [
     "LLADA2_LORA_TARGET_MODULES",
     "LLADA_LORA_TARGET_MODULES",
     "LLADA_MOE_LORA_TARGET_MODULES",
+    "DiffuGRPOConfig",
+    "DiffuGRPOTrainer",
     "DiffusionArguments",
     "DiffusionSFTCollator",
     "DiffusionTrainerMixin",
@@ -42,6 +46,7 @@ __all__ = [
     "block_diffusion_inputs",
     "block_diffusion_loss",
     "default_lora_target_modules",
+    "exact_match_reward",
     "forward_process",
     "lora_target_parameters",
     "pack_dataset",

@@ -150,10 +150,52 @@ def _seed32(*parts: int) -> int:
     return hash(tuple(parts)) & _U32  # the hash of a tuple of ints is the same in every process
 
 
-class DiffusionTrainerMixin(AtomicCheckpointsMixin):
+class LLaDARecordMixin(AtomicCheckpointsMixin):
+    """What every llada-hf trainer does on save, mixed in before `transformers.Trainer` or a TRL trainer:
+    checkpoints are atomic and resuming skips incomplete ones (`AtomicCheckpointsMixin`, trainers/checkpoints.py),
+    and every save writes the training record (`llada_training.json`: this run's stage after those of the model it
+    started from) and a LLaDA model card (README.md), also the card `push_to_hub` uploads in place of TRL's."""
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False, *,
+                   dataset_name: str | list[str] | None = None):
+        """Save as usual, plus the training record and a LLaDA model card (README.md) next to the weights.
+
+        dataset_name: the training data's name(s), for the record and the card: a Hub dataset id (also listed in
+        the card metadata), a local file (recorded by its file name) or a short description. Remembered for later
+        saves and `create_model_card`.
+        """
+        super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero():
+            self._write_model_card(Path(output_dir or self.args.output_dir), dataset_name)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | list[str] | None = None,
+                          tags=None, **kwargs):
+        """The card `push_to_hub` uploads: a LLaDA card rendered from the saved files and this trainer's state."""
+        if self.is_world_process_zero():
+            self._write_model_card(Path(self.args.output_dir), dataset_name)
+
+    def _write_model_card(self, folder: Path, dataset_names: str | list[str] | None = None) -> None:
+        """Write the training record (this run's stage after those recorded with the model it started from) and
+        the card rendered from the folder."""
+        from hub_cards.cards import TRAINING_RECORD, card_for_folder, earlier_stages, training_record
+
+        if dataset_names:
+            self._llada_dataset_names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+        if not hasattr(self, "_llada_earlier_stages"):
+            # read once, before any save of this run could overwrite the record it started from
+            self._llada_earlier_stages = earlier_stages(self.model)
+        record = training_record(self, getattr(self, "_llada_dataset_names", None), self._llada_earlier_stages)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
+            repo_id = self.args.hub_model_id or folder.name
+            card_for_folder(folder, repo_id).save(folder / "README.md")
+
+
+class DiffusionTrainerMixin(LLaDARecordMixin):
     """Loss step of the masked-diffusion trainers; mixed into `transformers.Trainer` / `trl.SFTTrainer`.
 
-    Checkpoints are atomic and resuming skips incomplete ones (`AtomicCheckpointsMixin`, trainers/checkpoints.py).
+    Saves write atomic checkpoints, the training record and a LLaDA card (`LLaDARecordMixin`).
     """
 
     def _set_signature_columns_if_needed(self):
@@ -247,41 +289,6 @@ class DiffusionTrainerMixin(AtomicCheckpointsMixin):
         """Averaged over the logging interval and logged with the loss (TRL's `_metrics`, ours for `Trainer`)."""
         self._metrics["train" if model.training else "eval"][name].append(value)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False, *,
-                   dataset_name: str | list[str] | None = None):
-        """Save as usual, plus the training record and a LLaDA model card (README.md) next to the weights.
-
-        dataset_name: the training data's name(s), for the record and the card: a Hub dataset id (also listed in
-        the card metadata), a local file (recorded by its file name) or a short description. Remembered for later
-        saves and `create_model_card`.
-        """
-        super().save_model(output_dir, _internal_call)
-        if self.is_world_process_zero():
-            self._write_model_card(Path(output_dir or self.args.output_dir), dataset_name)
-
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | list[str] | None = None,
-                          tags=None, **kwargs):
-        """The card `push_to_hub` uploads: a LLaDA card rendered from the saved files and this trainer's state."""
-        if self.is_world_process_zero():
-            self._write_model_card(Path(self.args.output_dir), dataset_name)
-
-    def _write_model_card(self, folder: Path, dataset_names: str | list[str] | None = None) -> None:
-        """Write the training record (this run's stage after those recorded with the model it started from) and
-        the card rendered from the folder."""
-        from hub_cards.cards import TRAINING_RECORD, card_for_folder, earlier_stages, training_record
-
-        if dataset_names:
-            self._llada_dataset_names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
-        if not hasattr(self, "_llada_earlier_stages"):
-            # read once, before any save of this run could overwrite the record it started from
-            self._llada_earlier_stages = earlier_stages(self.model)
-        record = training_record(self, getattr(self, "_llada_dataset_names", None), self._llada_earlier_stages)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
-            repo_id = self.args.hub_model_id or folder.name
-            card_for_folder(folder, repo_id).save(folder / "README.md")
-
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -333,10 +340,12 @@ def model_config(model):
 
 def model_mask_id(model) -> int:
     """The mask id of a (possibly PEFT- or DDP-wrapped) LLaDA model."""
-    config = getattr(model, "config", None)
-    while config is None or getattr(config, "mask_token_id", None) is None:
+    seen = set()
+    while model is not None and id(model) not in seen:  # `base_model` of a bare model is the model itself
+        seen.add(id(model))
+        mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
+        if mask_id is not None:
+            return mask_id
         model = getattr(model, "module", None) or getattr(model, "base_model", None) or getattr(model, "model", None)
-        if model is None:
-            raise ValueError("The model config has no mask_token_id; set it to the id of the [MASK] token.")
-        config = getattr(model, "config", None)
-    return config.mask_token_id
+    raise ValueError("The model config has no mask_token_id; set it to the id of the [MASK] token (e.g. "
+                     "model.config.mask_token_id = tokenizer.mask_token_id).")

@@ -8,6 +8,9 @@ the prompt (the SFT bound: the prompt is never masked), estimated by Monte Carlo
 
     loss = -log sigmoid(beta * [(B_theta(y_w) - B_ref(y_w)) - (B_theta(y_l) - B_ref(y_l))])
 
+(`loss_type=["sigmoid", "sft"]` adds, with its `loss_weights` weight, TRL's SFT term on the chosen responses:
+-sum_w B_theta(y_w) / number of chosen tokens, the masked-diffusion SFT loss.)
+
 with the paper's variance reductions, each a config field:
 - a budget of `elbo_samples` (n) masked copies per ELBO;
 - optimal allocation: n distinct timesteps with one mask each (off: one timestep shared by n masks);
@@ -35,7 +38,7 @@ from trl.trainer.utils import use_adapter
 
 from modeling_llada.generation_llada import counter_uniform, mix32
 
-from .base import _seed32, model_mask_id
+from .base import LLaDARecordMixin, _seed32, model_mask_id
 from .compat import quiet_upstream_deprecations, sync_checkpointing_names
 from .objectives import DEFAULT_EPS, weighted_token_losses
 from .peft_utils import with_llada_defaults
@@ -45,6 +48,9 @@ _U32 = 0xFFFFFFFF
 _REJECTED_SALT = 0x7F4A7C15  # rejected responses draw other noise than chosen ones
 _REFERENCE_SALT = 0x5BD1E995  # the reference's own noise when antithetic sampling is off
 _SAMPLE_STRIDE = 0x9E3779B9
+# TRL's loss names VRPO implements: the paper's DPO loss on ELBOs, and TRL's "sft" term (the negative ELBO of the
+# chosen responses per chosen token: the masked-diffusion SFT loss), combined with DPOConfig's loss_weights
+LOSS_TYPES = ("sigmoid", "sft")
 
 
 @dataclass
@@ -52,8 +58,11 @@ class VRPOConfig(DPOConfig):
     """[`trl.DPOConfig`] plus VRPO's ELBO estimator settings, with defaults that are safe on a CPU.
 
     Differences from DPOConfig: `bf16` defaults to True only when CUDA is available, activation (gradient)
-    checkpointing defaults to False, and only the DPO loss of the paper (`loss_type="sigmoid"`, reverse KL, no
-    length weighting) is accepted.
+    checkpointing defaults to False, and `loss_type` accepts the DPO loss of the paper (`"sigmoid"`, reverse KL, no
+    length weighting) and TRL's `"sft"` term, here the masked-diffusion SFT loss of the chosen responses (their
+    negative ELBO summed over the batch and divided by the number of chosen tokens, as TRL averages its SFT
+    cross-entropy over the chosen tokens); `loss_type=["sigmoid", "sft"]` with `loss_weights` combines them as TRL
+    does (sum of weight x loss), keeping the chosen likelihood from drifting down.
     """
 
     elbo_samples: int = field(
@@ -105,9 +114,11 @@ class VRPOConfig(DPOConfig):
                              "packed sequences. Set padding_free=False.")
         sync_checkpointing_names(self)
         super().__post_init__()
-        if list(self.loss_type) != ["sigmoid"]:
+        unsupported = [name for name in self.loss_type if name not in LOSS_TYPES]
+        if unsupported or not self.loss_type or len(set(self.loss_type)) != len(self.loss_type):
             raise ValueError(f"VRPO is the sigmoid DPO loss on ELBOs; loss_type={self.loss_type} is not supported. "
-                             "Set loss_type='sigmoid'.")
+                             "Set loss_type='sigmoid' (the paper's), or ['sigmoid', 'sft'] to add the masked-diffusion "
+                             "SFT loss of the chosen responses (weights: loss_weights).")
         for name, default in (("ld_alpha", None), ("use_weighting", False), ("f_divergence_type", "reverse_kl"),
                               ("label_smoothing", 0.0), ("sync_ref_model", False)):
             if getattr(self, name) != default:
@@ -163,7 +174,7 @@ def frozen_copy(model):
     return reference.eval().requires_grad_(False)
 
 
-class VRPOTrainer(DPOTrainer):
+class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
     """Preference optimisation of a LLaDA model with VRPO's ELBO estimates in place of log-likelihoods.
 
     Accepts TRL's preference datasets (`prompt`/`chosen`/`rejected`, plain or conversational, or implicit prompts).
@@ -171,9 +182,27 @@ class VRPOTrainer(DPOTrainer):
     disabled (no second copy). `peft_config=LoraConfig(...)` without `target_modules` picks LLaDA's block projections.
     Logs TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`, `logps/*` (the ELBOs)
     and `preference_score/variance`: the estimator's variance of the preference score, measured on the batch.
+    Saves write atomic checkpoints, the training record (a "VRPO" stage after those of the model it started from)
+    and a LLaDA model card in place of TRL's (`LLaDARecordMixin`).
     """
 
     _tag_names = ["trl", "dpo", "vrpo", "llada"]
+    # the method and its paper, for TRL's card helpers (the card written is LLaDA's: LLaDARecordMixin)
+    _name = "VRPO"
+    _paper = {
+        "title": "LLaDA 1.5: Variance-Reduced Preference Optimization for Large Language Diffusion Models",
+        "id": "2505.19223",
+        "citation": (
+            "@article{zhu2025llada,\n"
+            "    title   = {{LLaDA 1.5: Variance-Reduced Preference Optimization for Large Language Diffusion "
+            "Models}},\n"
+            "    author  = {Fengqi Zhu and Rongzhen Wang and Shen Nie and Xiaolu Zhang and Chunwei Wu and Jun Hu and "
+            "Jun Zhou and Jianfei Chen and Yankai Lin and Ji-Rong Wen and others},\n"
+            "    journal = {arXiv preprint arXiv:2505.19223},\n"
+            "    year    = 2025,\n"
+            "}"
+        ),
+    }
 
     def __init__(self, model, ref_model=None, args: VRPOConfig | None = None, data_collator=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
@@ -319,14 +348,22 @@ class VRPOTrainer(DPOTrainer):
         per_sample_ratio = policy - reference  # (2b, n): B_theta - B_ref for each shared (or own) noise draw
         chosen_ratio, rejected_ratio = per_sample_ratio.mean(-1).chunk(2)
         score = self.beta * (chosen_ratio - rejected_ratio)
-        loss = -F.logsigmoid(score).mean()
+        chosen_elbo, rejected_elbo = policy.mean(-1).chunk(2)
+        losses = {}
+        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            if loss_type == "sigmoid":
+                losses[loss_type] = -F.logsigmoid(score).mean()
+            else:  # "sft": -sum of chosen ELBOs / chosen tokens (TRL: mean NLL over the chosen tokens)
+                chosen_tokens = inputs["completion_mask"].chunk(2)[0].sum().clamp(min=1)
+                losses[loss_type] = -chosen_elbo.sum() / chosen_tokens
+        loss = sum(weight * losses[name] for name, weight in zip(self.loss_types, self.loss_weights, strict=True))
 
         # metrics (TRL's names), gathered over processes
         n = per_sample_ratio.shape[1]
         sample_scores = self.beta * torch.sub(*per_sample_ratio.detach().chunk(2))  # (b, n)
         variance = sample_scores.var(dim=1) / n if n > 1 else torch.full_like(score, float("nan"))
         chosen_rewards, rejected_rewards = self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()
-        chosen_elbo, rejected_elbo = policy.detach().mean(-1).chunk(2)
+        chosen_elbo, rejected_elbo = chosen_elbo.detach(), rejected_elbo.detach()
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
@@ -336,6 +373,9 @@ class VRPOTrainer(DPOTrainer):
         metrics["logps/chosen"].append(gather(chosen_elbo).mean().item())
         metrics["logps/rejected"].append(gather(rejected_elbo).mean().item())
         metrics["preference_score/variance"].append(gather(variance).mean().item())
+        if len(losses) > 1:
+            for name, value in losses.items():
+                metrics[f"loss/{name}"].append(gather(value.detach()[None]).mean().item())
         if training:
             tokens = gather(inputs["attention_mask"].sum()).sum().item()
             self._total_train_tokens = getattr(self, "_total_train_tokens", 0) + tokens

@@ -1,0 +1,164 @@
+"""`llada-hf grpo`: reinforcement learning of a LLaDA model with diffu-GRPO (d1) on verifiable rewards.
+
+The flags are TRL's (GRPOConfig, ModelConfig) plus the diffusion settings of `DiffuGRPOConfig`, read by TRL's parser
+(or from `--config file.yaml`), as `llada-hf dpo` does. Without --dataset_name the prompts are a local copy task
+(no download) rewarded by exact match with its `answer` column.
+"""
+
+import sys
+from dataclasses import dataclass, field
+
+from . import help_cache
+from .commands import _check_config_file, _import_heavy, _training_parser
+
+GRPO_DESCRIPTION = """\
+Reinforcement learning of a LLaDA model with diffu-GRPO (d1): rollouts from the model's own diffusion sampler
+(--steps, --block_length, --remasking, --temperature, ...), rewarded by your reward functions (or reward models),
+TRL's group-relative advantages, clipping and KL to the reference (--beta), and d1's one-step per-token
+log-probabilities (the completion masked, each prompt token masked with probability --p_mask_prompt, a new mask for
+each of the --num_iterations inner updates). Full or LoRA (--use_peft; the reference is then the base with the
+adapter disabled). The dataset has a `prompt` column (plain or chat) plus whatever columns the rewards read; the
+default reward, exact_match, compares the answer with an `answer` column. Every flag of TRL's GRPOConfig and
+ModelConfig applies; or put them in a YAML file (--config). The defaults below are a small CPU run."""
+GRPO_EXAMPLES = """\
+examples:
+  # a fine-tuned model on the local copy task, exact-match reward (no download)
+  llada-hf grpo --model_name_or_path runs/sft --output_dir runs/grpo
+  # LoRA on LLaDA-8B-Instruct with a Hub dataset and your own reward function (module:function)
+  llada-hf grpo --model_name_or_path GSAI-ML/LLaDA-8B-Instruct --dataset_name openai/gsm8k --dataset_config main \\
+      --reward_funcs my_rewards:correctness --bf16 --use_peft --max_completion_length 256 --block_length 32 \\
+      --steps 128 --temperature 0.9 --output_dir runs/llada-d1
+  # the same flags from a YAML file of `setting: value` lines
+  llada-hf grpo --config grpo.yaml"""
+
+REWARD_HELP = ("reward functions: exact_match (the completion, cut at <|eot_id|>, equals the `answer` column), a "
+               "function as module:function (TRL's signature: prompts, completions, **columns -> list of floats), or "
+               "a reward model (Hub id or folder of a sequence-classification model); several are summed")
+
+
+def _script_arguments():
+    _import_heavy()
+    from .commands import ScriptArguments
+
+    @dataclass
+    class GRPOScriptArguments(ScriptArguments):
+        dataset_name: str | None = field(
+            default=None,
+            metadata={"help": "Hub id or local data files (json/jsonl/csv/parquet) with a `prompt` column; default: "
+                              "a local copy task (`Repeat: 3 1 4 1` -> `3 1 4 1`, in its `answer` column)."},
+        )
+        tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's."})
+        reward_funcs: list[str] = field(default_factory=lambda: ["exact_match"], metadata={"help": REWARD_HELP})
+        copy_task_digits: int = field(default=4, metadata={"help": "Digits of the default copy task's strings."})
+
+    GRPOScriptArguments.__qualname__ = "GRPOScriptArguments"
+    return GRPOScriptArguments
+
+
+def build_parser():
+    """The parser of `llada-hf grpo` (imports transformers and TRL: seconds; its help text is cached)."""
+    _import_heavy()
+    from trainers.grpo import DiffuGRPOConfig
+
+    from .commands import ModelConfig
+
+    return _training_parser(
+        "grpo", (_script_arguments(), DiffuGRPOConfig, ModelConfig), GRPO_DESCRIPTION, GRPO_EXAMPLES,
+        per_device_train_batch_size=32, num_generations=8, max_completion_length=16, max_steps=100,
+        learning_rate=3e-4, beta=0.02, num_iterations=2, logging_steps=10, save_steps=50,
+    )
+
+
+def resolve_reward_funcs(names: list[str]) -> list:
+    """The reward functions of --reward_funcs: ours by name, `module:function` imported, anything else left to TRL
+    (a reward model's Hub id or folder)."""
+    import importlib
+
+    from trainers.grpo import exact_match_reward
+
+    if not names:
+        raise ValueError("--reward_funcs is empty; pass at least one (exact_match, module:function or a reward model).")
+    funcs = []
+    for name in names:
+        if name == "exact_match":
+            funcs.append(exact_match_reward)
+        elif ":" in name:
+            module, _, attribute = name.partition(":")
+            try:
+                function = getattr(importlib.import_module(module), attribute)
+            except (ImportError, AttributeError) as error:
+                raise ValueError(f"--reward_funcs {name!r}: cannot import {attribute!r} from module {module!r} "
+                                 f"({error}); pass module:function of an importable module.") from None
+            if not callable(function):
+                raise ValueError(f"--reward_funcs {name!r} is not a function.")
+            funcs.append(function)
+        else:
+            funcs.append(name)
+    return funcs
+
+
+def copy_task_prompts(count: int, digits: int, seed: int):
+    """The default dataset: chat prompts of the copy task with their `answer`."""
+    from datasets import Dataset
+
+    from .local_data import digit_copy_task
+
+    pairs = digit_copy_task(count, digits, seed)
+    return Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q, _ in pairs],
+                              "answer": [a for _, a in pairs]})
+
+
+def check_prompt_dataset(dataset, dataset_name: str | None) -> None:
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if columns and "prompt" not in columns:
+        where = f"--dataset_name {dataset_name!r}" if dataset_name else "the dataset"
+        raise ValueError(f"{where} has columns {columns}; GRPO needs a `prompt` column (plain text or chat messages). "
+                         "Rename yours (dataset.rename_column).")
+
+
+def grpo(argv: list[str] | None = None) -> None:
+    """diffu-GRPO, full or LoRA (see examples/grpo.py for a run with before/after accuracies)."""
+    from trainers.grpo import DiffuGRPOTrainer
+
+    from .commands import get_peft_config, load_dataset_arg, load_model_and_tokenizer, python_docs_corpus
+
+    parser = build_parser()
+    help_cache.warm("grpo", parser)  # the next `llada-hf grpo --help` is then fast
+    argv = _check_config_file(parser, sys.argv[1:] if argv is None else argv)
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    reward_funcs = resolve_reward_funcs(script_args.reward_funcs)
+    if script_args.dataset_name is None:
+        dataset = copy_task_prompts(2000, script_args.copy_task_digits, training_args.seed)
+    else:
+        dataset = load_dataset_arg(script_args.dataset_name, script_args.dataset_config,
+                                   script_args.dataset_train_split)
+    check_prompt_dataset(dataset, script_args.dataset_name)
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path or "llada-tiny", script_args.tokenizer_name_or_path,
+        lambda: python_docs_corpus()["text"], model_args.dtype, model_args.attn_implementation,
+        training_args.trust_remote_code, training_args.seed,
+    )
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
+    configured = model.generation_config.eos_token_id
+    configured = [configured] if isinstance(configured, int) else list(configured or [])
+    if eot is not None and eot not in configured:  # a chat answer ends at <|eot_id|>
+        model.generation_config.eos_token_id = [*configured, eot] if configured else [tokenizer.eos_token_id, eot]
+    trainer = DiffuGRPOTrainer(model, reward_funcs=reward_funcs, args=training_args, train_dataset=dataset,
+                               processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m llada_cli.grpo ...` before the `grpo` entry is in `llada-hf`'s command table: the same one-line
+    errors as `llada-hf`."""
+    from .main import COMMANDS, Command
+    from .main import main as llada_main
+
+    COMMANDS.setdefault("grpo", Command("reinforcement learning with diffu-GRPO (d1), full or LoRA",
+                                        "llada_cli.grpo:grpo", "llada_cli.grpo", "build_parser", True))
+    return llada_main(["grpo", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

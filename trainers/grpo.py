@@ -1,0 +1,383 @@
+"""diffu-GRPO (d1, arXiv 2504.12216): GRPO for masked-diffusion models on TRL's `GRPOTrainer`.
+
+TRL's GRPO machinery is kept as it is: reward functions (plain callables and reward models), group-relative
+advantages, clipping, the KL term to the reference (`beta`), the μ inner iterations (`num_iterations`), logging and
+metrics. Two hooks change, because a diffusion LM neither samples left to right nor has exact per-token
+log-probabilities:
+
+- rollouts come from the model's own diffusion sampler (`model.generate`: `steps`, `block_length`, `remasking`,
+  `threshold`, `kv_cache`, `cfg_scale` and TRL's `temperature`, `top_k`, `top_p`), left-padded prompts with their
+  attention mask; the `num_generations` copies of a prompt are independent draws (generate seeds every row from the
+  prompt's seed and the copy index);
+- the per-token log-probability of a completion token is d1's one-step estimate: ONE forward pass over
+  `[prompt with each token masked with probability p_mask_prompt | the whole completion masked]`, log-softmax at the
+  completion positions, gathered at the completion's tokens (log-softmax of the raw logits: no division by the
+  sampling temperature).
+
+The prompt mask is new for each of the μ inner iterations, and at iteration k the policy, the old policy and the
+reference all see the same mask (d1's per-iteration mask seeds): when a batch is generated, the old-policy and
+reference log-probabilities are computed for every iteration at once and stored as (B, μ, C); iteration k reads
+column k. The mask of a row is a function of (its 32-bit mask seed, k, position counted from the row's first real
+token) alone, drawn with the counter-based RNG of generate, so it does not depend on how the batch is split or
+padded. Padding is never masked and never scored; completion positions after the first EOS are hidden by the
+attention mask (TRL's convention) and not scored.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import GRPOConfig, GRPOTrainer
+
+from modeling_llada.generation_llada import KV_CACHE_MODES, REMASKING_STRATEGIES, counter_uniform, mix32
+
+from .base import LLaDARecordMixin, _seed32, model_mask_id
+from .compat import quiet_upstream_deprecations, sync_checkpointing_names
+from .peft_utils import with_llada_defaults
+from .vrpo import frozen_copy
+
+MASK_SEEDS = "mask_seeds"
+_U32 = 0xFFFFFFFF
+_ROW_STRIDE = 0x9E3779B9
+_PROMPT_MASK_SALT = 0x3C6EF35F
+
+
+@dataclass
+class DiffuGRPOConfig(GRPOConfig):
+    """[`trl.GRPOConfig`] plus d1's log-probability estimator and the diffusion sampler's settings.
+
+    The sampler fields have the names of `model.generate` / `llada-hf generate` (`max_completion_length` is its
+    `max_new_tokens`, `temperature`, `top_k` and `top_p` are TRL's own); `generation_kwargs` passes any other
+    generate setting (e.g. `{"logits_eos_inf": True}`). Differences from GRPOConfig: `bf16` defaults to True only when
+    CUDA is available, activation (gradient) checkpointing defaults to False, and vLLM / continuous batching are
+    refused (a diffusion model does not sample autoregressively).
+    """
+
+    p_mask_prompt: float = field(
+        default=0.15,
+        metadata={"help": "Probability of masking each prompt token in the forward pass that scores a completion "
+                  "(d1: 0.15); a new prompt mask for each of the num_iterations inner updates."},
+    )
+    steps: int | None = field(
+        default=None,
+        metadata={"help": "Denoising steps of a rollout (a forward pass each), a multiple of the number of blocks; "
+                  "default: max_completion_length (one token per step)."},
+    )
+    block_length: int | None = field(
+        default=None,
+        metadata={"help": "Rollouts fill blocks of this many positions left to right (max_completion_length must be a "
+                  "multiple of it); default: max_completion_length (one block)."},
+    )
+    remasking: str = field(
+        default="low_confidence",
+        metadata={"help": "Which proposals a rollout commits first.", "choices": list(REMASKING_STRATEGIES)},
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={"help": "Parallel decoding of rollouts: commit every masked position of the block whose confidence "
+                  "reaches this (e.g. 0.9); default: off."},
+    )
+    kv_cache: str | None = field(
+        default=None,
+        metadata={"help": "Approximate key/value caching of rollouts (prefix or dual); default: off (exact).",
+                  "choices": [*KV_CACHE_MODES, None]},
+    )
+    cfg_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance weight of rollouts (0: off)."})
+    eval_mask_seed: int = field(
+        default=1234, metadata={"help": "Seed of the fixed prompt masks of evaluations (comparable evaluations)."}
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin data-loader memory; default: on only when training on a CUDA GPU."}
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and not self.fp16 and not getattr(self, "use_cpu", False)
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = bool(torch.cuda.is_available() and not getattr(self, "use_cpu", False))
+        self._check_diffusion_settings()
+        sync_checkpointing_names(self)
+        super().__post_init__()
+
+    def _check_diffusion_settings(self) -> None:
+        if not 0.0 <= self.p_mask_prompt < 1.0:
+            raise ValueError(f"p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}; d1 uses 0.15 (0 never masks "
+                             "the prompt).")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
+        if self.temperature == 0 and self.remasking != "random" and self.num_generations > 1:
+            raise ValueError(
+                f"temperature=0 with remasking={self.remasking!r} makes the num_generations={self.num_generations} "
+                "completions of a prompt identical (greedy proposals, deterministic order): every group advantage "
+                "would be 0 and nothing would train. Set temperature > 0 (d1 uses 0.9) or remasking='random'."
+            )
+        if self.remasking not in REMASKING_STRATEGIES:
+            raise ValueError(f"remasking must be one of {', '.join(REMASKING_STRATEGIES)}, got {self.remasking!r}.")
+        if self.kv_cache is not None and self.kv_cache not in KV_CACHE_MODES:
+            raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHE_MODES)} or None, got {self.kv_cache!r}.")
+        length = self.max_completion_length
+        if length is None or length < 1:
+            raise ValueError(f"max_completion_length must be a positive int (the rollouts' max_new_tokens), got "
+                             f"{length!r}.")
+        block = self.block_length or length
+        if self.block_length is not None and (self.block_length < 1 or length % self.block_length):
+            raise ValueError(f"block_length={self.block_length} must be >= 1 and divide max_completion_length="
+                             f"{length}; pick a divisor (or leave it unset: one block).")
+        if self.steps is not None and (self.steps < 1 or self.steps % (length // block)):
+            raise ValueError(f"steps={self.steps} must be a positive multiple of the number of blocks "
+                             f"({length // block} = max_completion_length / block_length).")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1] (parallel decoding), got {self.threshold}.")
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0 (0 is off), got {self.cfg_scale}.")
+        if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or getattr(
+                self, "use_transformers_paged", False):
+            raise ValueError("use_vllm / use_transformers_continuous_batching sample autoregressively; diffu-GRPO "
+                             "rolls out with the model's diffusion sampler. Leave them False.")
+        if self.min_p is not None or self.repetition_penalty != 1.0:
+            raise ValueError(f"min_p={self.min_p!r} and repetition_penalty={self.repetition_penalty!r} are not "
+                             "supported by the diffusion sampler; leave them at None and 1.0 (top_k and top_p are).")
+        if getattr(self, "use_liger_kernel", False):
+            raise ValueError("use_liger_kernel is not supported: the per-token log-probabilities of a diffusion model "
+                             "come from a masked forward pass. Set use_liger_kernel=False.")
+        if self.sync_ref_model:
+            raise ValueError("sync_ref_model=True is not supported by DiffuGRPOTrainer; leave it False.")
+        if getattr(self, "padding_free", False):
+            raise ValueError("padding_free is not supported for LLaDA; set padding_free=False.")
+
+
+class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
+    """GRPO for a LLaDA model with diffusion rollouts and d1's one-step per-token log-probabilities.
+
+    Same arguments as [`trl.GRPOTrainer`] (reward functions: callables, reward models or Hub ids; datasets with a
+    `prompt` column, plain or conversational), with a loaded LLaDA model. The reference (when `beta` > 0) is a frozen
+    copy of `model`; under LoRA (`peft_config`; a `LoraConfig` without `target_modules` gets LLaDA's block
+    projections) the base with the adapter disabled.
+    """
+
+    _tag_names = ["trl", "grpo", "diffu-grpo", "d1", "llada"]
+
+    def __init__(self, model, reward_funcs=None, args: DiffuGRPOConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
+        if args is None:
+            args = DiffuGRPOConfig(output_dir="llada-diffu-grpo")
+        elif not isinstance(args, DiffuGRPOConfig):
+            raise TypeError(f"args must be a DiffuGRPOConfig, got {type(args).__name__}.")
+        if isinstance(model, str):
+            raise ValueError("Pass a loaded LLaDA model (AutoModel.from_pretrained(...)), not a name.")
+        if processing_class is None:
+            raise ValueError("Pass the tokenizer as processing_class (it tokenizes the prompts and decodes the "
+                             "completions for the reward functions).")
+        if reward_funcs is None or (isinstance(reward_funcs, list) and not reward_funcs):
+            raise ValueError("Pass reward_funcs: a function (prompts, completions, **columns) -> list of floats, a "
+                             "reward model, or a list of them.")
+        for name in ("tools", "rollout_func", "environment_factory"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"{name} is not supported by DiffuGRPOTrainer (single-turn diffusion rollouts).")
+        model_mask_id(model)  # a ValueError when the config has no mask token
+        beta = args.beta
+        own_reference = beta != 0.0 and peft_config is None and not is_peft_model(model)
+        reference = frozen_copy(model) if own_reference else None
+        if peft_config is not None:
+            peft_config = with_llada_defaults(peft_config, model)
+        if own_reference:
+            # TRL would reload the reference from the model's Hub id; a frozen in-memory copy works for any model
+            args.beta = 0.0
+        try:
+            with quiet_upstream_deprecations():
+                super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                                 eval_dataset=eval_dataset, processing_class=processing_class,
+                                 peft_config=peft_config, **kwargs)
+        finally:
+            args.beta = beta
+        self.beta = beta
+        if own_reference:
+            self.ref_model = self.accelerator.prepare_model(reference, evaluation_mode=True)
+        self._mask_id = model_mask_id(model)
+        stops = list(getattr(self, "eos_token_ids", None) or [])  # TRL >= 1.15 also reads the generation config's
+        if not stops:
+            configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+            configured = [configured] if isinstance(configured, int) else list(configured or [])
+            stops = [self._tokenizer.eos_token_id, *[i for i in configured if i != self._tokenizer.eos_token_id]]
+        self._stop_ids = stops
+        self._noise = None  # (row mask seeds, iterations) of the scoring under way
+
+    # ------------------------------------------------------------------------------------------------ rollouts
+    def diffusion_generation_kwargs(self) -> dict:
+        """The `model.generate` settings of the rollouts."""
+        args = self.args
+        length = args.max_completion_length
+        kwargs = dict(max_new_tokens=length, steps=args.steps or length, block_length=args.block_length or length,
+                      temperature=self.temperature, do_sample=self.temperature > 0, remasking=args.remasking,
+                      cfg_scale=args.cfg_scale, eos_token_id=list(self._stop_ids),
+                      pad_token_id=self._tokenizer.pad_token_id, mask_token_id=self._mask_id)
+        if args.threshold is not None:
+            kwargs["threshold"] = args.threshold
+        if args.kv_cache is not None:
+            kwargs["kv_cache"] = args.kv_cache
+        if args.top_k:
+            kwargs["top_k"] = args.top_k
+        if args.top_p is not None and args.top_p < 1.0:
+            kwargs["top_p"] = args.top_p
+        kwargs.update(args.generation_kwargs or {})
+        return kwargs
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
+        """Diffusion rollouts of the (already repeated) prompts: one batched `generate` call on left-padded prompts.
+        Returns TRL's (completion ids per row, up to and including the first EOS; no sampling log-probs)."""
+        if images is not None and any(image for image in images) or multimodal_fields:
+            raise ValueError("DiffuGRPOTrainer rolls out text prompts only (no images).")
+        device = self.accelerator.device
+        lengths = torch.tensor([len(ids) for ids in prompt_ids], device=device)
+        longest = int(lengths.max())
+        flat = torch.tensor([token for ids in prompt_ids for token in ids], dtype=torch.long, device=device)
+        columns = torch.arange(longest, device=device)
+        attention = columns[None] >= (longest - lengths)[:, None]
+        input_ids = torch.full((len(prompt_ids), longest), self._tokenizer.pad_token_id, dtype=torch.long,
+                               device=device)
+        input_ids[attention] = flat  # row-major order: each row's tokens land right-aligned
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            with torch.no_grad():
+                sequences = unwrapped.generate(input_ids, attention_mask=attention.long(),
+                                               **self.diffusion_generation_kwargs())
+        finally:
+            unwrapped.train(was_training)
+        completions = sequences[:, longest:]
+        is_eos = torch.isin(completions, torch.tensor(self._stop_ids, device=completions.device))
+        ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completions.shape[1]).tolist()
+        rows = completions.tolist()
+        return [row[:end] for row, end in zip(rows, ends)], None
+
+    # ------------------------------------------------------------------------------------------- prompt masks
+    def row_mask_seeds(self, rows: int, training: bool) -> torch.Tensor:
+        """One 32-bit prompt-mask seed per row of a generation batch (int64, on the trainer's device): from the run's
+        seed, the step and the process when training; fixed (`eval_mask_seed`) in evaluation."""
+        if training:
+            base = _seed32(self.args.seed, self.state.global_step, self._step, self.accelerator.process_index, 7)
+        else:
+            base = _seed32(self.args.eval_mask_seed, self.accelerator.process_index, 9)
+        index = torch.arange(rows, device=self.accelerator.device)
+        return mix32((mix32(torch.full_like(index, base)) + index * _ROW_STRIDE) & _U32)
+
+    def prompt_noise_mask(self, attention_mask: torch.Tensor, prompt_length: int, mask_seeds: torch.Tensor,
+                          iteration: int) -> torch.Tensor:
+        """Which prompt positions the scoring pass masks at inner iteration `iteration`: (B, prompt_length) bool, each
+        real prompt token independently with probability `p_mask_prompt`, never padding. A function of (the row's
+        seed, the iteration, the position counted from the row's first real token) alone."""
+        real = attention_mask[:, :prompt_length].bool()
+        pad_count = (~real).sum(-1, keepdim=True)
+        positions = torch.arange(prompt_length, device=real.device)[None] - pad_count
+        seeds = mix32((mask_seeds.to(real.device).long() ^ _PROMPT_MASK_SALT) & _U32)
+        draws = counter_uniform(seeds, iteration, positions)
+        return (draws < self.args.p_mask_prompt) & real
+
+    def per_token_logps(self, model, input_ids, attention_mask, logits_to_keep: int, mask_seeds: torch.Tensor,
+                        iteration: int, compute_entropy: bool = False, compute_aux_loss: bool = False):
+        """d1's per-token log-probabilities of the last `logits_to_keep` tokens (the completion): one forward pass with
+        the completion fully masked and the prompt masked by `prompt_noise_mask(..., iteration)`; log-softmax at the
+        completion positions, gathered at the completion tokens. Returns (logps (B, C) float32, entropies or None,
+        aux loss or None); positions outside the attention mask are 0."""
+        prompt_length = input_ids.shape[1] - logits_to_keep
+        noisy = input_ids.clone()
+        noisy[:, :prompt_length].masked_fill_(
+            self.prompt_noise_mask(attention_mask, prompt_length, mask_seeds, iteration), self._mask_id)
+        noisy[:, prompt_length:] = self._mask_id
+        attention = None if bool(attention_mask.all()) else attention_mask
+        extra = {"output_router_logits": True} if compute_aux_loss else {}
+        with self.accelerator.autocast():
+            outputs = model(input_ids=noisy, attention_mask=attention, logits_to_keep=logits_to_keep, return_dict=True,
+                            **extra)
+        logits = outputs.logits[:, -logits_to_keep:].float()
+        targets = input_ids[:, prompt_length:]
+        scored = attention_mask[:, prompt_length:].bool()
+        log_norm = torch.logsumexp(logits, dim=-1)
+        logps = (logits.gather(-1, targets[..., None]).squeeze(-1) - log_norm).masked_fill(~scored, 0.0)
+        entropies = None
+        if compute_entropy:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and bool(getattr(self, "_entropy_bonus_enabled", 0))):
+                log_probs = logits - log_norm[..., None]
+                entropies = -(log_probs.exp() * log_probs).sum(-1).masked_fill(~scored, 0.0)
+        return logps, entropies, getattr(outputs, "aux_loss", None) if compute_aux_loss else None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        """TRL's hook, with d1's estimator. While a generation batch is scored (old policy, reference) it returns the
+        log-probs of every inner iteration, (B, num_iterations, C); in the loss, those of the current iteration."""
+        if any(value is not None for value in kwargs.values()):
+            raise ValueError("DiffuGRPOTrainer scores text only; got multimodal inputs "
+                             f"{sorted(k for k, v in kwargs.items() if v is not None)}.")
+        if self._noise is None:
+            raise RuntimeError("DiffuGRPOTrainer scores completions inside its own steps only (no prompt-mask seeds "
+                               "are set); call per_token_logps(...) with explicit seeds instead.")
+        seeds, iterations, stacked = self._noise
+        batch_size = batch_size or input_ids.shape[0]
+        logps, entropies, aux = [], [], []
+        for start in range(0, input_ids.shape[0], batch_size):  # chunks of rows, as TRL, to bound memory
+            chunk = slice(start, start + batch_size)
+            per_iteration = [self.per_token_logps(model, input_ids[chunk], attention_mask[chunk], logits_to_keep,
+                                                  seeds[chunk], k, compute_entropy, compute_aux_loss)
+                             for k in iterations]
+            logps.append(torch.stack([p[0] for p in per_iteration], 1) if stacked else per_iteration[0][0])
+            if compute_entropy:
+                entropies.append(per_iteration[0][1])
+            if compute_aux_loss and per_iteration[0][2] is not None:
+                aux.append(per_iteration[0][2])
+        return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
+                torch.stack(aux).mean() if aux else None)
+
+    # ------------------------------------------------------------------------------------------ TRL's steps
+    def _current_iteration(self) -> int:
+        if not self.model.training:
+            return 0
+        return (self._step // self.args.steps_per_generation) % self.num_iterations
+
+    def _generate_and_score_completions(self, inputs):
+        training = self.model.training
+        rows = len(inputs)
+        seeds = self.row_mask_seeds(rows, training)
+        iterations = list(range(self.num_iterations)) if training else [0]
+        self._noise = (seeds, iterations, True)
+        try:
+            with quiet_upstream_deprecations():
+                output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._noise = None
+        output[MASK_SEEDS] = seeds
+        return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        iteration = self._current_iteration()
+        inputs = dict(inputs)
+        seeds = inputs.pop(MASK_SEEDS)
+        for key in ("old_per_token_logps", "ref_per_token_logps"):
+            if key in inputs and inputs[key] is not None and inputs[key].dim() == 3:
+                inputs[key] = inputs[key][:, min(iteration, inputs[key].shape[1] - 1)]
+        self._noise = (seeds, [iteration], False)
+        try:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        finally:
+            self._noise = None
+
+
+def exact_match_reward(completions, answer, **kwargs) -> list[float]:
+    """A TRL reward function for verifiable tasks with an `answer` column: 1.0 when the completion (text, or the
+    content of the assistant message), cut at the first `<|eot_id|>` and stripped, equals the answer, else 0.0."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(text.split("<|eot_id|>")[0].strip() == str(expected).strip()) for text, expected in
+            zip(texts, answer)]
+
+
+__all__ = ["DiffuGRPOConfig", "DiffuGRPOTrainer", "exact_match_reward"]
