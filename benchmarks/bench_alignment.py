@@ -69,7 +69,7 @@ def vrpo_trainer(model, tokenizer, args, elbo_samples: int):
     config = VRPOConfig(output_dir="/tmp/bench-alignment", per_device_train_batch_size=args.pairs,
                         max_steps=args.steps + 1, learning_rate=1e-4, elbo_samples=elbo_samples, report_to="none",
                         save_strategy="no", disable_tqdm=True, logging_steps=1, max_length=None,
-                        use_cpu=args.device == "cpu")
+                        use_cpu=args.device == "cpu", activation_checkpointing=args.activation_checkpointing)
     return VRPOTrainer(model, args=config, train_dataset=rows, processing_class=tokenizer,
                        peft_config=LoraConfig(r=16, lora_alpha=32) if args.lora else None)
 
@@ -83,7 +83,8 @@ def grpo_trainer(model, tokenizer, args, kv_cache: str | None):
         output_dir="/tmp/bench-alignment", per_device_train_batch_size=args.generations,
         num_generations=args.generations, max_completion_length=args.response, block_length=args.block_length,
         steps=args.response // 2, kv_cache=kv_cache, max_steps=args.steps + 1, learning_rate=1e-4,
-        report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=args.device == "cpu")
+        report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=args.device == "cpu",
+        activation_checkpointing=args.activation_checkpointing)
     return DiffuGRPOTrainer(model, reward_funcs=length_reward, args=config,
                             train_dataset=prompt_rows(args.steps + 1, args.prompt, 0), processing_class=tokenizer,
                             peft_config=LoraConfig(r=16, lora_alpha=32) if args.lora else None)
@@ -143,6 +144,8 @@ def main():
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (what LLaDA-8B with n = 8 needs on one GPU)")
     parser.add_argument("--elbo-samples", type=int, default=8)
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step")
     parser.add_argument("--prompt", type=int, default=128)
@@ -165,7 +168,7 @@ def main():
     tokenizer = train_tokenizer([" ".join(WORDS)] * 20, vocab_size=256)
     params = sum(p.numel() for p in model.parameters()) / 1e9
     setting = (f"{args.shape} LLaDA ({params:.2f}B parameters, {dtype}), {args.device}, "
-               f"{'LoRA r=16' if args.lora else 'full'}, min over {args.steps} steps after one warm-up")
+               f"{'LoRA r=16' if args.lora else 'full'}{', activation checkpointing' if args.activation_checkpointing else ''}, min over {args.steps} steps after one warm-up")
     if args.only != "grpo":
         table(f"VRPO, {setting}; {args.pairs} pairs/step, prompt {args.prompt} + response {args.response} tokens",
               "ELBO samples n", [(str(n), lambda n=n: vrpo_trainer(model, tokenizer, args, n))

@@ -29,9 +29,12 @@ def sync_checkpointing_names(args) -> None:
 
 @contextmanager
 def quiet_upstream_deprecations():
-    """PEFT (<= 0.21) reads `model.is_gradient_checkpointing` when it wraps a model, which transformers >= 5.24
-    deprecates with a FutureWarning on every LoRA run: a message about code the user cannot change. Silence exactly
-    that one while our trainers wrap the model."""
+    """Upstream code calls names transformers >= 5.23 deprecates, with a FutureWarning about code the user cannot
+    change: PEFT (<= 0.21) reads `model.is_gradient_checkpointing` when it wraps a model (every LoRA run), and TRL's
+    `unwrap_model_for_generation` turns `gradient_checkpointing_disable` / `_enable` around every GRPO rollout when
+    activation checkpointing is on. Silence exactly those while our trainers wrap the model or generate."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*`gradient_checkpointing_(enable|disable)` is deprecated",
+                                category=FutureWarning)
         yield

@@ -404,3 +404,17 @@ def test_inner_iterations_follow_trls_buffer_and_evaluation_runs(tmp_path):
     evaluation = next(e for e in trainer.state.log_history if "eval_loss" in e)
     for key in ("eval_reward", "eval_kl", "eval_entropy", "eval_rewards/length_reward/mean"):
         assert key in evaluation
+
+
+def test_rollouts_with_activation_checkpointing_warn_nothing_about_upstream_names(tmp_path):
+    """TRL turns checkpointing off and on around each rollout under names transformers >= 5.23 deprecates: those
+    FutureWarnings (one pair per rollout) are about code the user cannot change, and are silenced."""
+    import warnings
+
+    trainer = trainer_for(tmp_path, activation_checkpointing=True, max_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert not [m for m in messages if "checkpointing" in m], messages
+    assert trainer.state.global_step == 1
