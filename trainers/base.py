@@ -130,6 +130,34 @@ class DiffusionArguments:
                              f"{self.router_aux_loss_coef}.")
 
 
+@dataclass
+class CPUSafeDefaults:
+    """Device-dependent defaults of our TRL configs (SFT, VRPO, diffu-GRPO), safe on a CPU: bf16 only when training
+    runs on a CUDA GPU (bf16 on a CPU is ~25x slower than fp32), activation checkpointing off, pinned data-loader
+    memory only with a GPU (pinning without one only prints warnings). Mixed in before the TRL config; the config's
+    `__post_init__` calls `_resolve_device_defaults` before TrainingArguments' own."""
+
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin data-loader memory; default: on only when training on a CUDA GPU."}
+    )
+
+    def _resolve_device_defaults(self) -> None:
+        on_gpu = torch.cuda.is_available() and not getattr(self, "use_cpu", False)
+        if self.bf16 is None:
+            self.bf16 = on_gpu and not self.fp16
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = on_gpu
+
+
 def resolve_args(args, config_class, default_output_dir: str):
     """The trainer's config: the one given (it must be a `config_class`), else the defaults."""
     if args is None:

@@ -31,7 +31,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from modeling_llada.generation_llada import KV_CACHE_MODES, REMASKING_STRATEGIES, counter_uniform, mix32
 
-from .base import LLaDARecordMixin, _seed32, model_mask_id
+from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, model_mask_id
 from .compat import quiet_upstream_deprecations, sync_checkpointing_names
 from .peft_utils import with_llada_defaults
 from .vrpo import frozen_copy
@@ -43,7 +43,7 @@ _PROMPT_MASK_SALT = 0x3C6EF35F
 
 
 @dataclass
-class DiffuGRPOConfig(GRPOConfig):
+class DiffuGRPOConfig(CPUSafeDefaults, GRPOConfig):
     """[`trl.GRPOConfig`] plus d1's log-probability estimator and the diffusion sampler's settings.
 
     The sampler fields have the names of `model.generate` / `llada-hf generate` (`max_completion_length` is its
@@ -86,24 +86,9 @@ class DiffuGRPOConfig(GRPOConfig):
     eval_mask_seed: int = field(
         default=1234, metadata={"help": "Seed of the fixed prompt masks of evaluations (comparable evaluations)."}
     )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
-    )
-    activation_checkpointing: bool | None = field(
-        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
-    )
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
-    )
-    dataloader_pin_memory: bool | None = field(
-        default=None, metadata={"help": "Pin data-loader memory; default: on only when training on a CUDA GPU."}
-    )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and not self.fp16 and not getattr(self, "use_cpu", False)
-        if self.dataloader_pin_memory is None:
-            self.dataloader_pin_memory = bool(torch.cuda.is_available() and not getattr(self, "use_cpu", False))
+        self._resolve_device_defaults()
         self._check_diffusion_settings()
         sync_checkpointing_names(self)
         super().__post_init__()

@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 
 from modeling_llada.answers import decode_answers, end_token_ids
 
-from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
+from .base import EXAMPLE_ID, CPUSafeDefaults, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
 from .compat import quiet_upstream_deprecations, sync_checkpointing_names
 from .peft_utils import with_llada_defaults
 
@@ -26,7 +26,7 @@ SMALL_DATASET_PASSES = 25
 
 
 @dataclass
-class MaskedDiffusionSFTConfig(DiffusionArguments, SFTConfig):
+class MaskedDiffusionSFTConfig(CPUSafeDefaults, DiffusionArguments, SFTConfig):
     """[`trl.SFTConfig`] plus the masked-diffusion settings, with defaults that are safe on a CPU.
 
     Differences from SFTConfig: `bf16` defaults to True only when CUDA is available (bf16 on a CPU is ~25x slower);
@@ -41,19 +41,8 @@ class MaskedDiffusionSFTConfig(DiffusionArguments, SFTConfig):
             "learns to fill the tail of its canvas with EOS). False excludes the padding from loss and attention."
         },
     )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
-    )
-    activation_checkpointing: bool | None = field(
-        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
-    )
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
-    )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and not self.fp16
         if self.packing or self.padding_free:
             raise ValueError(
                 "packing/padding_free are not supported for LLaDA SFT: without a per-document attention mask the "

@@ -38,7 +38,7 @@ from trl.trainer.utils import use_adapter
 
 from modeling_llada.generation_llada import counter_uniform, mix32
 
-from .base import LLaDARecordMixin, _seed32, model_mask_id
+from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, model_mask_id
 from .compat import quiet_upstream_deprecations, sync_checkpointing_names
 from .objectives import DEFAULT_EPS, weighted_token_losses
 from .peft_utils import with_llada_defaults
@@ -54,7 +54,7 @@ LOSS_TYPES = ("sigmoid", "sft")
 
 
 @dataclass
-class VRPOConfig(DPOConfig):
+class VRPOConfig(CPUSafeDefaults, DPOConfig):
     """[`trl.DPOConfig`] plus VRPO's ELBO estimator settings, with defaults that are safe on a CPU.
 
     Differences from DPOConfig: `bf16` defaults to True only when CUDA is available, activation (gradient)
@@ -87,24 +87,9 @@ class VRPOConfig(DPOConfig):
     eval_noise_seed: int = field(
         default=1234, metadata={"help": "Seed of the fixed noise of evaluations (comparable evaluations)."}
     )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
-    )
-    activation_checkpointing: bool | None = field(
-        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
-    )
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
-    )
-    dataloader_pin_memory: bool | None = field(
-        default=None, metadata={"help": "Pin data-loader memory; default: on only when training on a CUDA GPU."}
-    )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and not self.fp16 and not getattr(self, "use_cpu", False)
-        if self.dataloader_pin_memory is None:
-            self.dataloader_pin_memory = bool(torch.cuda.is_available() and not getattr(self, "use_cpu", False))
+        self._resolve_device_defaults()
         if self.elbo_samples < 1:
             raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}; the paper uses 8.")
         if not 0.0 < self.mask_eps < 1.0:
