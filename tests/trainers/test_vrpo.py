@@ -244,6 +244,7 @@ def test_antithetic_sampling_and_optimal_allocation_lower_the_score_variance(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.converges
 def test_vrpo_raises_preference_and_generate_accuracy_over_the_sft_model(tmp_path):
     """examples/vrpo.py end to end (copy task, SFT stopped at a mid-quality model, VRPO on the SFT model's own wrong
     answers): held-out preference accuracy and greedy exact-match generate accuracy both rise, and VRPO's estimator
