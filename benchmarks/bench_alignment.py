@@ -118,7 +118,8 @@ def step_seconds(trainer) -> tuple[float, float, float]:
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert all(torch.isfinite(torch.tensor(losses))), losses
-    changed = any(not torch.equal(p.detach(), trainable[n]) for n, p in trainer.model.named_parameters() if n in trainable)
+    changed = any(not torch.equal(p.detach(), trainable[n])
+                  for n, p in trainer.model.named_parameters() if n in trainable)
     assert changed, "the step changed no trainable weight"
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     if hasattr(trainer.model, "unload"):
@@ -168,7 +169,9 @@ def main():
     tokenizer = train_tokenizer([" ".join(WORDS)] * 20, vocab_size=256)
     params = sum(p.numel() for p in model.parameters()) / 1e9
     setting = (f"{args.shape} LLaDA ({params:.2f}B parameters, {dtype}), {args.device}, "
-               f"{'LoRA r=16' if args.lora else 'full'}{', activation checkpointing' if args.activation_checkpointing else ''}, min over {args.steps} steps after one warm-up")
+               f"{'LoRA r=16' if args.lora else 'full'}"
+               f"{', activation checkpointing' if args.activation_checkpointing else ''}, "
+               f"min over {args.steps} steps after one warm-up")
     if args.only != "grpo":
         table(f"VRPO, {setting}; {args.pairs} pairs/step, prompt {args.prompt} + response {args.response} tokens",
               "ELBO samples n", [(str(n), lambda n=n: vrpo_trainer(model, tokenizer, args, n))

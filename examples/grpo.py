@@ -49,28 +49,6 @@ def sampled_reward(model, tokenizer, pairs, generation: dict, samples: int = 4, 
     return sum(t.split(EOT)[0].strip() == a for t, a in zip(texts, answers)) / len(answers)
 
 
-class StopAtAccuracy:
-    """Trainer callback: stop once greedy accuracy on `probe` (training prompts) reaches `target`. How many SFT steps
-    reach a given accuracy differs from machine to machine (the accuracy rises steeply), so the start is pinned by
-    accuracy, not by a step count."""
-
-    def __init__(self, tokenizer, probe, generation: dict, target: float, every: int = 5, first: int = 60):
-        self.tokenizer, self.probe, self.generation = tokenizer, probe, generation
-        self.target, self.every, self.first = target, every, first
-
-    def __getattr__(self, name):  # every other Trainer event: nothing to do
-        return lambda *args, **kwargs: None
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        from llada_cli.quickstart import task_accuracy
-
-        if state.global_step >= self.first and state.global_step % self.every == 0:
-            if task_accuracy(model, self.tokenizer, self.probe, self.generation) >= self.target:
-                control.should_training_stop = True
-            model.train()
-        return control
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/grpo")
@@ -100,7 +78,7 @@ def main(argv=None) -> dict:
     import torch
     from datasets import Dataset
 
-    from llada_cli.local_data import digit_copy_task, python_docs_corpus, train_tokenizer
+    from llada_cli.local_data import StopAtAccuracy, digit_copy_task, python_docs_corpus, train_tokenizer
     from llada_cli.quickstart import task_accuracy
     from modeling_llada import LLaDAConfig, LLaDAModelLM
     from trainers import MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
@@ -141,13 +119,15 @@ def main(argv=None) -> dict:
                                          "completion": [[{"role": "assistant", "content": a}] for _, a in train]}),
         processing_class=tokenizer)
     if 0 < args.sft_target_accuracy <= 1:
-        sft.add_callback(StopAtAccuracy(tokenizer, train[:50], greedy, args.sft_target_accuracy))
+        sft.add_callback(StopAtAccuracy(lambda m: task_accuracy(m, tokenizer, train[:50], greedy),
+                                        args.sft_target_accuracy, first=60))
     say(f"SFT on copying {args.digits} digits (at most {args.sft_steps} steps, until greedy accuracy "
         f"{args.sft_target_accuracy} on training prompts)")
     sft.train()
     model = sft.model
     say(f"SFT stopped after {sft.state.global_step} steps")
-    before = {"sft_steps": sft.state.global_step, "generate_accuracy": task_accuracy(model, tokenizer, held_out, greedy),
+    before = {"sft_steps": sft.state.global_step,
+              "generate_accuracy": task_accuracy(model, tokenizer, held_out, greedy),
               "sampled_reward": sampled_reward(model, tokenizer, held_out, sampled, seed=args.seed)}
     say(f"starting model on {len(held_out)} held-out prompts: {before}")
 

@@ -123,9 +123,9 @@ def main(argv=None) -> dict:
 
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     from llada_cli.local_data import (
+        StopAtAccuracy,
         copy_preference_task,
         digit_copy_task,
         on_policy_preference_pairs,
@@ -166,22 +166,15 @@ def main(argv=None) -> dict:
     generation = dict(max_new_tokens=length, steps=length, block_length=length)
 
     # 1. the SFT model: masked-diffusion SFT on the copy task, stopped once it copies some of the dev prompts
-    class StopAtTarget(TrainerCallback):
-        def on_step_end(self, _args, state, control, model=None, **kwargs):
-            step = state.global_step
-            if args.sft_target_accuracy > 0 and step >= 40 and step % 5 == 0:
-                accuracy = task_accuracy(model, tokenizer, dev, generation)
-                model.train()
-                say(f"SFT step {step}: dev generate accuracy {accuracy:.2f}")
-                control.should_training_stop = accuracy >= args.sft_target_accuracy
-
+    stop = StopAtAccuracy(lambda m: task_accuracy(m, tokenizer, dev, generation), args.sft_target_accuracy,
+                          report=lambda step, accuracy: say(f"SFT step {step}: dev generate accuracy {accuracy:.2f}"))
     sft = MaskedDiffusionSFTTrainer(
         model, MaskedDiffusionSFTConfig(output_dir=str(output / "sft"), per_device_train_batch_size=32,
                                         max_steps=args.sft_steps, learning_rate=1e-3, warmup_steps=10,
                                         lr_scheduler_type="constant_with_warmup", max_length=128, **common),
         train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q, _ in train],
                                          "completion": [[{"role": "assistant", "content": a}] for _, a in train]}),
-        processing_class=tokenizer, callbacks=[StopAtTarget()])
+        processing_class=tokenizer, callbacks=[stop] if args.sft_target_accuracy > 0 else None)
     say(f"SFT on copying {args.digits} digits (at most {args.sft_steps} steps)")
     sft.train()
     model = sft.model

@@ -2,13 +2,14 @@
 special tokens and chat template, and an instruction task whose answers can be checked.
 
 The examples, the tests and the quickstart use these so that nothing is fetched from the Hub at run time; real
-users pass Hub ids or local files instead.
+users pass Hub ids or local files instead. `StopAtAccuracy` stops a fine-tuning run on such a task at a chosen
+accuracy (the alignment examples start from a middling model).
 """
 
 import random
 
 from datasets import Dataset
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, TrainerCallback
 
 # LLaDA-8B-Instruct's special tokens (REFERENCE.md section 2), so that chat data looks like the real model's.
 BOS, EOS, MASK = "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>"
@@ -144,3 +145,25 @@ def on_policy_preference_pairs(model, tokenizer, pairs, generation: dict, sample
     finally:
         model.train(was_training)
     return Dataset.from_dict(rows)
+
+
+class StopAtAccuracy(TrainerCallback):
+    """Stop training once `measure(model)`, an accuracy in [0, 1], reaches `target`; measured every `every` steps from
+    step `first` (the model is put back in training mode after each measurement; `report(step, accuracy)` sees each).
+
+    How many SFT steps reach a given accuracy on the toy tasks differs from machine to machine (the accuracy rises
+    steeply with the steps), so the alignment examples and tests pin their starting model by accuracy instead."""
+
+    def __init__(self, measure, target: float, every: int = 5, first: int = 40, report=None):
+        self.measure, self.target, self.every, self.first, self.report = measure, target, every, first, report
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if step >= self.first and step % self.every == 0:
+            accuracy = self.measure(model)
+            model.train()
+            if self.report is not None:
+                self.report(step, accuracy)
+            if accuracy >= self.target:
+                control.should_training_stop = True
+        return control

@@ -324,29 +324,11 @@ def copy_reward(completions, answer, **kwargs):
     return [float(c[-1]["content"].split(f"t{EOT}")[0].strip() == a) for c, a in zip(completions, answer)]
 
 
-class StopWhenAccurate:
-    """Trainer callback: every `every` steps, stop once greedy accuracy on `probe` reaches `target`. Where the accuracy
-    of a fixed number of SFT steps lands differs across CPUs and thread counts (it rises steeply), so the start is
-    pinned by accuracy instead: a middling model on every machine."""
-
-    def __init__(self, tokenizer, probe, target: float, every: int = 5):
-        self.tokenizer, self.probe, self.target, self.every = tokenizer, probe, target, every
-
-    def __getattr__(self, name):  # every other Trainer event: nothing to do
-        return lambda *args, **kwargs: None
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0 and state.global_step >= 40:
-            if greedy_accuracy(model, self.tokenizer, self.probe) >= self.target:
-                control.should_training_stop = True
-            model.train()
-        return control
-
-
 @pytest.mark.slow
 @pytest.mark.converges
 def test_diffu_grpo_raises_reward_and_accuracy_on_the_copy_task(tmp_path):
     """A briefly SFT'd tiny model (middling accuracy) learns the copy task from an exact-match reward alone."""
+    from llada_cli.local_data import StopAtAccuracy
     from trainers import MaskedDiffusionSFTConfig, MaskedDiffusionSFTTrainer
 
     tokenizer = tiny_chat_tokenizer()
@@ -359,7 +341,9 @@ def test_diffu_grpo_raises_reward_and_accuracy_on_the_copy_task(tmp_path):
                                  save_strategy="no", disable_tqdm=True, seed=0),
         train_dataset=Dataset.from_dict({"prompt": chats, "completion": [[{"role": "assistant", "content": words(x)}]
                                                                          for x in train]}),
-        processing_class=tokenizer, callbacks=[StopWhenAccurate(tokenizer, probe, target=0.2, every=2)])
+        processing_class=tokenizer,
+        # where a fixed number of SFT steps lands differs across CPUs (accuracy rises steeply): pin it by accuracy
+        callbacks=[StopAtAccuracy(lambda m: greedy_accuracy(m, tokenizer, probe), target=0.2, every=2)])
     sft.train()
     before = greedy_accuracy(sft.model, tokenizer, held_out)
     trainer = DiffuGRPOTrainer(
