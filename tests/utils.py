@@ -1,5 +1,10 @@
 """Small models built from configs: nothing is downloaded."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from modeling_llada import LLaDAConfig, LLaDAModelLM
@@ -63,3 +68,17 @@ def tiny_chat_tokenizer():
 
 def words(ids) -> str:
     return " ".join(f"t{i}" for i in ids)
+
+
+def run_two_cpu_processes(worker: Path, *args) -> list[dict]:
+    """Run `worker args...` in 2 CPU processes (torchrun, gloo, one thread each) and fail with the end of stderr when a
+    process fails. Returns what each rank saved as `<args[0]>/rank<r>.pt` (empty when the worker saves none)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+         *map(str, args)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    files = [Path(args[0]) / f"rank{rank}.pt" for rank in range(2)]
+    return [torch.load(path) for path in files] if all(path.exists() for path in files) else []

@@ -14,7 +14,7 @@ from transformers import Trainer, TrainerCallback
 
 from tests.trainers.test_pretraining import config, repetitive_corpus
 from tests.trainers.test_sft import sft_config, variable_length_set
-from tests.utils import tiny_chat_tokenizer, tiny_model
+from tests.utils import run_two_cpu_processes, tiny_chat_tokenizer, tiny_model
 from trainers import MaskedDiffusionSFTTrainer, MaskedDiffusionTrainer
 from trainers.checkpoints import missing_checkpoint_parts
 
@@ -203,13 +203,7 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint_wi
 
 @pytest.mark.slow
 def test_two_processes_publish_one_checkpoint_holding_both_rng_states(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-         str(tmp_path), "distributed", str(tmp_path / "result.json")],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_cpu_processes(WORKER, str(tmp_path), "distributed", str(tmp_path / "result.json"))
     seen = json.loads((tmp_path / "result.json").read_text())
     assert seen["output_dir"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= set(seen["checkpoint-6"])

@@ -1,13 +1,10 @@
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.trainers.test_pretraining import config, repetitive_corpus
-from tests.utils import tiny_model
+from tests.utils import run_two_cpu_processes, tiny_model
 from trainers import MaskedDiffusionTrainer
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -15,14 +12,7 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 
 @pytest.mark.slow
 def test_two_cpu_processes_agree_on_loss_and_weights(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_two_cpu_processes(WORKER, str(tmp_path))
     for name in ("pretrain", "sft"):
         first, second = ranks[0][name], ranks[1][name]
         assert first["world_size"] == second["world_size"] == 2

@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tests.utils import tiny_chat_tokenizer, tiny_model, words
+from tests.utils import run_two_cpu_processes, tiny_chat_tokenizer, tiny_model, words
 from trainers.grpo import DiffuGRPOConfig, DiffuGRPOTrainer, exact_match_reward
 
 MASK, EOS, EOT = 60, 61, 59
@@ -279,20 +279,10 @@ def test_exact_match_reward():
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_and_log_the_same_metrics(tmp_path):
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     worker = Path(__file__).with_name("grpo_distributed_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_two_cpu_processes(worker, str(tmp_path))
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     differing = {k for a, b in zip(ranks[0]["logs"], ranks[1]["logs"]) for k in a if a[k] != b[k]}
     assert differing <= {"step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}, differing

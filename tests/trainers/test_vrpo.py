@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tests.utils import tiny_chat_tokenizer, tiny_model, words
+from tests.utils import run_two_cpu_processes, tiny_chat_tokenizer, tiny_model, words
 from trainers import VRPOConfig, VRPOTrainer
 
 MASK = 60
@@ -272,20 +272,10 @@ def test_vrpo_raises_preference_and_generate_accuracy_over_the_sft_model(tmp_pat
 @pytest.mark.slow
 def test_two_cpu_processes_agree_with_one(tmp_path):
     """2 processes x 2 pairs train as 1 process x 4 pairs: each response's noise depends on its example alone."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     worker = Path(__file__).with_name("vrpo_distributed_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_two_cpu_processes(worker, str(tmp_path))
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert [e["loss"] for e in ranks[0]["logs"]] == [e["loss"] for e in ranks[1]["logs"]]
     for key, tensor in ranks[0]["state"].items():
