@@ -1,15 +1,14 @@
-"""`llada-hf serve MODEL`: an OpenAI-compatible server for LLaDA models, built on transformers' serving app.
+"""`llada-hf serve MODEL`: an OpenAI-compatible server for LLaDA models.
 
-transformers' own `transformers serve` cannot serve LLaDA: its model manager looks the architecture up as an attribute
-of the `transformers` package (so no remote-code model loads), and its handlers assume autoregressive generation
-(`generate(tokenizer=...)`, `finish_reason`/`usage` from the canvas, stop strings as stopping criteria). This module
-keeps transformers' app (`build_server`: the routes, `/health`, `/v1/models`, the request-id middleware) and plugs in:
+transformers' own `transformers serve` cannot serve LLaDA: it looks the architecture up as an attribute of the
+`transformers` package (so no remote-code model loads), and its runner generates autoregressively
+(`generate(tokenizer=..., stopping_criteria=...)`, torch's global seed, row 0 of the output, `finish_reason`/`usage`
+from the canvas). Its internals also change between minor releases (5.25 rewrote them). So the app here is our own,
+on FastAPI's public API, and runs the same on every supported transformers release:
 
-- `LLaDAModelManager`, the one thin subclass of transformers' `ModelManager` (the only place that depends on its
-  internals, the same on transformers 5.20 to 5.24): it loads a LLaDA model from a Hub id or a folder, with or
-  without remote code, through `AutoModel` and the tokenizer through `AutoTokenizer`;
-- `LLaDAHandler`, the handler of `/v1/chat/completions` and `/v1/completions` (duck-typed: `handle_request(body,
-  request_id)`), with OpenAI's semantics for a diffusion model:
+- `ServedModel` loads a LLaDA model from a Hub id (`org/model@revision`) or a folder, with or without remote code,
+  through `AutoModel`, and its tokenizer through `AutoTokenizer`;
+- `LLaDAHandler` answers `/v1/chat/completions` and `/v1/completions` with OpenAI's semantics for a diffusion model:
   * the answer ends at the first EOS / end-of-turn token or stop string (`finish_reason` "stop"), or where the
     `max_tokens` budget ran out ("length"); `usage.completion_tokens` counts the answer's tokens (not the EOS, not
     the stop string, not the canvas);
@@ -18,9 +17,13 @@ keeps transformers' app (`build_server`: the routes, `/health`, `/v1/models`, th
     and per-request extra fields of the body;
   * streaming sends the answer in reading order as positions are committed; with `"stream_denoising_draft": true`
     every chunk also carries the whole canvas, masks shown as `░`, in the extra field `denoising_draft`;
-  * bad requests get a 4xx whose OpenAI-style error names the field (`param`), never a 500.
-  Requests are served one at a time, in arrival order, on one generation thread (each with its own settings and its
-  own stream); a streamed request whose client goes away is stopped at the next denoising step.
+  * bad requests get a 4xx whose OpenAI-style error names the field (`param`), never a 500;
+- `GenerationRunner`, the engine: requests are served one at a time, in arrival order, on one generation thread
+  (each with its own settings and its own stream); a streamed request whose client goes away is stopped at the next
+  denoising step. An error that leaves the device unusable (a CUDA error) kills the engine: every request then gets
+  a 503 with a one-line reason at once, and `/health` answers 503.
+- `build_app`: the routes, `/v1/models`, `/health`, the `X-Request-ID` header, errors in OpenAI's shape (malformed
+  JSON included).
 
 The `--help` of this command is cheap: nothing heavy is imported at module level.
 """
@@ -32,6 +35,7 @@ import asyncio
 import copy
 import json
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -63,7 +67,6 @@ COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo", "suffix", "best_of", "lo
 _NEUTRAL_ONLY = ("frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "logit_bias", "tools",
                  "tool_choice", "functions", "function_call", "response_format", "echo", "suffix", "audio",
                  "prediction", "generation_config")
-_SUPPORTED_TRANSFORMERS = ("5.20", "6")  # [floor, ceiling): the serving API this module was written against
 # A fast tokenizer's Rust core refuses concurrent use when one call changes its padding/truncation settings ("Already
 # borrowed"): requests are tokenized on worker threads while the generation thread decodes, so they take turns.
 TOKENIZER_LOCK = threading.Lock()
@@ -73,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of `llada-hf serve` (cheap: no torch)."""
     parser = new_parser(
         "llada-hf serve",
-        "Serve a LLaDA model with an OpenAI-compatible API (chat and text completions, streaming), on transformers'\n"
-        "serving app. Needs the serve extra: pip install 'llada-hf[serve]'.\n\n"
+        "Serve a LLaDA model with an OpenAI-compatible API (chat and text completions, streaming). Needs the serve\n"
+        "extra: pip install 'llada-hf[serve]'.\n\n"
         "  llada-hf serve GSAI-ML/LLaDA-8B-Instruct --steps 64 --block_length 32\n"
         "  curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
         "      -d '{\"model\": \"GSAI-ML/LLaDA-8B-Instruct\", \"steps\": 32,\n"
@@ -127,7 +130,8 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict:
-        kind = {404: "not_found_error", 422: "invalid_request_error"}.get(self.status, "invalid_request_error")
+        kind = "server_error" if self.status >= 500 else "not_found_error" if self.status == 404 \
+            else "invalid_request_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
@@ -303,7 +307,7 @@ class AnswerTracker:
         self.sent = 0  # characters of `text` already returned by feed
         self.completion_tokens = 0
 
-    def _decode(self, ids: list[int]) -> str:
+    def _text_of(self, ids: list[int]) -> str:
         with TOKENIZER_LOCK:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -322,7 +326,7 @@ class AnswerTracker:
             self.ids.append(int(token))
         if len(self.ids) >= self.max_tokens:
             self.done = True
-        self.text = self._decode(self.ids)
+        self.text = self._text_of(self.ids)
         self.completion_tokens = len(self.ids)
         cut = first_stop_position(self.text, self.stops)
         if cut >= 0:
@@ -330,7 +334,7 @@ class AnswerTracker:
             self.text = self.text[:cut]
             # the tokens wholly before the stop string
             count = 0
-            while count < len(self.ids) and len(self._decode(self.ids[: count + 1])) <= cut:
+            while count < len(self.ids) and len(self._text_of(self.ids[: count + 1])) <= cut:
                 count += 1
             self.completion_tokens = count
         safe = len(self.text)
@@ -401,26 +405,14 @@ class DraftStreamer(CommitStreamer):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The heavy part: imported when the server starts
-
-
-def _serving():
-    """transformers' serving modules, or a clear error on a release whose serving API this module does not know."""
-    import transformers
-    from packaging.version import Version
-
-    version = Version(transformers.__version__)
-    low, high = (Version(v) for v in _SUPPORTED_TRANSFORMERS)
-    if not low <= Version(version.base_version) < high:
-        raise RuntimeError(f"llada-hf serve supports transformers >= {low}, < {high} (its serving API); this is "
-                           f"{transformers.__version__}.")
-    try:
-        from transformers.cli.serving import model_manager, server, utils
-    except ImportError as error:
-        raise RuntimeError(f"llada-hf serve needs transformers' serving app (transformers.cli.serving), which "
-                           f"transformers {transformers.__version__} lacks: {error}. Install the serve extra: "
-                           "pip install 'llada-hf[serve]'.") from error
-    return model_manager, server, utils
+# The heavy part: imported when the server starts.
+#
+# The app is our own, on FastAPI's public API, and depends on no transformers internals: transformers' serving app
+# (transformers.cli.serving) rewrites its internals between minor releases (5.25 moved each model into a process of
+# its own behind an `EngineClient`, and its `ModelManager` no longer takes `device`), and its per-request runner
+# (`GenerateRunner.generate`) is autoregressive: it passes `tokenizer=` and stopping criteria, seeds torch's global
+# generator, and returns row 0 of the output. So `llada-hf serve` behaves the same on every transformers release
+# the project supports.
 
 
 def _split(name: str) -> tuple[str, str | None]:
@@ -433,72 +425,120 @@ def _split(name: str) -> tuple[str, str | None]:
     return model_id, revision or None
 
 
-def make_model_manager_class():
-    """The one subclass of transformers' `ModelManager`: LLaDA through `AutoModel` (registered by `modeling_llada`, or
-    the checkpoint's own code with trust_remote_code), its tokenizer through `AutoTokenizer`. Everything else (the
-    cache, the locks, `/v1/models`) is transformers'."""
-    model_manager, _, _ = _serving()
+class ServedModel:
+    """The model a server serves, loaded once when it starts: LLaDA through `AutoModel` (llada-hf's classes, which
+    `modeling_llada` registers, or the checkpoint's own code with `trust_remote_code`) and its tokenizer through
+    `AutoTokenizer`. `org/model@revision` loads that revision."""
 
-    class LLaDAModelManager(model_manager.ModelManager):
-        def list_models(self, *args, **kwargs) -> list[dict]:
-            """`/v1/models`: the served model (transformers 5.24 calls this; 5.20 calls `get_gen_models`)."""
-            name = self.force_model
-            owner = "local" if os.path.exists(name) else (name.split("/")[0] if "/" in name else "")
-            return [{"id": name, "object": "model", "created": 0, "owned_by": owner,
-                     "status": {"value": "loaded"}}]
+    def __init__(self, name: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
 
-        def get_gen_models(self, *args, **kwargs) -> list[dict]:
-            return self.list_models()
+        import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
 
-        @staticmethod
-        def process_model_name(model_id: str) -> str:
-            if os.path.exists(model_id) or "@" in model_id:
-                return model_id
-            return f"{model_id}@main"
+        from .loading import fill_mask_token_id, resolve_dtype
 
-        def _load_processor(self, model_id_and_revision: str, *args, **kwargs):
-            from transformers import AutoTokenizer
+        self.name = name
+        model_id, revision = _split(name)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision,
+                                                       trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        load: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+        if dtype not in (None, "auto"):
+            load["dtype"] = resolve_dtype(dtype)
+        model = AutoModel.from_pretrained(model_id, **load)
+        # the official LLaDA-MoE / LLaDA 2 configs do not store the mask id: the tokenizer's, as the other commands do
+        fill_mask_token_id(model, self.tokenizer)
+        if getattr(model.config, "mask_token_id", None) is None:
+            raise ValueError(f"{model_id!r} is not a LLaDA model (no mask_token_id in its config or tokenizer).")
+        if not hasattr(model.generation_config, "block_length"):  # not diffusion generation
+            raise ValueError(f"{model_id!r}: the model's code has no diffusion `generate` (the official checkpoints' "
+                             "own code files lack one); serve it without --trust_remote_code to use llada-hf's "
+                             "LLaDA classes.")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.to(device).eval()
 
-            model_id, revision = _split(model_id_and_revision)
-            tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision,
-                                                      trust_remote_code=self.trust_remote_code)
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            return tokenizer
+    def names(self) -> set[str]:
+        """The values of a request's `model` that name this model."""
+        name = self.name
+        names = {name, name.rstrip("/"), os.path.basename(name.rstrip("/"))}
+        if not os.path.exists(name) and "@" not in name:
+            names.add(f"{name}@main")
+        return names
 
-        def _load_model(self, model_id_and_revision: str, *args, **kwargs):
-            import torch
-            from transformers import AutoModel
+    def card(self) -> dict:
+        """This model's entry in `/v1/models`."""
+        owner = "local" if os.path.exists(self.name) else (self.name.split("/")[0] if "/" in self.name else "")
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": owner, "status": {"value": "loaded"}}
 
-            import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
 
-            model_id, revision = _split(model_id_and_revision)
-            load = {"revision": revision, "trust_remote_code": self.trust_remote_code}
-            if self.dtype not in (None, "auto"):
-                load["dtype"] = self.dtype
-            model = AutoModel.from_pretrained(model_id, **load)
-            if getattr(model.config, "mask_token_id", None) is None:
-                # the official LLaDA-MoE / LLaDA 2 configs do not store it: the tokenizer's mask token, as the other
-                # commands do
-                from .loading import fill_mask_token_id
+# Errors that leave the device unusable: every later kernel fails the same way, so no request can succeed after one.
+_FATAL_MARKERS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error", "device-side assert",
+                  "NCCL error", "HIP error", "illegal memory access")
 
-                fill_mask_token_id(model, self._load_processor(model_id_and_revision))
-            if getattr(model.config, "mask_token_id", None) is None:
-                raise ValueError(f"{model_id!r} is not a LLaDA model (no mask_token_id in its config or tokenizer).")
-            if not hasattr(model.generation_config, "block_length"):  # not diffusion generation
-                raise ValueError(f"{model_id!r}: the model's code has no diffusion `generate` (the official "
-                                 "checkpoints' own code files lack one); serve it without --trust_remote_code to "
-                                 "use llada-hf's LLaDA classes.")
-            device = self.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            return model.to(device).eval()
 
-    return LLaDAModelManager
+def is_fatal(error: BaseException) -> bool:
+    """Whether `error` means the model's engine is dead (the device is in an unrecoverable state)."""
+    text = str(error)
+    return any(marker in text for marker in _FATAL_MARKERS)
+
+
+class GenerationRunner:
+    """The model's engine: one generation thread on which jobs run one at a time, in arrival order (each with its own
+    settings and stream). An error that leaves the device unusable (`is_fatal`) kills the engine: from then on every
+    request, those already waiting included, gets a 503 with a one-line reason at once, and `/health` answers 503;
+    any other error fails its own request only (500, one line)."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llada-generate")
+        self.dead: str | None = None  # why the engine died
+
+    def dead_error(self) -> RequestError:
+        return RequestError(503, f"the model's engine died ({self.dead}); restart llada-hf serve",
+                            code="engine_dead")
+
+    def check_alive(self) -> None:
+        if self.dead is not None:
+            raise self.dead_error()
+
+    def failure(self, error: Exception) -> RequestError:
+        """The answer to a request whose generation raised `error` (not a `RequestError`); marks the engine dead when
+        the error is fatal."""
+        line = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        if is_fatal(error):
+            if self.dead is None:
+                self.dead = line
+                print(f"llada-hf serve: the model's engine died: {line}", file=sys.stderr, flush=True)
+            return self.dead_error()
+        return RequestError(500, f"generation failed: {line}", code="generation_failed")
+
+    def _guarded(self, fn, *args):
+        self.check_alive()  # a job that waited while the engine died
+        try:
+            return fn(*args)
+        except RequestError:
+            raise
+        except Exception as error:  # noqa: BLE001 (answered in one line; the server lives on unless it is fatal)
+            raise self.failure(error) from None
+
+    def submit(self, fn, *args):
+        """Queues `fn(*args)`, which reports its own errors (a stream's work)."""
+        return self.pool.submit(fn, *args)
+
+    async def run(self, fn, *args):
+        """Runs `fn(*args)` in turn and returns its result; its errors come back as `RequestError`s."""
+        return await asyncio.wrap_future(self.pool.submit(self._guarded, fn, *args))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Unsupported:
-    """The endpoints of transformers' app that a diffusion text model does not serve."""
+    """The endpoints of OpenAI's API that a diffusion text model does not serve."""
 
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
@@ -511,8 +551,9 @@ class _Unsupported:
 class LLaDAHandler:
     """`/v1/chat/completions` (`chat=True`) and `/v1/completions` for one served model."""
 
-    def __init__(self, manager, model_name: str, defaults: dict, max_new_tokens: int | None, runner, chat: bool):
-        self.manager, self.model_name, self.defaults = manager, model_name, defaults
+    def __init__(self, served: ServedModel, defaults: dict, max_new_tokens: int | None, runner: GenerationRunner,
+                 chat: bool):
+        self.served, self.defaults = served, defaults
         self.default_budget, self.runner, self.chat = max_new_tokens, runner, chat
 
     # --- request -> job
@@ -521,17 +562,15 @@ class LLaDAHandler:
         requested = body.get("model")
         if requested is None:
             return
-        names = {self.model_name, self.manager.process_model_name(self.model_name),
-                 self.model_name.rstrip("/"), os.path.basename(self.model_name.rstrip("/"))}
-        if not isinstance(requested, str) or requested not in names:
+        if not isinstance(requested, str) or requested not in self.served.names():
             raise RequestError(404, f"`model`: the model {requested!r} is not served here; this server serves "
-                                    f"{self.model_name!r}", param="model", code="model_not_found")
+                                    f"{self.served.name!r}", param="model", code="model_not_found")
 
     def _prepare(self, body: dict) -> dict:
         check_fields(body, CHAT_FIELDS if self.chat else COMPLETION_FIELDS)
         self._check_model(body)
         settings = sampling_settings(body, self.defaults)
-        model, tokenizer = self.manager.load_model_and_processor(self.manager.process_model_name(self.model_name))
+        model, tokenizer = self.served.model, self.served.tokenizer
         if self.chat:
             messages = chat_messages(body)
             extra = body.get("chat_template_kwargs") or {}
@@ -551,9 +590,9 @@ class LLaDAHandler:
             prompt = completion_prompt(body)
             with TOKENIZER_LOCK:
                 ids = tokenizer(prompt)["input_ids"]
-        return self._plan(model, tokenizer, list(ids), settings, "messages" if self.chat else "prompt")
+        return self._new_job(model, tokenizer, list(ids), settings, "messages" if self.chat else "prompt")
 
-    def _plan(self, model, tokenizer, ids: list[int], settings: dict, prompt_field: str) -> dict:
+    def _new_job(self, model, tokenizer, ids: list[int], settings: dict, prompt_field: str) -> dict:
         """The `generate` call: canvas length, block schedule and checked settings."""
         from modeling_llada.answers import end_token_ids
 
@@ -599,10 +638,11 @@ class LLaDAHandler:
         from fastapi.responses import JSONResponse, StreamingResponse
 
         try:
+            self.runner.check_alive()
             job = await asyncio.to_thread(self._prepare, body)
         except RequestError as error:
             return JSONResponse(error.body(), status_code=error.status)
-        model_id = body.get("model") or self.model_name
+        model_id = body.get("model") or self.served.name
         if job["stream"]:
             return StreamingResponse(self._stream(job, request_id, model_id), media_type="text/event-stream")
         try:
@@ -711,6 +751,7 @@ class LLaDAHandler:
             try:
                 if cancelled.is_set():  # its client left while it waited
                     return
+                self.runner.check_alive()  # the engine died while it waited
                 try:
                     self._call(job, streamer=streamer)
                 except _Abort:
@@ -721,9 +762,8 @@ class LLaDAHandler:
                         emit(("text", rest))
             except RequestError as error:
                 emit(("error", error.body()))
-            except Exception as error:  # noqa: BLE001 (reported to the client in the stream, the server lives on)
-                emit(("error", {"error": {"message": f"generation failed: {type(error).__name__}: {error}",
-                                          "type": "server_error", "param": None, "code": None}}))
+            except Exception as error:  # noqa: BLE001 (reported in the stream; the server lives on unless it is fatal)
+                emit(("error", self.runner.failure(error).body()))
             finally:
                 emit(("end", None))
 
@@ -750,43 +790,99 @@ class LLaDAHandler:
             del future
 
 
-class GenerationRunner:
-    """One generation thread: jobs run one at a time in arrival order (each with its own settings and stream)."""
+class _RequestId:
+    """ASGI middleware: the request's id (its `X-Request-ID` header, else a new one) in `request.state.request_id`
+    and in the response's header. Plain ASGI, so streamed chunks pass straight through."""
 
-    def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
+    header = "x-request-id"
 
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llada-generate")
+    def __init__(self, app):
+        self.app = app
 
-    def submit(self, fn, *args):
-        return self.pool.submit(fn, *args)
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        import uuid
 
-    async def run(self, fn, *args):
-        return await asyncio.wrap_future(self.pool.submit(fn, *args))
+        from starlette.datastructures import Headers, MutableHeaders
+
+        request_id = Headers(scope=scope).get(self.header) or f"llada-{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[self.header] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
-def build_app(args):
-    """transformers' FastAPI app serving `args.model` with LLaDA's handlers."""
-    _, server, utils = _serving()
+def build_app(args, served: ServedModel | None = None):
+    """The FastAPI app serving `args.model` (or the already loaded `served`): `/v1/chat/completions`,
+    `/v1/completions`, `/v1/models` and `/health`; every error in OpenAI's shape."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
-    manager_class = make_model_manager_class()
-    manager = manager_class(device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                            force_model=args.model)
+    if served is None:
+        served = ServedModel(args.model, device=args.device, dtype=args.dtype,
+                             trust_remote_code=args.trust_remote_code)
     defaults = {name: getattr(args, name, None) for name in DIFFUSION_FIELDS}
     runner = GenerationRunner()
-    chat = LLaDAHandler(manager, args.model, defaults, args.max_new_tokens, runner, chat=True)
-    completion = LLaDAHandler(manager, args.model, defaults, args.max_new_tokens, runner, chat=False)
-    app = server.build_server(manager, chat, completion_handler=completion,
-                              response_handler=_Unsupported("/v1/responses"),
-                              transcription_handler=_Unsupported("/v1/audio/transcriptions"),
-                              systemone_handler=_Unsupported("/v1/systemone"),
-                              generation_state=utils.GenerationState())
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        runner.shutdown()
+
+    app = FastAPI(title="llada-hf serve", lifespan=lifespan)
+    app.state.served, app.state.runner = served, runner
+    app.add_middleware(_RequestId)
 
     async def request_error(_request, error: RequestError):
         return JSONResponse(error.body(), status_code=error.status)
 
+    async def http_error(_request, error: HTTPException):  # unknown route, wrong method
+        return JSONResponse(RequestError(error.status_code, str(error.detail)).body(), status_code=error.status_code)
+
+    async def internal_error(_request, error: Exception):
+        return JSONResponse(runner.failure(error).body(), status_code=500)
+
     app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+    def endpoint(handler):
+        async def handle(request):
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except ValueError as error:  # (UnicodeDecodeError included)
+                raise RequestError(400, f"the request body is not valid JSON ({error}); send a JSON object") from None
+            return await handler.handle_request(body, request.state.request_id)
+
+        handle.__annotations__["request"] = Request  # the class itself: this module's annotations are strings
+        return handle
+
+    handlers = {"/v1/chat/completions": LLaDAHandler(served, defaults, args.max_new_tokens, runner, chat=True),
+                "/v1/completions": LLaDAHandler(served, defaults, args.max_new_tokens, runner, chat=False),
+                **{path: _Unsupported(path) for path in ("/v1/responses", "/v1/audio/transcriptions",
+                                                        "/v1/embeddings")}}
+    for path, handler in handlers.items():
+        app.add_api_route(path, endpoint(handler), methods=["POST"])
+
+    @app.get("/v1/models")
+    def list_models():
+        return JSONResponse({"object": "list", "data": [served.card()]})
+
+    @app.get("/health")
+    def health():
+        if runner.dead is not None:
+            return JSONResponse({"status": "unhealthy", "reason": runner.dead}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
     return app
 
 
@@ -811,7 +907,6 @@ def run(argv: list[str] | None = None) -> int:
     _check_args(args)
     try:
         import fastapi  # noqa: F401
-        import openai  # noqa: F401
         import uvicorn
     except ImportError as error:
         raise SystemExit(f"llada-hf serve needs the 'serve' extra: pip install 'llada-hf[serve]' ({error}).") from None
@@ -819,9 +914,9 @@ def run(argv: list[str] | None = None) -> int:
 
     check_model_source(args.model, "model")
     check_llada_checkpoint(args.model, "model")
-    from transformers.utils import logging as hf_logging
+    import logging
 
-    hf_logging.get_logger("transformers").setLevel(hf_logging.log_levels[args.log_level])
+    logging.getLogger("transformers").setLevel(args.log_level.upper())  # transformers' loggers are stdlib loggers
     app = build_app(args)
     print(f"llada-hf serve: {args.model} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)).run()

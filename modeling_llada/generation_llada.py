@@ -15,10 +15,16 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig
+
+# transformers internals this file relies on (inventory: tests/test_upstream_internals.py). Besides these imports:
+# GenerationConfig's `_get_default_generation_params`, its metadata fields (`_from_model_config`, `_commit_hash`,
+# `transformers_version`), `validate(strict)`, `from_pretrained(_from_auto=, _from_pipeline=)` and save / load of a
+# subclass that skips `GenerationConfig.__init__`; PreTrainedModel's `generation_config_class`, `can_generate` (a
+# base class named *GenerationMixin) and the `adjust_generation_fn` hook `from_pretrained` calls.
 from transformers.generation import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
-from transformers.generation.streamers import BaseStreamer
+from transformers.generation.streamers import BaseStreamer  # put(ids), end()
 from transformers.utils import ModelOutput, logging
-from transformers.utils.logging import tqdm
+from transformers.utils.logging import tqdm  # transformers' progress bar (honours disable_progress_bar)
 
 logger = logging.get_logger(__name__)
 

@@ -24,9 +24,11 @@ import math
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
+
+# transformers internals this file relies on (inventory: tests/test_upstream_internals.py)
+from transformers.cache_utils import DynamicCache  # DynamicCache(); get_seq_length(); crop(-n) drops the last n
 from transformers.generation import LogitsProcessorList
-from transformers.generation.streamers import BaseStreamer
+from transformers.generation.streamers import BaseStreamer  # put(ids), end()
 
 from .generation_llada import (
     _DIFFUSION_DEFAULTS,

@@ -13,11 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
-from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_flash_attention_utils import FlashAttentionKwargs
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+# transformers internals this file relies on (inventory: tests/test_upstream_internals.py). Besides these imports:
+# PreTrainedModel's `_init_weights`, `_no_split_modules`, `_supports_sdpa` / `_flash_attn` / `_flex_attn` /
+# `_attention_backend`, `_tied_weights_keys` (a {target: source} dict), `_auto_class`, `generation_config_class`,
+# `can_generate`, `adjust_generation_fn` (generation_llada.py), and `config._attn_implementation`.
+from transformers import initialization as init  # normal_ / zeros_ / ones_ that skip `_is_hf_initialized` tensors
+from transformers.masking_utils import create_bidirectional_mask  # (config=, inputs_embeds=, attention_mask=)
+from transformers.modeling_flash_attention_utils import FlashAttentionKwargs  # TypedDict: forward kwargs we accept
+from transformers.modeling_layers import GradientCheckpointingLayer  # activation checkpointing of the blocks
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # .get_interface(name, default)(module, q, k, v, ...)
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
@@ -36,7 +41,7 @@ AUTO_MAP = {
 }
 
 
-# -- Compatibility with every transformers release we support (5.20 up to the newest 5.x) ---------------------------
+# -- Compatibility with every transformers release we support (5.20 and later: published code outlives our caps) ----
 # The only place in the modeling files that knows about older releases; the rest follows the newest conventions.
 # 5.24 renamed the cache argument and output field `past_key_values` to `cache`; its ModelOutput still reads
 # `output.past_key_values` and older releases (and older callers) pass `past_key_values=`.

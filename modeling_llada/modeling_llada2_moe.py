@@ -36,14 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+# transformers internals this file relies on (inventory: tests/test_upstream_internals.py). Besides these imports:
+# PreTrainedModel's `_init_weights`, `_no_split_modules`, `_supports_*`, `_can_record_outputs`, `_tied_weights_keys`,
+# `_auto_class`, `_can_set_experts_implementation_cached_value`, `get_correct_experts_implementation`, and
+# `config._attn_implementation`.
+from transformers import initialization as init  # normal_ / zeros_ / ones_ that skip `_is_hf_initialized` tensors
+from transformers.cache_utils import Cache, DynamicCache  # update(k, v, layer_idx) -> all keys/values; get_seq_length
+from transformers.masking_utils import create_bidirectional_mask  # (config=, inputs_embeds=, attention_mask=)
+from transformers.modeling_layers import GradientCheckpointingLayer  # activation checkpointing of the layers
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # .get_interface(name, default)(module, q, k, v, ...)
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
-from transformers.utils.output_capturing import OutputRecorder
+from transformers.utils.output_capturing import OutputRecorder  # (target_class, index=) in `_can_record_outputs`
 
 from .configuration_llada2_moe import LLaDA2MoeConfig
 from .generation_llada2 import LLaDA2GenerationMixin

@@ -35,17 +35,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
+
+# transformers internals this file relies on (inventory: tests/test_upstream_internals.py). Besides these imports:
+# PreTrainedModel's `_init_weights`, `_no_split_modules`, `_supports_*`, `_can_record_outputs`, `_tied_weights_keys`,
+# `_auto_class`, `get_correct_experts_implementation`, `config._attn_implementation`, and the `_apply_gate` that
+# `use_experts_implementation` gives the experts class.
+from transformers import initialization as init  # normal_ / zeros_ / ones_ that skip `_is_hf_initialized` tensors
 from transformers.activations import ACT2FN
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter
-from transformers.integrations.moe import use_experts_implementation
-from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping  # (name, mapping, overwrite=)
+from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter  # the expert merge recipe
+from transformers.integrations.moe import use_experts_implementation  # bare class decorator: experts dispatch
+from transformers.masking_utils import create_bidirectional_mask  # (config=, inputs_embeds=, attention_mask=)
+from transformers.modeling_layers import GradientCheckpointingLayer  # activation checkpointing of the layers
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # .get_interface(name, default)(module, q, k, v, ...)
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
-from transformers.utils.output_capturing import OutputRecorder
+from transformers.utils.output_capturing import OutputRecorder  # (target_class, index=) in `_can_record_outputs`
 
 from .configuration_lladamoe import LLaDAMoEConfig
 from .generation_llada import LLaDAGenerationMixin

@@ -40,3 +40,38 @@ def test_the_floor_constraints_pin_every_declared_lower_bound_exactly():
     mismatched = {name: (declared[name], pinned[name]) for name in declared
                   if not same_release(declared[name], pinned[name])}
     assert not mismatched, f"pyproject floor vs .ci/floor-constraints.txt: {mismatched}"
+
+
+CAPPED = ("transformers", "trl", "peft")  # their internals are ours to track (tests/test_upstream_internals.py)
+
+
+def declared_caps() -> dict[str, str]:
+    """`name<version` of every capped requirement in pyproject.toml's dependencies."""
+    text = (ROOT / "pyproject.toml").read_text().split("\ndependencies = [", 1)[1].split("]", 1)[0]
+    return {name.lower(): cap for name, cap in re.findall(r'"([A-Za-z0-9_.\-]+)>=[^,"]+,<([0-9][^,"]*)"', text)}
+
+
+def test_the_packages_whose_internals_we_use_are_capped_at_a_minor_above_the_floor():
+    caps, floors = declared_caps(), declared_floors()
+    missing = [name for name in CAPPED if name not in caps]
+    assert not missing, f"pyproject.toml must cap {missing} at the next untested minor (`>=floor,<X.Y`)"
+    for name in CAPPED:
+        cap = [int(x) for x in caps[name].split(".")]
+        assert len(cap) == 2, f"{name}: cap at a minor release (<X.Y), got <{caps[name]}"
+        assert [int(x) for x in floors[name].split(".")[:2]] < cap, f"{name}: floor {floors[name]} >= cap {cap}"
+
+
+def test_the_installed_releases_lie_in_the_declared_range():
+    """What this suite runs on is what pyproject.toml declares (the upcoming CI run installs past the caps on purpose
+    and says so: LLADA_HF_UPCOMING=1)."""
+    import os
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    caps, floors = declared_caps(), declared_floors()
+    for name in CAPPED:
+        installed = Version(version(name))
+        assert installed >= Version(floors[name]), f"{name} {installed} is below the declared floor {floors[name]}"
+        if not os.environ.get("LLADA_HF_UPCOMING"):
+            assert installed < Version(caps[name]), f"{name} {installed} is past the declared cap <{caps[name]}"

@@ -357,3 +357,102 @@ def test_serves_without_remote_code_too(trained_model):
         assert response.choices[0].finish_reason == "stop"
     finally:
         running.stop()
+
+
+# ------------------------------------------------------------------------------------- the app in process (no port)
+
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    """The app on the official-format LLaDA 2 fixture (its own tokenizer added), through FastAPI's test client."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from tests.trainers.test_family_training import LLADA2_DIR, LLADA2_IDS, chat_tokenizer
+
+    folder = tmp_path_factory.mktemp("served") / "llada2"
+    shutil.copytree(LLADA2_DIR, folder)
+    chat_tokenizer(LLADA2_IDS).save_pretrained(folder)
+    args = serve.build_parser().parse_args([str(folder), "--device", "cpu", "--max_new_tokens", "8",
+                                            "--block_length", "4", "--steps", "4"])
+    app = serve.build_app(args)
+    with TestClient(app) as client:
+        client.app_state = app.state
+        yield client
+
+
+def chat(client, **body):
+    return client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "t5 t6 t7"}], **body})
+
+
+def test_the_app_answers_and_errors_in_openai_shape(app_client):
+    answer = chat(app_client)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert answer.headers["x-request-id"] == answer.json()["id"]
+    assert app_client.post("/v1/chat/completions", json={"messages": []},
+                           headers={"x-request-id": "mine"}).headers["x-request-id"] == "mine"
+    malformed = app_client.post("/v1/chat/completions", content=b"{not json", headers={"content-type":
+                                                                                         "application/json"})
+    assert malformed.status_code == 400
+    assert "not valid JSON" in malformed.json()["error"]["message"]
+    for path, status in (("/v1/nothing", 404), ("/v1/responses", 404)):
+        reply = app_client.post(path, json={})
+        assert reply.status_code == status and set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    models = app_client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in models] == [app_client.app_state.served.name]
+
+
+def test_an_error_in_generate_fails_its_request_only(app_client, monkeypatch):
+    model = app_client.app_state.served.model
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something odd\nover two lines")
+
+    monkeypatch.setattr(model, "generate", broken)
+    failed = chat(app_client)
+    assert failed.status_code == 500
+    error = failed.json()["error"]
+    assert error["message"] == "generation failed: RuntimeError: something odd over two lines", error
+    monkeypatch.undo()
+    assert chat(app_client).status_code == 200
+    assert app_client.get("/health").status_code == 200
+
+
+def test_a_dead_engine_answers_503_with_one_line_never_a_hang(app_client, monkeypatch):
+    """A CUDA error leaves the device unusable: the request that hit it, the one waiting behind it and every later one
+    get a 503 naming the cause (the waiting one never runs), and /health turns 503. Runs last: the engine stays dead."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = app_client.app_state.served.model
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        started.set()
+        assert release.wait(60)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
+
+    monkeypatch.setattr(model, "generate", crashing)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(chat, app_client)
+        assert started.wait(60)
+        waiting = pool.submit(chat, app_client, stream=True)  # queued behind the crash
+        time.sleep(0.5)
+        release.set()
+        replies = [first.result(timeout=60), waiting.result(timeout=60)]
+    later = [chat(app_client), chat(app_client, stream=True)]
+    assert len(calls) == 1  # nothing ran on the dead engine
+    for reply in replies[:1] + later:
+        assert reply.status_code == 503, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "engine_dead" and "\n" not in error["message"]
+        assert "CUDA error: an illegal memory access" in error["message"]
+    # the waiting stream: a 503 if the engine had died before it was answered, else its stream carries the error
+    assert replies[1].status_code in (200, 503) and "engine_dead" in replies[1].text
+    health = app_client.get("/health")
+    assert health.status_code == 503 and "CUDA error" in health.json()["reason"]

@@ -1,10 +1,11 @@
-"""Small models built from configs: nothing is downloaded."""
+"""Small models built from configs (nothing is downloaded), and float comparisons sized to float32 rounding."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from modeling_llada import LLaDAConfig, LLaDAModelLM
@@ -82,3 +83,30 @@ def run_two_cpu_processes(worker: Path, *args) -> list[dict]:
     assert result.returncode == 0, result.stderr[-4000:]
     files = [Path(args[0]) / f"rank{rank}.pt" for rank in range(2)]
     return [torch.load(path) for path in files] if all(path.exists() for path in files) else []
+
+
+# --- float comparisons ----------------------------------------------------------------------------------------------
+# One float32 rounding is a relative error of 2**-24 ~ 6e-8. Two routes to the same logits (another attention kernel,
+# thread count or CPU instruction set, a cache, another batch layout, the official code on another machine) differ by
+# rounding only: measured on the tiny fixtures (3 layers, logits up to ~17) up to 8e-7 of the largest logit. The
+# error of a matmul or softmax output follows the size of the terms summed, not of the output, so a logit near 0 is as
+# uncertain as the largest one: the absolute tolerance is a fraction of max|expected|. FP32_RTOL = 1e-5 (~170
+# roundings) leaves a 12x margin over what was measured; a real bug moves logits far more (scaling one layer's
+# attention output by 1 + 1e-4 moves the LLaDA 2 fixture's by 9e-4; a wrong cached position or mask by several units).
+FP32_RTOL = 1e-5
+
+
+def assert_close_fp32(actual: torch.Tensor, expected, rtol: float = FP32_RTOL, msg=None) -> None:
+    """Float32 values equal up to rounding: |actual - expected| <= rtol * (|expected| + max |expected|) elementwise."""
+    expected = torch.as_tensor(expected)
+    atol = rtol * expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=msg)
+
+
+def assert_same_estimate(actual, expected, rel: float = FP32_RTOL) -> None:
+    """Two likelihood estimates of one pair reached by different float routes (batching, padding, a block layout): the
+    log-likelihood, a sum of float32 log-probs, within `rel` of its size; the standard error within the same absolute
+    amount, since its rounding follows the size of the samples it spreads, not its own (measured 1.5e-5 on a standard
+    error of 5.6 beside a log-likelihood of 143)."""
+    assert actual.log_likelihood == pytest.approx(expected.log_likelihood, rel=rel)
+    assert actual.std_error == pytest.approx(expected.std_error, rel=rel, abs=rel * abs(expected.log_likelihood))

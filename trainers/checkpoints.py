@@ -20,8 +20,7 @@ import re
 import shutil
 import zipfile
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
-from transformers.utils import logging
+from .compat import PREFIX_CHECKPOINT_DIR, logging, rotate_checkpoints
 
 logger = logging.get_logger(__name__)
 

@@ -26,13 +26,12 @@ attention mask (TRL's convention) and not scored.
 from dataclasses import dataclass, field
 
 import torch
-from accelerate.utils import is_peft_model
 from trl import GRPOConfig, GRPOTrainer
 
 from modeling_llada.generation_llada import KV_CACHE_MODES, REMASKING_STRATEGIES, counter_uniform, mix32
 
 from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, model_mask_id
-from .compat import quiet_upstream_deprecations, sync_checkpointing_names
+from .compat import is_peft_model, quiet_upstream_deprecations, sync_checkpointing_names
 from .peft_utils import with_llada_defaults
 from .vrpo import frozen_copy
 

@@ -22,8 +22,6 @@ import math
 import time
 
 import torch
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
 
 import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
 from modeling_llada.answers import (  # noqa: F401  (re-exported: they were defined here)
@@ -35,6 +33,9 @@ from modeling_llada.answers import (  # noqa: F401  (re-exported: they were defi
     special_token_ids,
 )
 
+from .compat import lm_eval_model_api, quiet_upstream_deprecations
+
+LM, register_model = lm_eval_model_api()
 
 GENERATION_ARGS = ("steps", "block_length", "temperature", "remasking", "cfg_scale", "logits_eos_inf",
                    "confidence_eos_eot_inf", "early_exit", "top_k", "top_p")
@@ -92,8 +93,6 @@ class LLaDAEvalModel(LM):
         model = AutoModel.from_pretrained(pretrained, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
         if peft:
             from peft import PeftModel
-
-            from .compat import quiet_upstream_deprecations
 
             with quiet_upstream_deprecations():
                 model = PeftModel.from_pretrained(model, peft)

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
-from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 
 from modeling_llada.answers import decode_answers, end_token_ids
 
 from .base import EXAMPLE_ID, CPUSafeDefaults, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
-from .compat import quiet_upstream_deprecations, sync_checkpointing_names
+from .compat import logging, quiet_upstream_deprecations, sync_checkpointing_names
 from .peft_utils import with_llada_defaults
 
 logger = logging.get_logger(__name__)

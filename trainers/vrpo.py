@@ -30,16 +30,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import is_peft_model
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import use_adapter
 
 from modeling_llada.generation_llada import counter_uniform, mix32
 
 from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, model_mask_id
-from .compat import quiet_upstream_deprecations, sync_checkpointing_names
+from .compat import (
+    DataCollatorForPreference,
+    is_peft_model,
+    quiet_upstream_deprecations,
+    sync_checkpointing_names,
+    use_adapter,
+)
 from .objectives import DEFAULT_EPS, weighted_token_losses
 from .peft_utils import with_llada_defaults
 

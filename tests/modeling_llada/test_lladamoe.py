@@ -9,6 +9,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from modeling_llada import LLaDAConfig, LLaDAMoEConfig, LLaDAMoEModelLM
+from tests.utils import assert_close_fp32
 
 MOE_FIXTURE = Path(__file__).parent.parent / "fixtures" / "lladamoe-tiny-official"
 MASK, EOS = 150, 147  # the fixture's ids; the mask id is not in its config, as in the official release
@@ -83,7 +84,8 @@ def test_logits_equal_the_official_implementation(moe_reference, attn_implementa
     with torch.no_grad():
         logits = model(ids).logits
     expected = torch.tensor(moe_reference["logits"]["logits"])
-    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+    # float32 rounding only: measured <= 6e-7 of the largest logit (~14) across kernels and thread counts
+    assert_close_fp32(logits, expected)
 
 
 def test_every_reference_generation_is_reproduced_token_for_token(moe_model, moe_reference):
@@ -202,7 +204,8 @@ def test_a_cached_forward_over_a_slice_equals_the_full_forward(moe_model):
         full = moe_model(ids, attention_mask=mask, use_cache=True)
         for start, stop in ((5, 12), (5, 9), (0, 4)):
             part = moe_model(ids[:, start:stop], attention_mask=mask, cache=full.cache, cache_position=start)
-            torch.testing.assert_close(part.logits, full.logits[:, start:stop], rtol=1e-5, atol=1e-5)
+            # cached vs uncached attention: rounding only (measured <= 5e-7 of the largest logit)
+            assert_close_fp32(part.logits, full.logits[:, start:stop])
 
 
 @pytest.mark.parametrize("kwargs", [dict(kv_cache="prefix"), dict(kv_cache="dual", threshold=0.5)], ids=str)

@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 import modeling_llada.modeling_llada as modeling
 from modeling_llada import LLaDAConfig, LLaDAModelLM
-from tests.utils import tiny_config, tiny_model
+from tests.utils import assert_close_fp32, tiny_config, tiny_model
 
 
 def official_parameter_names(n_layers: int, tied: bool) -> set[str]:
@@ -32,19 +32,21 @@ def test_fixture_logits_match_reference(fixture_dir, reference, attn_implementat
     model = AutoModel.from_pretrained(fixture_dir, attn_implementation=attn_implementation).eval()
     case = reference["logits"]
     logits = model(torch.tensor(case["input_ids"])).logits
-    assert (logits - torch.tensor(case["logits"])).abs().max() <= 1e-4
+    # float32 rounding only: measured <= 5e-7 of the largest logit (~15) across kernels and thread counts
+    assert_close_fp32(logits, torch.tensor(case["logits"]))
     padded = reference["logits_padded"]
     mask = torch.tensor(padded["attention_mask"])
     logits = model(torch.tensor(padded["input_ids"]), attention_mask=mask).logits
-    assert (logits - torch.tensor(padded["logits"]))[mask.bool()].abs().max() <= 1e-4
+    real = mask.bool()
+    assert_close_fp32(logits[real], torch.tensor(padded["logits"])[real])
 
 
 def test_fixture_left_padded_logits_match_reference_on_real_positions(official_model, reference):
     case = reference["logits_padded"]
     mask = torch.tensor(case["attention_mask"])
     logits = official_model(torch.tensor(case["input_ids"]), attention_mask=mask).logits
-    diff = (logits - torch.tensor(case["logits"]))[mask.bool()]
-    assert diff.abs().max() <= 1e-4
+    real = mask.bool()
+    assert_close_fp32(logits[real], torch.tensor(case["logits"])[real])  # rounding only, as above
 
 
 def test_official_folder_loads_with_our_classes_without_remote_code(official_model, fixture_dir):
@@ -83,7 +85,7 @@ def test_grouped_query_attention_equals_attention_with_repeated_kv_heads():
     mha.load_state_dict(state)
     assert gqa.model.transformer.blocks[0].k_proj.weight.shape == (2 * head_dim, 32)
     ids = torch.randint(0, 60, (2, 9))
-    torch.testing.assert_close(gqa(ids).logits, mha(ids).logits, rtol=1e-5, atol=1e-5)
+    assert_close_fp32(gqa(ids).logits, mha(ids).logits)
 
 
 def test_tied_embeddings_share_one_matrix_and_save_without_a_head(tmp_path):
@@ -114,9 +116,7 @@ def test_padded_row_gives_the_logits_of_the_unpadded_row():
     ids = torch.randint(0, 60, (1, 10))
     padded = torch.cat([torch.full((1, 3), 61), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], dim=1)
-    torch.testing.assert_close(
-        model(padded, attention_mask=mask).logits[:, 3:], model(ids).logits, rtol=1e-5, atol=1e-5
-    )
+    assert_close_fp32(model(padded, attention_mask=mask).logits[:, 3:], model(ids).logits)
 
 
 def test_sdpa_and_eager_agree_with_padding():
@@ -127,9 +127,7 @@ def test_sdpa_and_eager_agree_with_padding():
     ids = torch.randint(0, 60, (2, 12))
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
-    torch.testing.assert_close(
-        sdpa(ids, attention_mask=mask).logits, eager(ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5
-    )
+    assert_close_fp32(sdpa(ids, attention_mask=mask).logits, eager(ids, attention_mask=mask).logits)
 
 
 def test_eager_returns_attention_weights_that_ignore_padding():
@@ -155,7 +153,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
     plain, checkpointed = grads(False), grads(True)
     for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-6, atol=1e-7)
+        # the same operations run again: bit-identical here; 1e-6 allows a few roundings of another order
+        assert_close_fp32(checkpointed[name], plain[name], rtol=1e-6)
 
 
 def test_labels_give_unshifted_masked_cross_entropy():
@@ -268,7 +267,7 @@ def test_dtype_argument_loads_bf16_weights(fixture_dir, official_model, referenc
 def test_device_map_auto_loads(fixture_dir, reference):
     model = AutoModel.from_pretrained(fixture_dir, device_map="auto")
     ids = torch.tensor(reference["logits"]["input_ids"])
-    assert (model(ids).logits - torch.tensor(reference["logits"]["logits"])).abs().max() <= 1e-4
+    assert_close_fp32(model(ids).logits, torch.tensor(reference["logits"]["logits"]))
 
 
 # --- saving and loading -------------------------------------------------------------------------------------------
@@ -368,9 +367,7 @@ def test_fullgraph_compiled_forward_gives_the_eager_logits(fresh_dynamo, attn_im
     ids, mask = padded_batch()
     mask = mask if padded else None
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(
-        compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5
-    )
+    assert_close_fp32(compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
 
 
 @needs_compilable_transformers
@@ -380,9 +377,8 @@ def test_inductor_compiled_forward_gives_the_eager_logits(fresh_dynamo):
     model = tiny_model(n_kv_heads=2)
     ids, mask = padded_batch()
     compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(
-        compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits, rtol=1e-4, atol=1e-5
-    )
+    # inductor fuses kernels and reorders sums: rounding only (measured 2e-7 of the largest logit)
+    assert_close_fp32(compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
 
 
 @needs_compilable_transformers

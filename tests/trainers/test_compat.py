@@ -1,4 +1,4 @@
-"""The training settings mean the same on every transformers release we support (5.20 up to the newest)."""
+"""The training settings mean the same on every transformers release we support (the range pyproject.toml declares)."""
 
 import pytest
 

@@ -439,7 +439,7 @@ def test_lm_eval_scores_an_official_folder_with_the_model_bound(tmp_path, member
     value, greedy = lm.loglikelihood([request])[0]
     model = load().eval()
     expected = model.log_likelihood([([5, 6, 7], [8, 9])], mc_num=8, batch_size=16, seed=0)[0].log_likelihood
-    assert value == pytest.approx(expected, abs=1e-5)
+    assert value == pytest.approx(expected, rel=1e-5)  # a log-likelihood: compared relatively
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[5, 6, 7, ids["mask"], ids["mask"]]])).logits[0, 3:]
     assert greedy == (logits.argmax(-1).tolist() == [8, 9])
