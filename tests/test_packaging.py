@@ -42,13 +42,19 @@ def test_the_floor_constraints_pin_every_declared_lower_bound_exactly():
     assert not mismatched, f"pyproject floor vs .ci/floor-constraints.txt: {mismatched}"
 
 
-CAPPED = ("transformers", "trl", "peft")  # their internals are ours to track (tests/test_upstream_internals.py)
+# their internals are ours to track (tests/test_upstream_internals.py); .ci/run's `capped` names the same
+CAPPED = ("transformers", "trl", "peft", "accelerate", "datasets", "lm-eval")
 
 
 def declared_caps() -> dict[str, str]:
-    """`name<version` of every capped requirement in pyproject.toml's dependencies."""
-    text = (ROOT / "pyproject.toml").read_text().split("\ndependencies = [", 1)[1].split("]", 1)[0]
+    """`name<version` of every capped requirement in pyproject.toml (dependencies and extras)."""
+    text = (ROOT / "pyproject.toml").read_text().split("\n[project]", 1)[1].split("\n[tool.", 1)[0]
     return {name.lower(): cap for name, cap in re.findall(r'"([A-Za-z0-9_.\-]+)>=[^,"]+,<([0-9][^,"]*)"', text)}
+
+
+def test_ci_upgrades_and_checks_exactly_the_capped_packages():
+    line = re.search(r'^capped="([^"]*)"', (ROOT / ".ci" / "run").read_text(), re.M)
+    assert line is not None and tuple(line[1].split()) == CAPPED
 
 
 def test_the_packages_whose_internals_we_use_are_capped_at_a_minor_above_the_floor():
