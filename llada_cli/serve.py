@@ -817,18 +817,16 @@ class _RequestId:
         await self.app(scope, receive, send_with_id)
 
 
-def build_app(args, served: ServedModel | None = None):
-    """The FastAPI app serving `args.model` (or the already loaded `served`): `/v1/chat/completions`,
-    `/v1/completions`, `/v1/models` and `/health`; every error in OpenAI's shape."""
+def build_app(args):
+    """The FastAPI app serving `args.model`: `/v1/chat/completions`, `/v1/completions`, `/v1/models` and `/health`;
+    every error in OpenAI's shape."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    if served is None:
-        served = ServedModel(args.model, device=args.device, dtype=args.dtype,
-                             trust_remote_code=args.trust_remote_code)
+    served = ServedModel(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     defaults = {name: getattr(args, name, None) for name in DIFFUSION_FIELDS}
     runner = GenerationRunner()
 
@@ -847,8 +845,8 @@ def build_app(args, served: ServedModel | None = None):
     async def http_error(_request, error: HTTPException):  # unknown route, wrong method
         return JSONResponse(RequestError(error.status_code, str(error.detail)).body(), status_code=error.status_code)
 
-    async def internal_error(_request, error: Exception):
-        return JSONResponse(runner.failure(error).body(), status_code=500)
+    async def internal_error(request, error: Exception):  # 500, or 503 when the error killed the engine
+        return await request_error(request, runner.failure(error))
 
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(HTTPException, http_error)
