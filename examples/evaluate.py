@@ -7,7 +7,9 @@
 Prints lm-eval's results table, then the generation speed: tokens/s and forward passes per generated token.
 """
 
-from trainers.lm_eval_llada import main
+import sys
+
+from llada_cli.main import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["eval", *sys.argv[1:]]))  # mistakes get the CLI's one-line message

@@ -11,7 +11,7 @@
 
 import sys
 
-from llada_cli.commands import main
+from llada_cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["sft", *sys.argv[1:]]))  # mistakes get the CLI's one-line message

@@ -24,13 +24,6 @@ TRAINING_RECORD = "llada_training.json"
 RECORD_FORMAT = 2
 BASE_TAGS = ["llada", "diffusion", "masked-diffusion", "text-generation"]
 CITATION_KEY = "arxiv:2502.09992"
-# generation_config.json fields shown in the card's example, in this order (None -> the documented default).
-GENERATION_FIELDS = ("max_new_tokens", "steps", "block_length", "temperature", "top_k", "top_p", "remasking",
-                     "cfg_scale", "logits_eos_inf", "confidence_eos_eot_inf", "early_exit")
-GENERATION_DEFAULTS = {"max_new_tokens": 128, "temperature": 0.0, "remasking": "low_confidence", "cfg_scale": 0.0,
-                       "logits_eos_inf": False, "confidence_eos_eot_inf": False, "early_exit": False}
-# the sampler's fast-decoding settings, shown in the card when generation_config.json sets them
-FAST_DECODING_FIELDS = ("threshold", "factor", "kv_cache")
 # local data files (by extension) are named by their file name, never taken for a Hub dataset id
 DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow", ".tsv")
 # the fields of a stage that format 1 kept at the top level of the record
@@ -85,72 +78,24 @@ def architecture(config: dict[str, Any]) -> str:
     return "llada"
 
 
-def count_parameters(config: dict[str, Any]) -> int:
-    """Parameters of a LLaDA, LLaDA-MoE or LLaDA 2 model from its official-format config dict (no weights needed;
-    buffers such as the routers' expert bias are not parameters)."""
-    return {"llada": _count_dense, "llada_moe": _count_lladamoe, "llada2": _count_llada2}[architecture(config)](config)
+def count_parameters(folder: str | Path) -> int:
+    """Parameters of a saved model, read from the headers of its `*.safetensors` files (no tensor is loaded): every
+    tensor but the routers' `expert_bias`, a buffer the MoE members save with their weights."""
+    from safetensors import safe_open
 
-
-def _count_dense(config: dict[str, Any]) -> int:
-    """Parameters of a dense LLaDA model from its official-format config dict."""
-    d, layers = config["d_model"], config["n_layers"]
-    heads = config["n_heads"]
-    kv_heads = 1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or heads)
-    head_dim = d // heads
-    hidden = config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * d
-    rows = config.get("embedding_size") or config["vocab_size"]
-    bias = bool(config.get("include_bias"))
-    qkv_bias = bias or bool(config.get("include_qkv_bias"))
-    attention = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d
-    attention += (heads + 2 * kv_heads) * head_dim * qkv_bias + d * bias
-    mlp = 3 * d * hidden + (2 * hidden + d) * bias
-    per_layer = attention + mlp + 2 * d
-    embeddings = rows * d * (1 if config.get("weight_tying") else 2) + (0 if config.get("weight_tying") else rows * bias)
-    return layers * per_layer + embeddings + d
-
-
-def _head_dim(config: dict[str, Any]) -> int:
-    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-
-
-def _count_lladamoe(config: dict[str, Any]) -> int:
-    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = _head_dim(config)
-    bias = bool(config.get("attention_bias"))
-    attention = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d
-    attention += ((heads + 2 * kv_heads) * head_dim + d) * bias + 2 * head_dim * bool(config.get("qk_layernorm"))
-    frequencies = config.get("moe_layer_freq")
-    if not isinstance(frequencies, list):
-        frequencies = [frequencies if frequencies is not None else 1] * layers
-    experts, shared = config["num_experts"], config.get("shared_expert_intermediate_size")
-    moe = d * experts + experts * 3 * d * config["expert_intermediate_size"] + (3 * d * shared if shared else 0)
-    dense = 3 * d * config["dense_intermediate_size"]
-    total = sum(attention + 2 * d + (moe if frequency else dense) for frequency in frequencies[:layers])
-    return total + vocab * d * (1 if config.get("tie_word_embeddings") else 2) + d
-
-
-def _count_llada2(config: dict[str, Any]) -> int:
-    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = _head_dim(config)
-    attention = d * (heads + 2 * kv_heads) * head_dim + (heads + 2 * kv_heads) * head_dim * bool(
-        config.get("use_qkv_bias")) + heads * head_dim * d + d * bool(config.get("use_bias"))
-    attention += 2 * head_dim * bool(config.get("use_qk_norm"))
-    experts, width = config["num_experts"], config["moe_intermediate_size"]
-    moe = d * experts + experts * 3 * d * width + 3 * d * width * (config.get("num_shared_experts") or 0)
-    dense = 3 * d * config["intermediate_size"]
-    first_dense = config.get("first_k_dense_replace") or 0
-    total = sum(attention + 2 * d + (dense if i < first_dense else moe) for i in range(layers))
-    return total + vocab * d * (1 if config.get("tie_word_embeddings") else 2) + d
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as weights:
+            total += sum(_numel(weights.get_slice(name).get_shape()) for name in weights.keys()
+                         if not name.endswith("expert_bias"))
+    return total
 
 
 def model_rows(config: dict[str, Any], num_parameters: int | None = None) -> list[tuple[str, str]]:
-    """The card's "Model" table: (label, value) rows for the config's family member."""
+    """The card's "Model" table: (label, value) rows for the config's family member (`num_parameters`: shown when
+    known)."""
     kind = architecture(config)
-    total = f"{num_parameters if num_parameters is not None else count_parameters(config):,}"
+    total = f"{num_parameters:,}" if num_parameters is not None else "see the weights"
     class_name = (config.get("architectures") or ["LLaDAModelLM"])[0]
     if kind == "llada":
         kv_heads = 1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or config["n_heads"])
@@ -543,17 +488,25 @@ def _stage_markdown(stage: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _sampler_markdown(generation_config: dict[str, Any] | None) -> list[str]:
+def sampler_settings(generation_config: dict[str, Any] | None, family: str = "llada") -> dict[str, Any]:
+    """What `model.generate(input_ids)` uses with no keyword: the family member's generation config class
+    (`LLaDAGenerationConfig`, or `LLaDA2GenerationConfig` for "llada2") built from `generation_config.json`, its
+    settings with the defaults resolved. The class is the one source of the sampler's defaults."""
+    if family == "llada2":
+        from modeling_llada.generation_llada2 import LLaDA2GenerationConfig as config_class
+    else:
+        from modeling_llada.generation_llada import LLaDAGenerationConfig as config_class
+    fields = config_class._diffusion_fields
+    return config_class(**{k: v for k, v in (generation_config or {}).items() if k in fields}).sampler_settings()
+
+
+def _sampler_markdown(generation_config: dict[str, Any] | None, family: str) -> list[str]:
+    values = sampler_settings(generation_config, family)
     if not generation_config:
-        return ["No generation_config.json: `model.generate` uses the documented defaults "
-                f"({', '.join(f'{k}={v!r}' for k, v in GENERATION_DEFAULTS.items())})."]
-    known = _generation_values(generation_config)
-    values = {key: known[key] for key in GENERATION_FIELDS if known.get(key) is not None}
-    for key in FAST_DECODING_FIELDS:
-        if generation_config.get(key) is not None:
-            values[key] = generation_config[key]
+        return ["No generation_config.json: `model.generate` uses the sampler's defaults "
+                f"({', '.join(f'{k}={v!r}' for k, v in values.items())})."]
     lines = ["What `model.generate(input_ids)` uses with no keyword: the sampler settings of `generation_config.json` "
-             "(a field it leaves out takes the documented default).", "", "| setting | value |", "| --- | --- |"]
+             "(a field it leaves out takes the sampler's default).", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {key} | {value!r} |" for key, value in values.items()]
     if generation_config.get("eos_token_id") is not None:
         lines.append(f"| eos_token_id | {generation_config['eos_token_id']!r} |")
@@ -572,7 +525,8 @@ def _eval_markdown(eval_results: list[dict[str, Any]] | None) -> list[str]:
 
 
 def training_markdown(record: dict[str, Any] | None, *, generation_config: dict[str, Any] | None = None,
-                      eval_results: list[dict[str, Any]] | None = None, what: str = "these weights") -> str:
+                      eval_results: list[dict[str, Any]] | None = None, what: str = "these weights",
+                      family: str = "llada") -> str:
     """The card's Training section: every stage, the merge (if any), the sampler settings and the evaluation."""
     stages = record_stages(record)
     lines = []
@@ -590,7 +544,7 @@ def training_markdown(record: dict[str, Any] | None, *, generation_config: dict[
         base = _model_text(merge.get("base_model")) or "its base model"
         lines += ["### Merge", "", f"After the last stage, its LoRA adapter was folded (`merge_and_unload`) into the "
                   f"weights of the base model, {base}: this repository is a complete model, loaded without PEFT.", ""]
-    lines += ["### Sampler settings", "", *_sampler_markdown(generation_config), ""]
+    lines += ["### Sampler settings", "", *_sampler_markdown(generation_config, family), ""]
     lines += _eval_markdown(eval_results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -602,18 +556,6 @@ def _hub_datasets(record: dict[str, Any] | None) -> list[str]:
             if name not in found:
                 found.append(name)
     return found
-
-
-def _generation_values(generation_config: dict[str, Any] | None) -> dict[str, Any]:
-    values = {**GENERATION_DEFAULTS, **{k: v for k, v in (generation_config or {}).items() if v is not None}}
-    for key in ("steps", "block_length"):  # None means "equal to max_new_tokens"
-        values.setdefault(key, values["max_new_tokens"])
-    return values
-
-
-def _generation_kwargs(generation_config: dict[str, Any] | None) -> list[tuple[str, str]]:
-    values = _generation_values(generation_config)
-    return [(key, repr(values[key])) for key in GENERATION_FIELDS if values.get(key) is not None]
 
 
 def _prompt_code(has_chat_template: bool) -> str:
@@ -651,12 +593,14 @@ def _render(
     extra_tags: list[str],
     generation_config: dict[str, Any] | None,
     has_chat_template: bool,
+    family: str,
     datasets_setting: str = "datasets",
     **template_values,
 ) -> ModelCard:
     """The metadata and the parts every card shares, then the template's own values.
 
     base_model: a Hub id (card metadata takes nothing else); base_model_relation: "adapter", "merge", "finetune".
+    family: the family member ("llada", "llada_moe", "llada2"), whose sampler the example and table describe.
     """
     datasets = check_dataset_ids(datasets, datasets_setting) or _hub_datasets(training)
     model_name = repo_id.split("/")[-1]
@@ -679,12 +623,12 @@ def _render(
         model_name=model_name,
         repo_id=repo_id,
         base_model=base_model,
-        generation_kwargs=_generation_kwargs(generation_config),
+        generation_kwargs=[(key, repr(value)) for key, value in sampler_settings(generation_config, family).items()],
         prompt_code=_prompt_code(has_chat_template),
         training=training,
         training_section=training_markdown(
             training, generation_config=generation_config, eval_results=eval_results,
-            what="this adapter" if template == "adapter_card.md" else "these weights"),
+            what="this adapter" if template == "adapter_card.md" else "these weights", family=family),
         datasets=datasets,
         versions=versions(),
         **template_values,
@@ -724,7 +668,7 @@ def build_model_card(
     eval_results: dicts of `huggingface_hub.EvalResult` fields (task_type, dataset_type, dataset_name, metric_type,
     metric_value, ...), written as `model-index` and as a table.
     datasets: Hub dataset ids for the card metadata (default: those of the record's stages).
-    num_parameters: the count shown (default: computed from the config).
+    num_parameters: the count shown (`card_for_folder` reads it from the weights' headers; unknown without it).
     The card names the family member (LLaDA, LLaDA-MoE, LLaDA 2) and describes its architecture.
     """
     recorded = _base_of_record(training) or {}
@@ -737,7 +681,7 @@ def build_model_card(
         "model_card.md", repo_id, library_name="transformers", base_model=base_model,
         base_model_relation=relation, license=license, datasets=datasets, training=training,
         eval_results=eval_results, extra_tags=list(extra_tags), generation_config=generation_config,
-        has_chat_template=has_chat_template, datasets_setting=datasets_setting,
+        has_chat_template=has_chat_template, family=architecture(config), datasets_setting=datasets_setting,
         local_base=local_base, merged=bool((training or {}).get("merge")),
         config=config, model_rows=model_rows(config, num_parameters), **_family_values(config),
     )
@@ -777,13 +721,20 @@ def build_adapter_card(
         "adapter_card.md", repo_id, library_name="peft", base_model=base_model, base_model_relation="adapter",
         license=license, datasets=datasets, training=training, eval_results=eval_results,
         extra_tags=["lora", "peft"], generation_config=generation_config, has_chat_template=has_chat_template,
-        datasets_setting=datasets_setting,
+        family=_adapter_family(training), datasets_setting=datasets_setting,
         base_source=base_model or "<the base model: its Hub id or folder>", local_base=local_base,
         adapter=adapter_config,
         target_modules=target if isinstance(target, str) else ", ".join(sorted(target or [])),
         target_parameters=", ".join(sorted(adapter_config.get("target_parameters") or [])),
         num_adapter_parameters=num_adapter_parameters,
     )
+
+
+def _adapter_family(training: dict[str, Any] | None) -> str:
+    """The family member an adapter was trained on, as far as its training record tells: block diffusion is LLaDA 2's
+    objective; any other (or no record) has LLaDA's sampler."""
+    objectives = {stage.get("diffusion_objective") for stage in record_stages(training)}
+    return "llada2" if "block_diffusion" in objectives else "llada"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -812,6 +763,7 @@ def card_for_folder(folder: str | Path, repo_id: str, **overrides) -> ModelCard:
                                   generation_config=generation_config, has_chat_template=has_chat_template(folder),
                                   **overrides)
     config = _read_json(folder / "config.json")
+    overrides.setdefault("num_parameters", count_parameters(folder))
     return build_model_card(config, repo_id, generation_config=generation_config, training=training,
                             has_chat_template=has_chat_template(folder), **overrides)
 

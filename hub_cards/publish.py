@@ -34,7 +34,8 @@ from pathlib import Path
 from .cards import (TRAINING_RECORD, card_for_folder, check_dataset_ids, local_label, looks_like_a_path,
                     model_hub_id)
 
-CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py")
+CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py",
+              "answers_llada.py", "draws_llada.py")
 # Saved next to them by LLaDA-MoE and LLaDA 2 models (not required: dense folders do not have them).
 MOE_CODE_FILES = ("configuration_lladamoe.py", "modeling_lladamoe.py")
 LLADA2_CODE_FILES = ("configuration_llada2_moe.py", "modeling_llada2_moe.py", "generation_llada2.py")
@@ -455,7 +456,7 @@ def merge_adapter(folder: str | Path, output: str | Path, base_model: str | Base
         model = AutoModel.from_pretrained(base.source, trust_remote_code=trust_remote_code)
     except OSError as error:  # unreadable weights, a download that failed: what failed, then why
         raise OSError(f"{shown}: could not load the base model: {' '.join(str(error).split())}") from error
-    from trainers.compat import quiet_upstream_deprecations
+    from .compat import quiet_upstream_deprecations
 
     with quiet_upstream_deprecations():
         merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
@@ -577,11 +578,3 @@ def _upload(result: PublishResult, repo_id: str, *, private: bool, token: str | 
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.create_commit(repo_id, operations=operations, commit_message=commit_message)
     return getattr(commit, "commit_url", str(commit))
-
-
-def __getattr__(name: str):
-    if name == "main":  # `llada-hf publish` lives in the application package, llada_cli.publish
-        from llada_cli.publish import main
-
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

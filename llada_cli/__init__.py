@@ -1,8 +1,9 @@
-"""The `llada-hf` command-line application: quickstart, pretrain, sft, generate, chat, eval, publish.
+"""The `llada-hf` command-line application: quickstart, pretrain, sft, dpo, grpo, generate, chat, eval, publish, serve.
 
 The four layers of llada-hf, each importing only the ones before it:
-`modeling_llada` (the model) -> `trainers` (training and the lm-eval model) -> `hub_cards` (cards and publishing)
--> `llada_cli` (this package: commands, quickstart, live view, local data, loading helpers).
+`modeling_llada` (the model) -> `hub_cards` (cards and publishing) -> `trainers` (training, which writes cards, and
+the lm-eval model) -> `llada_cli` (this package: a module per command family, the live view, local data, loading
+helpers).
 
 Importing this package is cheap (no torch): `llada-hf --help` and `--version` answer at once.
 """

@@ -2,27 +2,76 @@
 
 - Every flag takes both spellings, `--max_new_tokens` and `--max-new-tokens`, as TRL's parser does; help lists the
   underscore spelling first (the one the README and TRL's docs use).
-- Every flag has help text; the help shows its default (when it has one) and its choices.
+- Every option's help says its default or that it is required: the formatters append `(default: X)` (on/off for a
+  switch) or `(required)`; a flag whose default is None says in words what happens without it ("default: the
+  checkpoint's generation_config"), and `add_flag` refuses one that does not.
 - Abbreviations are off: `--steps` never silently means `--steps_per_block`.
+- A usage error (a bad choice or type, a missing required option, an unknown flag) is one line on stderr,
+  `llada-hf <command>: <message>`, with exit status 2, like the commands' other errors (`OneLineErrors`).
 """
 
 import argparse
+import re
+
+
+def _marked(action: argparse.Action, text: str) -> str | None:
+    """`text` with "(required)" added for a required option; None when the default is what is left to show."""
+    if action.required:
+        return text if "required" in text.lower() else f"{text} (required)"
+    return None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's line breaks and appends `(default: X)` to a flag's help when X is not None."""
+    """Keeps the description's line breaks; appends `(default: X)` to a flag's help when X is not None, and
+    `(required)` to a required flag's."""
 
     def _get_help_string(self, action):
         text = action.help or ""
+        if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            return text
+        marked = _marked(action, text)
+        if marked is not None:
+            return marked
         default = action.default
-        if (default is None or default is argparse.SUPPRESS or "default" in text or not action.option_strings
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+        if default is None or default is argparse.SUPPRESS or "default" in text.lower():
             return text
         if isinstance(action, (argparse.BooleanOptionalAction, BooleanFlag)) or isinstance(default, bool):
             shown = "on" if default else "off"
         else:
-            shown = default
+            shown = str(default).replace("%", "%%")  # argparse expands %-placeholders in help
         return f"{text} (default: {shown})"
+
+
+class TrainingHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """TRL's help format for the training commands (every flag shows its default), keeping the line breaks of the
+    description and examples; a None default is not shown when the help already says what happens by default, and a
+    required flag says so."""
+
+    def _get_help_string(self, action):
+        marked = _marked(action, action.help or "") if action.option_strings else None
+        if marked is not None:
+            return marked
+        if action.default is None and "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
+class OneLineErrors:
+    """Mixed into a parser class: argparse's usage errors (a bad choice or type, a missing required option, an unknown
+    flag) print one line, `<prog>: <message>`, instead of the usage and `<prog>: error: <message>`, and exit with
+    status 2. The message names the flag once (argparse lists every spelling) and ends with the valid choices or a
+    pointer to `<prog> --help`."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        message = re.sub(r"(-{1,2}[\w-]+)(?:/-{1,2}[\w-]+)+", r"\1", message).removeprefix("argument ")
+        if "choose from" not in message:
+            message += f"; see {self.prog} --help"
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """The parser of the commands that are not TRL-backed."""
 
 
 class BooleanFlag(argparse.Action):
@@ -43,17 +92,20 @@ class BooleanFlag(argparse.Action):
         return f"{self.option_strings[0]} | {self.negatives[0]}"
 
 
-def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
-                                   allow_abbrev=False)
+def new_parser(prog: str, description: str) -> ArgumentParser:
+    return ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 def add_flag(parser, name: str, **kwargs) -> argparse.Action:
-    """Add `--name` (underscore spelling) and its dash spelling as one option; `help` is required."""
+    """Add `--name` (underscore spelling) and its dash spelling as one option. `help` is required, and says what
+    happens by default when the default is None (the formatter shows any other default)."""
     if not kwargs.get("help"):
         raise ValueError(f"--{name} needs help text")
     name = name.replace("-", "_")
     if kwargs.get("action") is argparse.BooleanOptionalAction:
         kwargs["action"] = BooleanFlag
     spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    return parser.add_argument(*spellings, dest=name, **kwargs)
+    action = parser.add_argument(*spellings, dest=name, **kwargs)
+    if not action.required and action.default is None and "default" not in action.help.lower():
+        raise ValueError(f"--{name} has no default: its help must say what happens without it ('default: ...')")
+    return action

@@ -9,13 +9,12 @@ import argparse
 import json
 from pathlib import Path
 
+from . import help_cache
 from ._args import add_flag, new_parser
+from .sampler_settings import DEFAULTS, DTYPES, FIELDS, REMASKING_STRATEGIES
 
-# The dtypes LLaDA loads in (llada_cli.loading.DTYPES, which imports torch: kept in step by hand).
-DTYPES = ("float32", "bfloat16", "float16")
-REMASKING = ("low_confidence", "random", "margin", "entropy")  # modeling_llada.generation_llada.REMASKING_STRATEGIES
-GENERATION_FLAGS = ("steps", "block_length", "temperature", "remasking", "top_k", "top_p", "logits_eos_inf",
-                    "confidence_eos_eot_inf", "early_exit")
+# Sampler settings that are arguments of the lm-eval model of their own (the others are passed as generation kwargs).
+_OWN_ARGUMENTS = ("max_new_tokens", "cfg_scale", "seed")
 LIST_TASKS_HINT = "`lm-eval ls tasks` lists the available tasks (add `--include_path DIR` for your own task folders)"
 
 DESCRIPTION = """\
@@ -40,20 +39,22 @@ def build_parser():
     add_flag(parser, "model", required=True, metavar="NAME_OR_PATH",
              help="Hub id or folder of a LLaDA model (the base, with --peft)")
     add_flag(parser, "peft", default=None, metavar="NAME_OR_PATH",
-             help="LoRA adapter (Hub id or folder) evaluated on --model")
+             help="LoRA adapter (Hub id or folder) evaluated on --model; default: none (the model alone)")
     add_flag(parser, "tokenizer", default=None, metavar="NAME_OR_PATH",
              help="Hub id or folder of the tokenizer; default: the model's")
     add_flag(parser, "tasks", required=True, help="comma-separated lm-eval task names (or glob patterns); "
              + LIST_TASKS_HINT)
-    add_flag(parser, "include_path", default=None, help="folder with extra task YAML files")
+    add_flag(parser, "include_path", default=None,
+             help="folder with extra task YAML files; default: none (lm-eval's own tasks)")
     add_flag(parser, "limit", type=count_or_fraction, default=None,
-             help="examples per task: a count, or a fraction of each task when below 1")
+             help="examples per task: a count, or a fraction of each task when below 1; default: every example")
     add_flag(parser, "num_fewshot", type=int, default=None, help="few-shot examples per prompt; default: the task's")
     add_flag(parser, "apply_chat_template", action="store_true",
              help="render prompts with the tokenizer's chat template (instruct models)")
     add_flag(parser, "fewshot_as_multiturn", action=argparse.BooleanOptionalAction, default=True,
              help="with --apply_chat_template, few-shot examples are earlier chat turns (off: one user turn)")
-    add_flag(parser, "system_instruction", default=None, help="system message put before every prompt")
+    add_flag(parser, "system_instruction", default=None,
+             help="system message put before every prompt; default: none")
     add_flag(parser, "batch_size", type=int, default=8, help="prompts per generation batch")
     add_flag(parser, "mc_num", type=int, default=128,
              help="Monte-Carlo samples of the likelihood bound (loglikelihood tasks)")
@@ -63,23 +64,28 @@ def build_parser():
     add_flag(parser, "steps", type=int, default=None, help="denoising steps; default: one per generated token")
     add_flag(parser, "block_length", type=int, default=None, help="semi-autoregressive block length; default: the "
              "whole canvas")
-    add_flag(parser, "temperature", type=float, default=None, help="sampling temperature; default: 0 (greedy)")
-    add_flag(parser, "top_k", type=int, default=None, help="sample among the k most likely tokens")
-    add_flag(parser, "top_p", type=float, default=None, help="nucleus sampling threshold")
-    add_flag(parser, "remasking", choices=REMASKING, default=None,
-             help="which proposals to commit first; default: low_confidence")
-    add_flag(parser, "logits_eos_inf", action="store_true", default=None, help="never propose an EOS id")
+    add_flag(parser, "temperature", type=float, default=None,
+             help=f"sampling temperature; default: {DEFAULTS['temperature']:g} (greedy)")
+    add_flag(parser, "top_k", type=int, default=None,
+             help="sample among the k most likely tokens; default: no limit")
+    add_flag(parser, "top_p", type=float, default=None,
+             help="nucleus sampling threshold; default: 1 (no limit)")
+    add_flag(parser, "remasking", choices=REMASKING_STRATEGIES, default=None,
+             help=f"which proposals to commit first; default: {DEFAULTS['remasking']}")
+    add_flag(parser, "logits_eos_inf", action="store_true", default=None,
+             help="never propose an EOS id; default: the checkpoint's generation_config, else off")
     add_flag(parser, "confidence_eos_eot_inf", action="store_true", default=None,
-             help="commit EOS proposals last")
+             help="commit EOS proposals last; default: the checkpoint's generation_config, else off")
     add_flag(parser, "early_exit", action="store_true", default=None,
-             help="stop denoising a row once its answer has ended with EOS")
+             help="stop denoising a row once its answer has ended with EOS; default: the checkpoint's "
+                  "generation_config, else off")
     add_flag(parser, "seed", type=int, default=0, help="seed of the likelihood samples and of sampling")
     add_flag(parser, "device", default="auto",
              help="where the model runs: cpu, cuda, cuda:1, mps, ...; auto: cuda when available, else cpu")
     add_flag(parser, "dtype", choices=DTYPES, default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     add_flag(parser, "trust_remote_code", action="store_true", help="allow code files shipped with the model")
     add_flag(parser, "output", default=None, help="write the results (and the samples, with --log_samples) as JSON "
-             "to this file")
+             "to this file; default: none (the table is printed only)")
     add_flag(parser, "log_samples", action="store_true",
              help="keep every example's prompt, outputs, target and score (in --output, which it needs)")
     return parser
@@ -132,14 +138,21 @@ def _check_chat_template(args) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run `llada-hf eval` with `argv`; returns {"results", "speed"} (and "samples" with --log_samples)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    help_cache.warm("eval", parser)  # the next `llada-hf eval --help` is then fast
+    args = parser.parse_args(argv)
     if args.log_samples and not args.output:
         raise ValueError("--log_samples writes every example's outputs into --output; pass --output FILE.json too.")
     _require_lm_eval()
-    from .commands import check_device
+    from .loading import check_adapter_source, check_device, check_llada_checkpoint, check_model_source
 
     device = str(check_device(args.device))
     tasks, task_manager = check_tasks(args.tasks, args.include_path)
+    # then the model and the adapter, still before anything is loaded
+    check_model_source(args.model, "--model")
+    check_llada_checkpoint(args.model, "--model")
+    if args.peft:
+        check_adapter_source(args.peft, "--peft")
     if args.apply_chat_template:
         _check_chat_template(args)
 
@@ -148,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from trainers.lm_eval_llada import LLaDAEvalModel
 
-    generation = {name: getattr(args, name) for name in GENERATION_FLAGS if getattr(args, name) is not None}
+    generation = {name: getattr(args, name) for name in FIELDS
+                  if name not in _OWN_ARGUMENTS and getattr(args, name, None) is not None}
     model = LLaDAEvalModel(pretrained=args.model, peft=args.peft, tokenizer=args.tokenizer, dtype=args.dtype,
                            device=device, batch_size=args.batch_size, mc_num=args.mc_num,
                            cfg_scale=args.cfg_scale, seed=args.seed, max_new_tokens=args.max_new_tokens,

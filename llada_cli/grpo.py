@@ -5,12 +5,6 @@ The flags are TRL's (GRPOConfig, ModelConfig) plus the diffusion settings of `Di
 (no download) rewarded by exact match with its `answer` column.
 """
 
-import sys
-from dataclasses import dataclass, field
-
-from . import help_cache
-from .commands import _check_config_file, _import_heavy, _training_parser
-
 GRPO_DESCRIPTION = """\
 Reinforcement learning of a LLaDA model with diffu-GRPO (d1): rollouts from the model's own diffusion sampler
 (--steps, --block_length, --remasking, --temperature, ...), rewarded by your reward functions (or reward models),
@@ -31,39 +25,16 @@ examples:
   # the same flags from a YAML file of `setting: value` lines
   llada-hf grpo --config grpo.yaml"""
 
-REWARD_HELP = ("reward functions: exact_match (the completion, cut at <|eot_id|>, equals the `answer` column), a "
-               "function as module:function (TRL's signature: prompts, completions, **columns -> list of floats), or "
-               "a reward model (Hub id or folder of a sequence-classification model); several are summed")
-
-
-def _script_arguments():
-    _import_heavy()
-    from .commands import ScriptArguments
-
-    @dataclass
-    class GRPOScriptArguments(ScriptArguments):
-        dataset_name: str | None = field(
-            default=None,
-            metadata={"help": "Hub id or local data files (json/jsonl/csv/parquet) with a `prompt` column; default: "
-                              "a local copy task (`Repeat: 3 1 4 1` -> `3 1 4 1`, in its `answer` column)."},
-        )
-        tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's."})
-        reward_funcs: list[str] = field(default_factory=lambda: ["exact_match"], metadata={"help": REWARD_HELP})
-        copy_task_digits: int = field(default=4, metadata={"help": "Digits of the default copy task's strings."})
-
-    GRPOScriptArguments.__qualname__ = "GRPOScriptArguments"
-    return GRPOScriptArguments
-
 
 def build_parser():
     """The parser of `llada-hf grpo` (imports transformers and TRL: seconds; its help text is cached)."""
-    _import_heavy()
     from trainers.grpo import DiffuGRPOConfig
 
-    from .commands import ModelConfig
+    from .train import training_parser
+    from .training_arguments import GRPOScriptArguments
 
-    return _training_parser(
-        "grpo", (_script_arguments(), DiffuGRPOConfig, ModelConfig), GRPO_DESCRIPTION, GRPO_EXAMPLES,
+    return training_parser(
+        "grpo", GRPOScriptArguments, DiffuGRPOConfig, GRPO_DESCRIPTION, GRPO_EXAMPLES,
         per_device_train_batch_size=32, num_generations=8, max_completion_length=16, max_steps=100,
         learning_rate=3e-4, beta=0.02, num_iterations=2, logging_steps=10, save_steps=50,
     )
@@ -120,45 +91,21 @@ def grpo(argv: list[str] | None = None) -> None:
     """diffu-GRPO, full or LoRA (see examples/grpo.py for a run with before/after accuracies)."""
     from trainers.grpo import DiffuGRPOTrainer
 
-    from .commands import get_peft_config, load_dataset_arg, load_model_and_tokenizer, python_docs_corpus
+    from .train import load_model, parse_training_args, peft_config, training_dataset
 
-    parser = build_parser()
-    help_cache.warm("grpo", parser)  # the next `llada-hf grpo --help` is then fast
-    argv = _check_config_file(parser, sys.argv[1:] if argv is None else argv)
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    script_args, training_args, model_args = parse_training_args("grpo", build_parser(), argv)
     reward_funcs = resolve_reward_funcs(script_args.reward_funcs)
-    if script_args.dataset_name is None:
-        dataset = copy_task_prompts(2000, script_args.copy_task_digits, training_args.seed)
-    else:
-        dataset = load_dataset_arg(script_args.dataset_name, script_args.dataset_config,
-                                   script_args.dataset_train_split)
+    dataset = training_dataset(
+        script_args, lambda: copy_task_prompts(2000, script_args.copy_task_digits, training_args.seed))
     check_prompt_dataset(dataset, script_args.dataset_name)
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path or "llada-tiny", script_args.tokenizer_name_or_path,
-        lambda: python_docs_corpus()["text"], model_args.dtype, model_args.attn_implementation,
-        training_args.trust_remote_code, training_args.seed,
-    )
+    model, tokenizer = load_model(model_args, script_args, training_args.trust_remote_code, training_args.seed)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
     configured = model.generation_config.eos_token_id
     configured = [configured] if isinstance(configured, int) else list(configured or [])
     if eot is not None and eot not in configured:  # a chat answer ends at <|eot_id|>
         model.generation_config.eos_token_id = [*configured, eot] if configured else [tokenizer.eos_token_id, eot]
     trainer = DiffuGRPOTrainer(model, reward_funcs=reward_funcs, args=training_args, train_dataset=dataset,
-                               processing_class=tokenizer, peft_config=get_peft_config(model_args))
+                               processing_class=tokenizer, peft_config=peft_config(model_args, script_args, model))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m llada_cli.grpo ...` before the `grpo` entry is in `llada-hf`'s command table: the same one-line
-    errors as `llada-hf`."""
-    from .main import COMMANDS, Command
-    from .main import main as llada_main
-
-    COMMANDS.setdefault("grpo", Command("reinforcement learning with diffu-GRPO (d1), full or LoRA",
-                                        "llada_cli.grpo:grpo", "llada_cli.grpo", "build_parser", True))
-    return llada_main(["grpo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,9 @@
 """The `--help` text of the commands whose parser is expensive to build, cached on disk.
 
-`llada-hf pretrain --help` and `sft --help` list every field of transformers' `TrainingArguments`, and building that
-parser imports transformers, torch, peft and accelerate (5 s or more); `eval --help` imports lm-evaluation-harness.
-The rendered text is stored once and printed from then on without importing any of them.
+`llada-hf pretrain --help`, `sft --help`, `dpo --help` and `grpo --help` list every field of transformers'
+`TrainingArguments`, and building that parser imports transformers, torch, peft and accelerate (5 s or more). The
+rendered text is stored once (by the first `--help`, or by a run, which builds the parser anyway: `warm`) and printed
+from then on without importing any of them. (`eval` and `publish` cache theirs the same way.)
 
 Where: `$LLADA_HF_CACHE/help`, else `$XDG_CACHE_HOME/llada-hf/help`, else `~/.cache/llada-hf/help`; one JSON file per
 command and terminal width, holding the text and the key it was rendered under. The key is everything the text

@@ -53,8 +53,11 @@ class DenoisingView:
             self.stream.flush()
 
     def end(self) -> None:
-        cut = next((i for i, token in enumerate(self.tokens) if token in self.stop_token_ids), len(self.tokens))
-        self.text = self.tokenizer.decode(self.tokens[:cut], skip_special_tokens=self.skip_special_tokens).strip()
+        from modeling_llada.answers_llada import AnswerText  # the answer ends where `generate` ends it
+
+        answer = AnswerText(self.tokenizer, self.stop_token_ids, [], skip_special_tokens=self.skip_special_tokens)
+        answer.feed(self.tokens, final=True)
+        self.text = answer.text.strip()
         self.stream.write(("\r\x1b[K" if self.live else "") + self.text + "\n")
         self.stream.flush()
 

@@ -14,6 +14,9 @@ from datasets import Dataset, load_dataset
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from modeling_llada import LLaDAConfig, LLaDAModelLM
+from modeling_llada.mask_id import resolve_mask_token_id
+
+from .sampler_settings import DTYPES
 
 # Fresh-model presets (architecture only; ids and vocabulary come from the tokenizer).
 PRESETS = {
@@ -22,7 +25,6 @@ PRESETS = {
     "llada-8b": dict(),  # the LLaDA-8B architecture (the config defaults)
 }
 _PRESETS_HINT = f", a preset for a fresh model ({', '.join(PRESETS)})"
-DTYPES = ("float32", "bfloat16", "float16")
 # Any one of these makes a folder (or a cached Hub repository) hold a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 LOCAL_DATA_FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet", "txt": "text"}
@@ -55,6 +57,33 @@ def resolve_dtype(dtype: str | torch.dtype | None, setting: str = "--dtype") -> 
         raise ValueError(f"{setting} {dtype!r} is not a dtype LLaDA loads in; choose one of {', '.join(DTYPES)} "
                          "(or auto: the checkpoint's own).")
     return getattr(torch, dtype)
+
+
+def check_device(device: str, setting: str = "--device") -> torch.device:
+    """The torch device named `device` (auto: cuda when available, else cpu); a `ValueError` naming it when torch does
+    not know it or it is not there."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{setting} {device!r} is not a device name; use cpu, cuda, cuda:<index> or mps.") from None
+    if resolved.type == "cpu":
+        return resolved
+    # torch.cuda, torch.xpu, ... (mps reports through torch.backends)
+    backend = torch.backends.mps if resolved.type == "mps" else getattr(torch, resolved.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        name = {"cuda": "CUDA", "mps": "Apple MPS"}.get(resolved.type, repr(resolved.type))
+        if resolved.type == "cuda" and not torch.version.cuda:
+            name += f" device is available (this torch {torch.__version__} is built without CUDA)"
+        else:
+            name += " device is available"
+        raise ValueError(f"{setting} {device!r}: no {name}; use --device cpu.")
+    count = backend.device_count() if hasattr(backend, "device_count") else None
+    if resolved.index is not None and count is not None and resolved.index >= count:
+        raise ValueError(f"{setting} {device!r}: this machine has {count} {resolved.type} device(s), "
+                         f"{resolved.type}:0 to {resolved.type}:{count - 1}.")
+    return resolved
 
 
 def _one_line(error: BaseException) -> str:
@@ -168,15 +197,6 @@ def check_llada_checkpoint(name: str, setting: str = "--model_name_or_path") -> 
         )
 
 
-def fill_mask_token_id(model, tokenizer: PreTrainedTokenizerBase | None):
-    """Give `model` the tokenizer's mask id when its config has none (the official LLaDA-MoE and LLaDA 2 configs do
-    not store it; our configs default to the real models' id, which a smaller vocabulary cannot hold)."""
-    config = model.config
-    if getattr(config, "mask_token_id", None) is None and getattr(tokenizer, "mask_token_id", None) is not None:
-        config.mask_token_id = tokenizer.mask_token_id
-    return model
-
-
 def load_model(
     model_name_or_path: str,
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -208,7 +228,9 @@ def load_model(
         model = AutoModel.from_pretrained(model_name_or_path, **kwargs)
     except OSError as error:  # missing or unreadable weights, a download that failed: what failed, then why
         raise OSError(f"{setting} {model_name_or_path!r}: could not load the model: {_one_line(error)}") from error
-    return fill_mask_token_id(model, tokenizer)
+    if tokenizer is not None:  # the official LLaDA-MoE / LLaDA 2 configs store no mask id: the tokenizer's
+        resolve_mask_token_id(model, tokenizer)
+    return model
 
 
 def load_model_and_tokenizer(

@@ -1,13 +1,19 @@
 """`llada-hf <command> [options]`: the command table, `--help`, `--version` and the one-line error handling.
 
+Each command lives in a module of its own (`train`: pretrain, sft, dpo; `grpo`; `generate`: generate, chat;
+`evaluate`; `publish`; `quickstart`; `serve`), which the table below names as `module:function` for the function
+that runs it and for the one that builds its parser.
+
 This module is light on purpose: `llada-hf --help`, `--version` and every `<command> --help` answer without importing
-torch, transformers or TRL. A command's own module is imported only to run it; the help of the commands whose parser
-is expensive to build (pretrain and sft list transformers' TrainingArguments) comes from `help_cache`.
+torch, transformers or TRL. A command's own module is imported only to run it or build its parser (cheap: every
+command module imports its heavy dependencies inside its functions); the help of the commands whose parser is
+expensive to build (the training commands list transformers' TrainingArguments) comes from `help_cache`.
 
 Errors. `main` prints a mistake in what was passed (`ValueError`, `OSError`) as one line on stderr,
-`llada-hf <command>: <message>`, and exits with status 2 (argparse's usage errors keep argparse's own message and
-status 2). Any other exception is a bug: one line too, `llada-hf <command>: internal error: <type>: <message>`,
-status 1. With the environment variable LLADA_HF_DEBUG=1 every error propagates with its full traceback.
+`llada-hf <command>: <message>`, and exits with status 2; argparse's usage errors (a bad choice or type, a missing
+required option, an unknown flag) are one line of that form too, status 2 (`_args.OneLineErrors`). Any other
+exception is a bug: one line too, `llada-hf <command>: internal error: <type>: <message>`, status 1. With the
+environment variable LLADA_HF_DEBUG=1 every error propagates with its full traceback.
 """
 
 import importlib
@@ -20,34 +26,33 @@ DEBUG_ENV = "LLADA_HF_DEBUG"
 
 class Command(NamedTuple):
     summary: str  # one line for `llada-hf --help`
-    runner: str  # the function of llada_cli.commands that runs it, or `module:function` (looked up at call time)
-    parser_module: str  # where its parser is built...
-    parser_builder: str  # ...by this function (no arguments, returns the argparse parser)
-    cached_help: bool  # building the parser is expensive: its help text is cached on disk
-    extra: str | None = None  # the pip extra its module needs
+    runner: str  # `module:function` that runs it with the command-line words after its name
+    parser: str  # `module:function` that builds its parser (no arguments)
+    cached_help: bool  # building the parser is expensive: its help text is cached on disk (the runner warms it)
+    extra: str | None = None  # the pip extra it needs
 
 
 COMMANDS = {
     "quickstart": Command("LLaDA end to end on a CPU in minutes, nothing downloaded: train, fine-tune, publish",
-                          "quickstart", "llada_cli.quickstart", "build_parser", False),
+                          "llada_cli.quickstart:main", "llada_cli.quickstart:build_parser", False),
     "pretrain": Command("masked-diffusion pre-training of a fresh or pre-trained LLaDA model",
-                        "pretrain", "llada_cli.commands", "build_pretrain_parser", True),
+                        "llada_cli.train:pretrain", "llada_cli.train:build_pretrain_parser", True),
     "sft": Command("response-only masked-diffusion fine-tuning (SFT), full or LoRA",
-                   "sft", "llada_cli.commands", "build_sft_parser", True),
+                   "llada_cli.train:sft", "llada_cli.train:build_sft_parser", True),
     "dpo": Command("preference optimisation with VRPO (LLaDA 1.5's DPO on ELBOs), full or LoRA",
-                   "dpo", "llada_cli.commands", "build_dpo_parser", True),
+                   "llada_cli.train:dpo", "llada_cli.train:build_dpo_parser", True),
     "grpo": Command("reinforcement learning with diffu-GRPO (d1), full or LoRA",
-                    "llada_cli.grpo:grpo", "llada_cli.grpo", "build_parser", True),
+                    "llada_cli.grpo:grpo", "llada_cli.grpo:build_parser", True),
     "generate": Command("generate from a prompt, showing the denoising live",
-                        "generate", "llada_cli.commands", "build_generate_parser", False),
+                        "llada_cli.generate:generate", "llada_cli.generate:build_generate_parser", False),
     "chat": Command("chat with a LLaDA model in the terminal",
-                    "chat", "llada_cli.commands", "build_chat_parser", False),
+                    "llada_cli.generate:chat", "llada_cli.generate:build_chat_parser", False),
     "eval": Command("evaluate a model or adapter with lm-evaluation-harness",
-                    "evaluate", "llada_cli.evaluate", "build_parser", True, extra="eval"),
+                    "llada_cli.evaluate:main", "llada_cli.evaluate:build_parser", True, extra="eval"),
     "publish": Command("publish a model or adapter folder to the Hub with a generated card",
-                       "publish", "llada_cli.publish", "build_parser", True),
+                       "llada_cli.publish:main", "llada_cli.publish:build_parser", True),
     "serve": Command("serve a model with an OpenAI-compatible API (chat, completions, streaming)",
-                     "llada_cli.serve:run", "llada_cli.serve", "build_parser", False, extra="serve"),
+                     "llada_cli.serve:run", "llada_cli.serve:build_parser", False, extra="serve"),
 }
 
 
@@ -130,80 +135,31 @@ def asks_for_help(args: list[str]) -> bool:
     return False
 
 
-def _import_command_module(name: str):
-    command = COMMANDS[name]
+def _function(name: str, target: str):
+    """The function `module:function` of command `name`'s table entry (its module imported)."""
+    module, _, function = target.partition(":")
     try:
-        return importlib.import_module(command.parser_module)
+        return getattr(importlib.import_module(module), function)
     except ImportError as error:
-        if command.extra is None:
+        extra = COMMANDS[name].extra
+        if extra is None:
             raise
-        raise SystemExit(f"llada-hf {name} needs the {command.extra!r} extra: pip install 'llada-hf[{command.extra}]' "
+        raise SystemExit(f"llada-hf {name} needs the {extra!r} extra: pip install 'llada-hf[{extra}]' "
                          f"({error}).") from None
 
 
 def build_parser(name: str):
-    """The argparse parser of command `name` (importing its module), or None when its module does not build one."""
-    builder = getattr(_import_command_module(name), COMMANDS[name].parser_builder, None)
-    return builder() if builder is not None else None
+    """The argparse parser of command `name`."""
+    return _function(name, COMMANDS[name].parser)()
 
 
-def help_text(name: str) -> str | None:
-    """The text of `llada-hf <name> --help` (from the cache for the expensive commands); None when the command's
-    module builds no parser up front (its runner then prints the help)."""
-    command = COMMANDS[name]
-    if not command.cached_help:
-        parser = build_parser(name)
-        return parser.format_help() if parser is not None else None
+def help_text(name: str) -> str:
+    """The text of `llada-hf <name> --help` (from the cache for the expensive commands)."""
+    if not COMMANDS[name].cached_help:
+        return build_parser(name).format_help()
     from . import help_cache
 
-    expected = help_cache.key(name)
-    text = help_cache.load(name, expected)
-    if text is None:
-        parser = build_parser(name)
-        if parser is None:
-            return None
-        text = parser.format_help()
-        help_cache.store(name, text, expected)
-    return text
-
-
-def _runner(name: str):
-    runner = COMMANDS[name].runner
-    if ":" in runner:  # `module:function`, for a command whose runner lives in its own module
-        module, function = runner.split(":")
-        return getattr(importlib.import_module(module), function)
-    from . import commands
-
-    return getattr(commands, runner)
-
-
-def _print_help(name: str) -> int:
-    text = help_text(name)
-    if text is None:  # the command prints its help itself (argparse: SystemExit(0))
-        try:
-            _runner(name)(["--help"])
-        except SystemExit as stop:
-            return stop.code if isinstance(stop.code, int) else 0
-        return 0
-    _write(text)
-    return 0
-
-
-def _warm_help_cache(name: str) -> None:
-    """Before running a command whose module is heavy anyway, store its help when the cache lacks it (pretrain and
-    sft do it with the parser they build). Never raises."""
-    if not COMMANDS[name].cached_help or COMMANDS[name].parser_module == "llada_cli.commands":
-        return
-    try:
-        from . import help_cache
-
-        expected = help_cache.key(name)
-        if help_cache.load(name, expected) is None:
-            parser = build_parser(name)
-            if parser is not None:
-                help_cache.store(name, parser.format_help(), expected)
-    except (Exception, SystemExit):  # noqa: BLE001 (the run itself reports a missing extra or a broken module)
-        pass
+    return help_cache.help_text(name, lambda: build_parser(name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if asks_for_help(rest):
-            return _print_help(name)
-        _warm_help_cache(name)
-        result = _runner(name)(rest)
+            _write(help_text(name))
+            return 0
+        result = _function(name, COMMANDS[name].runner)(rest)
     except (ValueError, OSError) as error:  # a mistake in what was passed: the message says what to change
         if _debug():
             raise

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from . import help_cache
 from ._args import add_flag, new_parser
 
 PROG = "llada-hf publish"
@@ -41,7 +42,8 @@ def build_parser():
     add_flag(parser, "dataset", action="append", metavar="HUB_DATASET_ID", help="a Hub dataset id for the card "
              "metadata (repeatable; default: the Hub datasets of the training record)")
     add_flag(parser, "eval_results", metavar="JSON", help="a JSON list of huggingface_hub EvalResult fields "
-             "(task_type, dataset_type, dataset_name, metric_type, metric_value) for the card's model-index")
+             "(task_type, dataset_type, dataset_name, metric_type, metric_value) for the card's model-index; "
+             "default: none (the card has no model-index)")
     add_flag(parser, "private", action="store_true", help="create the repository as private")
     add_flag(parser, "staging_dir", metavar="FOLDER", help="stage here and keep the folder (empty or new; default: a "
              "temporary folder, removed afterwards)")
@@ -93,7 +95,9 @@ def _handle_termination():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    help_cache.warm("publish", parser)  # the next `llada-hf publish --help` is then fast
+    args = parser.parse_args(argv)
     previous = _handle_termination()
     try:
         return _run(args)

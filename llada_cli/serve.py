@@ -17,7 +17,8 @@ on FastAPI's public API, and runs the same on every supported transformers relea
     and per-request extra fields of the body;
   * streaming sends the answer in reading order as positions are committed; with `"stream_denoising_draft": true`
     every chunk also carries the whole canvas, masks shown as `░`, in the extra field `denoising_draft`;
-  * bad requests get a 4xx whose OpenAI-style error names the field (`param`), never a 500;
+  * bad requests get a 4xx whose OpenAI-style error names the field (`param`), never a 500 (the checks:
+    `llada_cli.serve_requests`; the sampler settings are checked by the model's generation config class);
 - `GenerationRunner`, the engine: requests are served one at a time, in arrival order, on one generation thread
   (each with its own settings and its own stream); a streamed request whose client goes away is stopped at the next
   denoising step. An error that leaves the device unusable (a CUDA error) kills the engine: every request then gets
@@ -38,35 +39,29 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._args import add_flag, new_parser
+from .sampler_settings import DTYPES, KV_CACHE_MODES, REMASKING_STRATEGIES
+if TYPE_CHECKING:  # the server imports torch and the model code only when it starts
+    from modeling_llada.answers_llada import AnswerText
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-REMASKING = ("low_confidence", "random", "margin", "entropy")  # = generation_llada.REMASKING_STRATEGIES (tested)
-KV_CACHES = ("prefix", "dual")  # = generation_llada.KV_CACHE_MODES
-# The diffusion settings a request may carry as extra fields, and their server-wide defaults (the flags).
-DIFFUSION_FIELDS = ("steps", "block_length", "threshold", "kv_cache", "remasking")
+from .serve_requests import (
+    CHAT_FIELDS,
+    COMPLETION_FIELDS,
+    DIFFUSION_FIELDS,
+    RequestError,
+    chat_messages,
+    check_fields,
+    check_setting,
+    completion_prompt,
+    field_error,
+    sampling_settings,
+)
+
+DTYPE_CHOICES = ("auto", *DTYPES)
 DRAFT_FIELD = "denoising_draft"  # the extra field of a stream chunk that holds the canvas
-DRAFT_REQUEST_FIELD = "stream_denoising_draft"
 MASK_GLYPH = "░"
-MAX_N = 16
-
-# Request fields each endpoint accepts (OpenAI's, plus the diffusion extras). Others get a 422 naming them, as in
-# transformers serve; fields OpenAI defines that a diffusion model cannot honour get a 400 naming them.
-_COMMON_FIELDS = {"model", "stream", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "user",
-                  "stream_options", "generation_config", DRAFT_REQUEST_FIELD, *DIFFUSION_FIELDS}
-CHAT_FIELDS = _COMMON_FIELDS | {"messages", "max_completion_tokens", "chat_template_kwargs", "metadata", "store",
-                                "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "logit_bias",
-                                "tools", "tool_choice", "parallel_tool_calls", "response_format", "service_tier",
-                                "reasoning_effort", "modalities", "audio", "prediction", "web_search_options",
-                                "functions", "function_call"}
-COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo", "suffix", "best_of", "logprobs", "logit_bias",
-                                      "frequency_penalty", "presence_penalty"}
-# Accepted when neutral (absent, null, 0, false, empty), refused otherwise: nothing in a diffusion sampler does them.
-_NEUTRAL_ONLY = ("frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "logit_bias", "tools",
-                 "tool_choice", "functions", "function_call", "response_format", "echo", "suffix", "audio",
-                 "prediction", "generation_config")
 # A fast tokenizer's Rust core refuses concurrent use when one call changes its padding/truncation settings ("Already
 # borrowed"): requests are tokenized on worker threads while the generation thread decodes, so they take turns.
 TOKENIZER_LOCK = threading.Lock()
@@ -106,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "threshold", type=float,
              help="fast parallel decoding: every step commits each masked position of the block whose confidence "
                   "reaches this (e.g. 0.9); default: the checkpoint's generation_config, else off (exact)")
-    add_flag(parser, "kv_cache", choices=KV_CACHES,
+    add_flag(parser, "kv_cache", choices=KV_CACHE_MODES,
              help="approximate key/value caching (prefix or dual); default: the checkpoint's, else off (exact)")
-    add_flag(parser, "remasking", choices=REMASKING,
+    add_flag(parser, "remasking", choices=REMASKING_STRATEGIES,
              help="which proposals are committed first; default: the checkpoint's, else low_confidence")
     add_flag(parser, "continuous_batching", action="store_true",
              help="not supported for diffusion models (an error says so); present so that transformers serve's "
@@ -119,247 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class RequestError(Exception):
-    """A request the server will not run: answered with `status` and an OpenAI-style error naming `param`."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def body(self) -> dict:
-        kind = "server_error" if self.status >= 500 else "not_found_error" if self.status == 404 \
-            else "invalid_request_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-
-
-def _bad(param: str, message: str, status: int = 400) -> RequestError:
-    return RequestError(status, f"`{param}`: {message}", param=param)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Request validation (pure Python: unit-testable without a model)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _neutral(value) -> bool:
-    return value in (None, 0, False, "", [], {}, "none", "auto") or value == 0.0
-
-
-def check_fields(body: Any, allowed: set[str]) -> None:
-    """The body is a JSON object with only known fields, and the fields a diffusion model cannot honour are neutral."""
-    if not isinstance(body, dict):
-        raise RequestError(400, "the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise RequestError(422, f"Unexpected fields in the request: {unknown}; LLaDA's extra fields are "
-                                f"{[*DIFFUSION_FIELDS, DRAFT_REQUEST_FIELD]}", param=unknown[0])
-    for name in _NEUTRAL_ONLY:
-        if name in body and not _neutral(body[name]):
-            raise _bad(name, f"not supported by LLaDA's diffusion generation (got {body[name]!r}); leave it out")
-
-
-def sampling_settings(body: dict, defaults: dict) -> dict:
-    """The request's generation settings, checked one by one: `max_tokens`, `n`, `stop`, `stream` and the
-    `model.generate` kwargs (`temperature`, `top_p`, `seed` and the diffusion settings, the server's defaults first).
-    Raises `RequestError` naming the field."""
-    out: dict[str, Any] = {}
-    budget_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    budget = body.get(budget_field)
-    if budget is not None and (not _is_int(budget) or budget < 1):
-        raise _bad(budget_field, f"must be a positive integer, got {budget!r}")
-    out["max_tokens"] = budget
-    n = body.get("n", 1) if body.get("n") is not None else 1
-    if not _is_int(n) or not 1 <= n <= MAX_N:
-        raise _bad("n", f"must be an integer from 1 to {MAX_N}, got {n!r}")
-    out["n"] = n
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise _bad("stream", f"must be true or false, got {stream!r}")
-    out["stream"] = stream
-    if stream and n > 1:
-        raise _bad("n", "streaming answers one choice at a time; use n=1 with stream, or stream=false")
-    draft = body.get(DRAFT_REQUEST_FIELD) or False
-    if not isinstance(draft, bool):
-        raise _bad(DRAFT_REQUEST_FIELD, f"must be true or false, got {draft!r}")
-    out["draft"] = draft and stream
-    stop = body.get("stop")
-    if stop is None:
-        stops = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= 4:
-        stops = list(stop)
-    else:
-        raise _bad("stop", f"must be a string or a list of up to 4 strings, got {stop!r}")
-    if any(s == "" for s in stops):
-        raise _bad("stop", "stop strings must not be empty")
-    out["stop"] = stops
-
-    kwargs: dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if not _is_number(temperature) or not 0 <= temperature <= 2:
-            raise _bad("temperature", f"must be a number from 0 to 2, got {temperature!r}")
-        kwargs["temperature"] = float(temperature)
-        kwargs["do_sample"] = temperature > 0
-    top_p = body.get("top_p")
-    if top_p is not None:
-        if not _is_number(top_p) or not 0 < top_p <= 1:
-            raise _bad("top_p", f"must be a number in (0, 1], got {top_p!r}")
-        kwargs["top_p"] = float(top_p)
-    seed = body.get("seed")
-    if seed is not None:
-        if not _is_int(seed):
-            raise _bad("seed", f"must be an integer, got {seed!r}")
-        kwargs["seed"] = seed
-    for name in ("steps", "block_length"):
-        value = body.get(name)
-        if value is not None:
-            if not _is_int(value) or value < 1:
-                raise _bad(name, f"must be a positive integer, got {value!r}")
-            kwargs[name] = value
-    if "threshold" in body:  # null turns a server default off: the exact sampler
-        value = body["threshold"]
-        if value is not None and (not _is_number(value) or not 0 < value <= 1):
-            raise _bad("threshold", f"must be null or a number in (0, 1] (e.g. 0.9), got {value!r}")
-        kwargs["threshold"] = None if value is None else float(value)
-    if "kv_cache" in body:
-        value = body["kv_cache"]
-        if value is not None and value not in KV_CACHES:
-            raise _bad("kv_cache", f"must be null or one of {list(KV_CACHES)}, got {value!r}")
-        kwargs["kv_cache"] = value
-    if body.get("remasking") is not None:
-        value = body["remasking"]
-        if value not in REMASKING:
-            raise _bad("remasking", f"must be one of {list(REMASKING)}, got {value!r}")
-        kwargs["remasking"] = value
-    out["kwargs"] = kwargs
-    return out
-
-
-def chat_messages(body: dict) -> list[dict]:
-    """OpenAI chat messages as the chat template wants them (text content only); raises naming the message."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages", "must be a non-empty list of {role, content} objects")
-    out = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _bad(where, f"must be an object with `role` and `content`, got {message!r}")
-        role = message.get("role")
-        if role not in ("system", "developer", "user", "assistant", "tool"):
-            raise _bad(f"{where}.role", f"must be system, developer, user, assistant or tool, got {role!r}")
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = []
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise _bad(f"{where}.content[{j}]", "LLaDA reads text only: each part must be "
-                                                        "{\"type\": \"text\", \"text\": \"...\"}")
-                parts.append(part["text"])
-            content = " ".join(parts)
-        elif content is None and role == "assistant":
-            content = ""
-        if not isinstance(content, str):
-            raise _bad(f"{where}.content", f"must be a string or a list of text parts, got {content!r}")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
-    return out
-
-
-def completion_prompt(body: dict) -> str:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise _bad("prompt", "must be a non-empty string (one prompt per request)")
-    return prompt
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # From committed tokens to the answer
-
-
-class AnswerTracker:
-    """Reads the generated tokens in reading order and says what of them is the answer: it ends before the first end
-    token (EOS, end of turn) or stop string, or after `max_tokens` tokens. `feed` returns the text that can be sent
-    now (a tail that could still turn into a stop string is held back); `done` tells when the rest cannot change the
-    answer, `finish_reason` and `completion_tokens` are OpenAI's."""
-
-    def __init__(self, tokenizer, end_ids: list[int], stops: list[str], max_tokens: int):
-        self.tokenizer, self.end_ids, self.stops, self.max_tokens = tokenizer, set(end_ids), stops, max_tokens
-        self.ids: list[int] = []
-        self.done = False
-        self.stopped = False
-        self.text = ""  # the answer so far
-        self.sent = 0  # characters of `text` already returned by feed
-        self.completion_tokens = 0
-
-    def _text_of(self, ids: list[int]) -> str:
-        with TOKENIZER_LOCK:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def feed(self, ids: list[int]) -> str:
-        from modeling_llada.answers import first_stop_position  # loaded with the model already
-
-        if self.done:
-            return ""
-        for token in ids:
-            if token in self.end_ids:
-                self.done = self.stopped = True
-                break
-            if len(self.ids) >= self.max_tokens:
-                self.done = True
-                break
-            self.ids.append(int(token))
-        if len(self.ids) >= self.max_tokens:
-            self.done = True
-        self.text = self._text_of(self.ids)
-        self.completion_tokens = len(self.ids)
-        cut = first_stop_position(self.text, self.stops)
-        if cut >= 0:
-            self.done = self.stopped = True
-            self.text = self.text[:cut]
-            # the tokens wholly before the stop string
-            count = 0
-            while count < len(self.ids) and len(self._text_of(self.ids[: count + 1])) <= cut:
-                count += 1
-            self.completion_tokens = count
-        safe = len(self.text)
-        if not self.done:
-            if self.text.endswith("\ufffd"):  # an incomplete character: wait for the next token
-                safe = len(self.text.rstrip("\ufffd"))
-            for stop in self.stops:
-                for length in range(min(len(stop) - 1, len(self.text)), 0, -1):
-                    if self.text.endswith(stop[:length]):
-                        safe = min(safe, len(self.text) - length)
-                        break
-        delta = self.text[self.sent:safe] if safe > self.sent else ""
-        self.sent = max(self.sent, safe)
-        return delta
-
-    def finish(self) -> str:
-        """The rest of the answer once the canvas is complete."""
-        self.done = True
-        delta = self.text[self.sent:]
-        self.sent = len(self.text)
-        return delta
-
-    @property
-    def finish_reason(self) -> str:
-        return "stop" if self.stopped else "length"
 
 
 class _Abort(Exception):
@@ -368,10 +123,10 @@ class _Abort(Exception):
 
 class CommitStreamer:
     """A transformers streamer for LLaDA's `generate`: `put` gets the prompt, then committed tokens in reading order.
-    Feeds an `AnswerTracker` and hands text to `emit` (a thread-safe callback); ends `generate` (raising `_Abort`)
+    Feeds an `AnswerText` and hands text to `emit` (a thread-safe callback); ends `generate` (raising `_Abort`)
     once the answer is complete or `cancelled` is set."""
 
-    def __init__(self, tracker: AnswerTracker, emit, cancelled: threading.Event):
+    def __init__(self, tracker: AnswerText, emit, cancelled: threading.Event):
         self.tracker, self.emit, self.cancelled = tracker, emit, cancelled
         self.first = True
 
@@ -394,7 +149,7 @@ class CommitStreamer:
 class DraftStreamer(CommitStreamer):
     """Also `put_draft`: the canvas after every denoising step, rendered by `render`, as a `draft` item."""
 
-    def __init__(self, tracker: AnswerTracker, emit, cancelled: threading.Event, render):
+    def __init__(self, tracker: AnswerText, emit, cancelled: threading.Event, render):
         super().__init__(tracker, emit, cancelled)
         self.render = render
 
@@ -436,7 +191,9 @@ class ServedModel:
 
         import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
 
-        from .loading import fill_mask_token_id, resolve_dtype
+        from modeling_llada.mask_id import resolve_mask_token_id
+
+        from .loading import resolve_dtype
 
         self.name = name
         model_id, revision = _split(name)
@@ -448,10 +205,11 @@ class ServedModel:
         if dtype not in (None, "auto"):
             load["dtype"] = resolve_dtype(dtype)
         model = AutoModel.from_pretrained(model_id, **load)
-        # the official LLaDA-MoE / LLaDA 2 configs do not store the mask id: the tokenizer's, as the other commands do
-        fill_mask_token_id(model, self.tokenizer)
-        if getattr(model.config, "mask_token_id", None) is None:
-            raise ValueError(f"{model_id!r} is not a LLaDA model (no mask_token_id in its config or tokenizer).")
+        # the official LLaDA-MoE / LLaDA 2 configs do not store the mask id: the tokenizer's (the library's one rule)
+        try:
+            resolve_mask_token_id(model, self.tokenizer)
+        except ValueError as error:
+            raise ValueError(f"{model_id!r} is not a LLaDA model: {error}") from None
         if not hasattr(model.generation_config, "block_length"):  # not diffusion generation
             raise ValueError(f"{model_id!r}: the model's code has no diffusion `generate` (the official checkpoints' "
                              "own code files lack one); serve it without --trust_remote_code to use llada-hf's "
@@ -569,21 +327,21 @@ class LLaDAHandler:
     def _prepare(self, body: dict) -> dict:
         check_fields(body, CHAT_FIELDS if self.chat else COMPLETION_FIELDS)
         self._check_model(body)
-        settings = sampling_settings(body, self.defaults)
+        settings = sampling_settings(body, self.defaults, type(self.served.model.generation_config))
         model, tokenizer = self.served.model, self.served.tokenizer
         if self.chat:
             messages = chat_messages(body)
             extra = body.get("chat_template_kwargs") or {}
             if not isinstance(extra, dict):
-                raise _bad("chat_template_kwargs", "must be an object")
+                raise field_error("chat_template_kwargs", "must be an object")
             if not getattr(tokenizer, "chat_template", None):
-                raise _bad("messages", "this model's tokenizer has no chat template; use /v1/completions")
+                raise field_error("messages", "this model's tokenizer has no chat template; use /v1/completions")
             try:
                 with TOKENIZER_LOCK:
                     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                         return_dict=True, **extra)["input_ids"]
             except Exception as error:  # noqa: BLE001 (a template that rejects the conversation: the client's)
-                raise _bad("messages", f"the chat template rejects these messages: {error}") from None
+                raise field_error("messages", f"the chat template rejects these messages: {error}") from None
             if ids and isinstance(ids[0], list):
                 ids = ids[0]
         else:
@@ -594,7 +352,7 @@ class LLaDAHandler:
 
     def _new_job(self, model, tokenizer, ids: list[int], settings: dict, prompt_field: str) -> dict:
         """The `generate` call: canvas length, block schedule and checked settings."""
-        from modeling_llada.answers import end_token_ids
+        from modeling_llada.answers_llada import end_token_ids
 
         config = model.generation_config
         kwargs = dict(settings["kwargs"])
@@ -614,9 +372,9 @@ class LLaDAHandler:
         limit = getattr(model.config, "max_sequence_length", None) or getattr(model.config,
                                                                              "max_position_embeddings", None)
         if limit is not None and len(ids) + canvas > limit:
-            raise _bad(prompt_field, f"the prompt ({len(ids)} tokens) plus the answer budget ({canvas} positions) "
-                                     f"exceeds the model's context of {limit} tokens; shorten the prompt or lower "
-                                     "max_tokens")
+            raise field_error(prompt_field, f"the prompt ({len(ids)} tokens) plus the answer budget ({canvas} "
+                                            f"positions) exceeds the model's context of {limit} tokens; shorten the "
+                                            "prompt or lower max_tokens")
         check = copy.deepcopy(config)
         try:  # the combination (steps vs blocks, threshold vs remasking, ...), as generate will check it
             check.update(**kwargs)
@@ -625,9 +383,9 @@ class LLaDAHandler:
             message = " ".join(str(error).split())
             import re
 
-            param = next((f for f in ("steps", "block_length", "threshold", "remasking", "kv_cache", "top_p",
-                                      "temperature", "seed") if re.search(rf"\b{f}\b", message)), "max_tokens")
-            raise _bad(param, message) from None
+            param = next((f for f in (*DIFFUSION_FIELDS, "top_p", "temperature", "seed")
+                          if re.search(rf"\b{f}\b", message)), "max_tokens")
+            raise field_error(param, message) from None
         with TOKENIZER_LOCK:
             end_ids = end_token_ids(config.eos_token_id, tokenizer)
         return {"model": model, "tokenizer": tokenizer, "ids": ids, "kwargs": kwargs, "budget": budget,
@@ -653,8 +411,11 @@ class LLaDAHandler:
 
     # --- generation (on the generation thread)
 
-    def _tracker(self, job: dict) -> AnswerTracker:
-        return AnswerTracker(job["tokenizer"], job["end_ids"], job["stops"], job["budget"])
+    def _tracker(self, job: dict) -> AnswerText:
+        """Where each answer ends: the library's one rule, decoding under the server's tokenizer lock."""
+        from modeling_llada.answers_llada import AnswerText  # loaded with the model already
+
+        return AnswerText(job["tokenizer"], job["end_ids"], job["stops"], job["budget"], lock=TOKENIZER_LOCK)
 
     def _call(self, job: dict, **extra):
         import torch
@@ -664,9 +425,9 @@ class LLaDAHandler:
         try:
             return model.generate(ids, attention_mask=torch.ones_like(ids), **job["kwargs"], **extra)
         except ValueError as error:  # a setting generate refuses: the request's
-            raise _bad("max_tokens", " ".join(str(error).split())) from None
+            raise field_error("max_tokens", " ".join(str(error).split())) from None
 
-    def _generate_all(self, job: dict) -> list[AnswerTracker]:
+    def _generate_all(self, job: dict) -> list[AnswerText]:
         if job["n"] == 1:  # through the streamer: stops as soon as the answer is complete
             tracker = self._tracker(job)
             streamer = CommitStreamer(tracker, lambda item: None, threading.Event())
@@ -687,12 +448,12 @@ class LLaDAHandler:
 
     # --- responses
 
-    def _usage(self, job: dict, answers: list[AnswerTracker]) -> dict:
+    def _usage(self, job: dict, answers: list[AnswerText]) -> dict:
         completion = sum(a.completion_tokens for a in answers)
         prompt = len(job["ids"])
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def _response(self, request_id: str, model_id: str, job: dict, answers: list[AnswerTracker]) -> dict:
+    def _response(self, request_id: str, model_id: str, job: dict, answers: list[AnswerText]) -> dict:
         if self.chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": a.text},
                         "finish_reason": a.finish_reason, "logprobs": None} for i, a in enumerate(answers)]
@@ -891,12 +652,13 @@ def _check_args(args) -> None:
                          "leave the flag out (requests are then served one at a time).")
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port} is not a port number (1-65535).")
-    for name in ("max_new_tokens", "steps", "block_length"):
+    for name in ("max_new_tokens", *DIFFUSION_FIELDS):  # checked as a request's fields are
         value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {value}.")
-    if args.threshold is not None and not 0 < args.threshold <= 1:
-        raise ValueError(f"--threshold must be in (0, 1] (e.g. 0.9), got {args.threshold}.")
+        if value is not None:
+            try:
+                check_setting(name, value)
+            except ValueError as error:
+                raise ValueError(f"--{name} {value}: {' '.join(str(error).split())}") from None
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -4,6 +4,10 @@ Field names are the ones of the official `config.json` files (OLMo heritage: `d_
 GSAI-ML checkpoints load unchanged; the usual transformers names (`hidden_size`, `num_attention_heads`, ...) are
 aliases of them. Defaults are the LLaDA-8B values.
 
+It also holds the validation rules the three configs share (the special-token ids, positive sizes, finite numbers,
+the dense LLaDA names of the MoE configs' fields); configuration_lladamoe.py and configuration_llada2_moe.py import
+them from here.
+
 This file travels with every checkpoint (trust_remote_code): it imports only torch/transformers.
 """
 
@@ -19,6 +23,126 @@ SUPPORTED_LAYER_NORMS = ("rms",)
 
 # The special tokens of the LLaDA-8B vocabulary: the defaults of the id fields below, meaningful in that vocabulary.
 LLADA_8B_TOKEN_IDS = {"mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081, "bos_token_id": 126080}
+
+
+# -- Rules shared by the three configuration files (configuration_lladamoe.py and configuration_llada2_moe.py import
+# them from here) ----------------------------------------------------------------------------------------------------
+
+
+def is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def is_finite_positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+class DenseLLaDANamesMixin:
+    """For the configs with transformers' field names (LLaDA-MoE, LLaDA 2; before `PreTrainedConfig` in their bases):
+    the dense LLaDA names that generation, likelihood and the input checks read."""
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and output matrices (the same as `vocab_size` here; dense LLaDA pads them)."""
+        return self.vocab_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The dense LLaDA name of `max_position_embeddings` (read by generation and likelihood)."""
+        return self.max_position_embeddings
+
+
+def check_positive_ints(config: PreTrainedConfig, *names: str) -> None:
+    """Raise unless each named field is a positive integer."""
+    for name in names:
+        if not is_positive_int(getattr(config, name)):
+            raise ValueError(
+                f"Invalid {type(config).__name__}: `{name}` must be a positive integer, got {getattr(config, name)!r}."
+            )
+
+
+def check_supported(config: PreTrainedConfig, name: str, supported: tuple, family: str, use: str = "uses") -> None:
+    """Raise unless the field `name` holds one of the `supported` values (the only ones implemented)."""
+    value = getattr(config, name)
+    if value not in supported:
+        raise ValueError(
+            f"Invalid {type(config).__name__}: `{name}` {value!r} is not supported; {family} {use} {supported}."
+        )
+
+
+def check_key_value_heads(config: PreTrainedConfig) -> None:
+    """Raise unless `num_attention_heads` is a multiple of `num_key_value_heads` (grouped-query attention)."""
+    if config.num_attention_heads % config.num_key_value_heads != 0:
+        raise ValueError(
+            f"Invalid {type(config).__name__}: `num_attention_heads` ({config.num_attention_heads}) must be a multiple "
+            f"of `num_key_value_heads` ({config.num_key_value_heads})."
+        )
+
+
+def drop_unheld_default_ids(config: PreTrainedConfig, defaults: dict[str, int]) -> None:
+    """Each special-token id still at its family's default (`defaults`: field name -> id) that the vocabulary is too
+    small to hold becomes None: that token does not exist in the smaller vocabulary (so `vocab_size=99` builds,
+    without special tokens). An id given that does not fit is left for `check_special_token_ids` to reject."""
+    if not isinstance(config.vocab_size, int):
+        return
+    for name, default in defaults.items():
+        if getattr(config, name) == default and default >= config.vocab_size:
+            setattr(config, name, None)
+
+
+def check_special_token_ids(config: PreTrainedConfig, known_ids: str) -> None:
+    """Raise unless `mask_token_id`, `eos_token_id` (an id or a list), `pad_token_id` and `bos_token_id` are None or
+    ids in [0, vocab_size), and the mask id is none of the others (the [MASK] token marks what the model must
+    predict: were it also EOS, BOS or padding, those tokens would be read as holes to fill). `known_ids` names the
+    family's real ids, for the message."""
+    eos_ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    # EOS last: LLaDA 2's defaults to the padding id, whose own name is the one to report
+    for name, value in [("mask_token_id", config.mask_token_id), ("pad_token_id", config.pad_token_id),
+                        ("bos_token_id", config.bos_token_id), *[("eos_token_id", eos) for eos in eos_ids]]:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 0 <= value < config.vocab_size):
+            raise ValueError(
+                f"Invalid {type(config).__name__}: `{name}` must be an integer id in [0, vocab_size="
+                f"{config.vocab_size}), got {value!r}. Set it to the id your tokenizer uses for that token."
+            )
+    for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        value = getattr(config, name)
+        if config.mask_token_id is not None and config.mask_token_id in (value if isinstance(value, list) else [value]):
+            raise ValueError(
+                f"Invalid {type(config).__name__}: `mask_token_id` ({config.mask_token_id}) must differ from `{name}` "
+                f"({value}); the [MASK] token needs an id of its own ({known_ids})."
+            )
+
+
+def check_finite_positive(config: PreTrainedConfig, advice: dict[str, str]) -> None:
+    """Raise unless each field named in `advice` (name -> what the official models use) is a finite number > 0."""
+    for name, usual in advice.items():
+        value = getattr(config, name)
+        if not is_finite_positive(value):
+            raise ValueError(
+                f"Invalid {type(config).__name__}: `{name}` must be a finite number > 0 (anything else makes every "
+                f"output NaN or meaningless), got {value!r}; {usual}."
+            )
+
+
+def check_dropout(config: PreTrainedConfig, *names: str) -> None:
+    """Raise unless each named dropout probability is in [0, 1)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"Invalid {type(config).__name__}: `{name}` must be in [0, 1), got {value}.")
+
+
+def reject_rope_scaling(config_class: str, family: str, kwargs: dict) -> None:
+    """`rope_scaling` is a deprecated alias of `rope_parameters` in transformers 5; the official MoE files carry
+    `"rope_scaling": null`, which means plain rotary embeddings, the only kind implemented: take it out of `kwargs`
+    and raise for any other value."""
+    rope_scaling = kwargs.pop("rope_scaling", None)
+    if rope_scaling is not None:
+        raise ValueError(
+            f"Invalid {config_class}: `rope_scaling={rope_scaling!r}` is not supported; {family} uses plain rotary "
+            "embeddings (rope_scaling: null)."
+        )
 
 
 def is_lladamoe_config_dict(config_dict: dict) -> bool:
@@ -126,10 +250,7 @@ class LLaDAConfig(PreTrainedConfig):
         # Fields of the official files that have no effect here (init_device, precision, flash_attention, ...)
         # land in kwargs and are stored as plain attributes by the parent.
         super().__post_init__(**kwargs)
-        if isinstance(self.vocab_size, int):
-            for name, default in LLADA_8B_TOKEN_IDS.items():
-                if getattr(self, name) == default and default >= self.vocab_size:
-                    setattr(self, name, None)  # the 8B token does not exist in this smaller vocabulary
+        drop_unheld_default_ids(self, LLADA_8B_TOKEN_IDS)
         self._validate_llada()
 
     # The config class of LLaDA-MoE, set by `modeling_llada/__init__.py`. Not imported here, so that this file (which
@@ -185,10 +306,7 @@ class LLaDAConfig(PreTrainedConfig):
         def fail(message: str) -> None:
             raise ValueError(f"Invalid LLaDAConfig: {message}")
 
-        for name in ("d_model", "n_heads", "n_layers", "vocab_size", "max_sequence_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                fail(f"`{name}` must be a positive integer, got {value!r}.")
+        check_positive_ints(self, "d_model", "n_heads", "n_layers", "vocab_size", "max_sequence_length")
         if self.d_model % self.n_heads != 0:
             fail(
                 f"`d_model` ({self.d_model}) must be divisible by `n_heads` ({self.n_heads}); "
@@ -232,38 +350,10 @@ class LLaDAConfig(PreTrainedConfig):
             fail(f"`clip_qkv={self.clip_qkv}` is not supported; set it to null.")
         if self.block_group_size != 1:
             fail(f"`block_group_size={self.block_group_size}` is not supported; use 1.")
-        for name, advice in (("rope_theta", "LLaDA uses 500000"), ("rms_norm_eps", "LLaDA uses 1e-5"),
-                             ("init_std", "LLaDA uses 0.02")):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                fail(f"`{name}` must be a finite number > 0 (anything else makes every output NaN or meaningless), "
-                     f"got {value!r}; {advice}.")
-        for name in ("embedding_dropout", "residual_dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                fail(f"`{name}` must be in [0, 1), got {value}.")
-        self._check_token_id("mask_token_id", self.mask_token_id)
-        eos_ids = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
-        for eos in eos_ids:
-            self._check_token_id("eos_token_id", eos)
-        self._check_token_id("pad_token_id", self.pad_token_id)
-        self._check_token_id("bos_token_id", self.bos_token_id)
-        # The mask token marks what the model must predict: if it were also EOS, BOS or padding, those tokens would be
-        # read as holes to fill (and generation would overwrite the prompt's padding).
-        for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if self.mask_token_id is not None and self.mask_token_id in (value if isinstance(value, list) else [value]):
-                fail(f"`mask_token_id` ({self.mask_token_id}) must differ from `{name}` ({value}); the [MASK] token "
-                     f"needs an id of its own (LLaDA-8B: mask 126336, eos/pad 126081, bos 126080).")
-
-    def _check_token_id(self, name: str, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
-            raise ValueError(
-                f"Invalid LLaDAConfig: `{name}` must be an integer id in [0, vocab_size={self.vocab_size}), got "
-                f"{value!r}. Set it to the id your tokenizer uses for that token."
-            )
+        check_finite_positive(self, {"rope_theta": "LLaDA uses 500000", "rms_norm_eps": "LLaDA uses 1e-5",
+                                     "init_std": "LLaDA uses 0.02"})
+        check_dropout(self, "embedding_dropout", "residual_dropout", "attention_dropout")
+        check_special_token_ids(self, "LLaDA-8B: mask 126336, eos/pad 126081, bos 126080")
 
 
 __all__ = ["LLaDAConfig"]

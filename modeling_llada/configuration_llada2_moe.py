@@ -8,13 +8,17 @@ The `[MASK]` and EOS ids are not in the official config.json (only `pad_token_id
 defaults are `mask_id=156895` and `eos_id=156892`. `mask_token_id` / `eos_token_id` default to them where the
 vocabulary holds them; `generate(mask_token_id=..., eos_token_id=...)` can always override them.
 
-This file travels with every checkpoint (trust_remote_code): it imports only torch/transformers.
+This file travels with every checkpoint (trust_remote_code): it imports only transformers and the shared rules of its
+sibling `configuration_llada.py`.
 """
 
-import math
 from typing import Any
 
 from transformers import PreTrainedConfig
+
+from .configuration_llada import (DenseLLaDANamesMixin, check_dropout, check_finite_positive, check_key_value_heads,
+                                  check_positive_ints, check_special_token_ids, check_supported,
+                                  drop_unheld_default_ids, is_positive_int, reject_rope_scaling)
 
 # The ids of the LLaDA 2 vocabulary (157184 tokens, the Ling 2.0 tokenizer): `<|mask|>` 156895 and `<|endoftext|>`
 # 156892 (the official generate's `mask_id` / `eos_id` defaults; the official config's `pad_token_id` is 156892 too).
@@ -27,7 +31,7 @@ SUPPORTED_ACTIVATIONS = ("silu",)
 SUPPORTED_SCORE_FUNCTIONS = ("sigmoid",)
 
 
-class LLaDA2MoeConfig(PreTrainedConfig):
+class LLaDA2MoeConfig(DenseLLaDANamesMixin, PreTrainedConfig):
     r"""Configuration of a LLaDA 2.x block-diffusion mixture-of-experts language model.
 
     A bidirectional Transformer (block-causal when given a block mask): pre-norm RMSNorm, one fused
@@ -107,10 +111,7 @@ class LLaDA2MoeConfig(PreTrainedConfig):
     max_position_embeddings: int = 32768
     rope_theta: float = 600000.0
     partial_rotary_factor: float = 0.5
-    rotary_dim: int | None = None
     attention_dropout: float = 0.0
-    embedding_dropout: float = 0.0
-    output_dropout: float = 0.0
     use_cache: bool = False
     num_experts: int = 256
     num_experts_per_tok: int = 8
@@ -124,6 +125,10 @@ class LLaDA2MoeConfig(PreTrainedConfig):
     moe_router_enable_expert_bias: bool = True
     router_dtype: str | None = "fp32"
     output_router_logits: bool = False
+    # Official fields the official model does not read (see the docstring): stored for the round trip.
+    rotary_dim: int | None = None
+    embedding_dropout: float = 0.0
+    output_dropout: float = 0.0
     norm_head: bool = False
     norm_softmax: bool = False
     use_rmsnorm: bool = True
@@ -138,20 +143,13 @@ class LLaDA2MoeConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any):
-        # `rope_scaling` is a deprecated alias of `rope_parameters` in transformers 5; the official files carry
-        # `"rope_scaling": null`, which means plain rotary embeddings here.
-        rope_scaling = kwargs.pop("rope_scaling", None)
-        if rope_scaling is not None:
-            raise ValueError(
-                f"Invalid LLaDA2MoeConfig: `rope_scaling={rope_scaling!r}` is not supported; LLaDA 2 uses plain rotary "
-                "embeddings (rope_scaling: null)."
-            )
+        reject_rope_scaling("LLaDA2MoeConfig", "LLaDA 2", kwargs)
         super().__post_init__(**kwargs)
         if self.num_key_value_heads in (None, 0):  # LLaDA2.1's config reads 0 as "as many as the query heads"
             self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None and _positive_int(self.hidden_size) and _positive_int(self.num_attention_heads):
+        if self.head_dim is None and is_positive_int(self.hidden_size) and is_positive_int(self.num_attention_heads):
             self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.rotary_dim is None and _positive_int(self.head_dim):
+        if self.rotary_dim is None and is_positive_int(self.head_dim):
             self.rotary_dim = int(self.head_dim * self.partial_rotary_factor)
         if self.n_group in (None, 0):
             self.n_group = 1
@@ -159,9 +157,7 @@ class LLaDA2MoeConfig(PreTrainedConfig):
             self.topk_group = self.n_group
         self.sliding_window = None  # see the class docstring
         if isinstance(self.vocab_size, int):
-            for name, default in LLADA2_TOKEN_IDS.items():
-                if getattr(self, name) == default and default >= self.vocab_size:
-                    setattr(self, name, None)  # the default token does not exist in this smaller vocabulary
+            drop_unheld_default_ids(self, LLADA2_TOKEN_IDS)
             if self.eos_token_id is None:
                 self.eos_token_id = self.pad_token_id
         self._validate_llada2()
@@ -172,16 +168,6 @@ class LLaDA2MoeConfig(PreTrainedConfig):
         """Leading dimensions of each head that are rotated, as the official code computes them."""
         return int(self.head_dim * self.partial_rotary_factor)
 
-    @property
-    def padded_vocab_size(self) -> int:
-        """Rows of the embedding and output matrices (the same as `vocab_size` here; dense LLaDA pads them)."""
-        return self.vocab_size
-
-    @property
-    def max_sequence_length(self) -> int:
-        """The dense LLaDA name of `max_position_embeddings` (read by generation and likelihood)."""
-        return self.max_position_embeddings
-
     def is_moe_layer(self, layer_idx: int) -> bool:
         return self.num_experts is not None and layer_idx >= self.first_k_dense_replace
 
@@ -190,20 +176,16 @@ class LLaDA2MoeConfig(PreTrainedConfig):
         def fail(message: str) -> None:
             raise ValueError(f"Invalid LLaDA2MoeConfig: {message}")
 
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
-                     "num_experts", "num_experts_per_tok", "n_group", "topk_group"):
-            if not _positive_int(getattr(self, name)):
-                fail(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
+        check_positive_ints(self, "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size",
+                            "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                            "max_position_embeddings", "num_experts", "num_experts_per_tok", "n_group", "topk_group")
         for name in ("num_shared_experts", "first_k_dense_replace"):
             value = getattr(self, name)
             if name == "num_shared_experts" and value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 fail(f"`{name}` must be an integer >= 0, got {value!r}.")
-        if self.num_attention_heads % self.num_key_value_heads != 0:
-            fail(f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of `num_key_value_heads` "
-                 f"({self.num_key_value_heads}).")
+        check_key_value_heads(self)
         if not 0 < self.partial_rotary_factor <= 1 or self.rotated_dim % 2 != 0 or self.rotated_dim == 0:
             fail(f"`partial_rotary_factor` ({self.partial_rotary_factor}) must be in (0, 1] and rotate an even, "
                  f"non-zero number of dimensions of each head (head_dim {self.head_dim}).")
@@ -214,41 +196,13 @@ class LLaDA2MoeConfig(PreTrainedConfig):
         if self.num_experts_per_tok > self.topk_group * (self.num_experts // self.n_group):
             fail(f"`num_experts_per_tok` ({self.num_experts_per_tok}) exceeds the experts of the `topk_group` "
                  f"({self.topk_group}) kept groups of {self.num_experts // self.n_group}.")
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            fail(f"`hidden_act` {self.hidden_act!r} is not supported; LLaDA 2 uses {SUPPORTED_ACTIVATIONS}.")
-        if self.score_function not in SUPPORTED_SCORE_FUNCTIONS:
-            fail(f"`score_function` {self.score_function!r} is not supported; LLaDA 2 routes with "
-                 f"{SUPPORTED_SCORE_FUNCTIONS}.")
-        for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                fail(f"`{name}` must be a finite number > 0, got {value!r}.")
-        value = self.routed_scaling_factor
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-            fail(f"`routed_scaling_factor` must be a finite number > 0, got {value!r}.")
-        if not 0.0 <= self.attention_dropout < 1.0:
-            fail(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
-        for name in ("mask_token_id", "pad_token_id", "bos_token_id"):
-            self._check_token_id(name, getattr(self, name))
-        for eos in self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]:
-            self._check_token_id("eos_token_id", eos)
-        for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if self.mask_token_id is not None and self.mask_token_id in (value if isinstance(value, list) else [value]):
-                fail(f"`mask_token_id` ({self.mask_token_id}) must differ from `{name}` ({value}).")
-
-    def _check_token_id(self, name: str, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
-            raise ValueError(
-                f"Invalid LLaDA2MoeConfig: `{name}` must be an integer id in [0, vocab_size={self.vocab_size}), got "
-                f"{value!r}."
-            )
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+        check_supported(self, "hidden_act", SUPPORTED_ACTIVATIONS, "LLaDA 2")
+        check_supported(self, "score_function", SUPPORTED_SCORE_FUNCTIONS, "LLaDA 2", use="routes with")
+        check_finite_positive(self, {"rope_theta": "LLaDA 2 uses 600000", "rms_norm_eps": "LLaDA 2 uses 1e-6",
+                                     "initializer_range": "LLaDA 2 uses 0.02",
+                                     "routed_scaling_factor": "LLaDA 2 uses 2.5"})
+        check_dropout(self, "attention_dropout")
+        check_special_token_ids(self, "LLaDA 2: mask 156895, eos/pad 156892")
 
 
 __all__ = ["LLaDA2MoeConfig"]

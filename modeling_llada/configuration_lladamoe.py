@@ -9,13 +9,17 @@ writes `model_type: "llada"` back.
 The `[MASK]` id is not part of the official config (156895 in the LLaDA-MoE vocabulary); `mask_token_id` defaults to
 it where the vocabulary holds it, and `generate(mask_token_id=...)` can always override it.
 
-This file travels with every checkpoint (trust_remote_code): it imports only torch/transformers.
+This file travels with every checkpoint (trust_remote_code): it imports only transformers and the shared rules of its
+sibling `configuration_llada.py`.
 """
 
-import math
 from typing import Any
 
 from transformers import PreTrainedConfig
+
+from .configuration_llada import (DenseLLaDANamesMixin, check_dropout, check_finite_positive, check_key_value_heads,
+                                  check_positive_ints, check_special_token_ids, check_supported,
+                                  drop_unheld_default_ids, is_positive_int, reject_rope_scaling)
 
 # The [MASK] id of the LLaDA-MoE vocabulary (tokenizer `<|mdm_mask|>`); not written in the official config.json.
 LLADA_MOE_MASK_TOKEN_ID = 156895
@@ -27,7 +31,7 @@ SUPPORTED_ACTIVATIONS = ("silu",)
 SUPPORTED_SCORE_FUNCTIONS = ("softmax",)
 
 
-class LLaDAMoEConfig(PreTrainedConfig):
+class LLaDAMoEConfig(DenseLLaDANamesMixin, PreTrainedConfig):
     r"""Configuration of a LLaDA-MoE masked-diffusion language model.
 
     An OLMoE-style bidirectional Transformer: pre-norm RMSNorm, RMSNorm on queries and keys per head (`qk_layernorm`),
@@ -116,23 +120,13 @@ class LLaDAMoEConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any):
-        # `rope_scaling` is a deprecated alias of `rope_parameters` in transformers 5; the official files carry
-        # `"rope_scaling": null`, which means plain rotary embeddings here.
-        rope_scaling = kwargs.pop("rope_scaling", None)
-        if rope_scaling is not None:
-            raise ValueError(
-                f"Invalid LLaDAMoEConfig: `rope_scaling={rope_scaling!r}` is not supported; LLaDA-MoE uses plain rotary "
-                "embeddings (rope_scaling: null)."
-            )
+        reject_rope_scaling("LLaDAMoEConfig", "LLaDA-MoE", kwargs)
         super().__post_init__(**kwargs)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.moe_layer_freq is None:
             self.moe_layer_freq = [1] * self.num_hidden_layers
-        if isinstance(self.vocab_size, int):
-            for name, default in LLADA_MOE_TOKEN_IDS.items():
-                if getattr(self, name) == default and default >= self.vocab_size:
-                    setattr(self, name, None)  # the default token does not exist in this smaller vocabulary
+        drop_unheld_default_ids(self, LLADA_MOE_TOKEN_IDS)
         self._validate_lladamoe()
 
     # -- derived sizes ---------------------------------------------------------------------------------------------
@@ -145,16 +139,6 @@ class LLaDAMoEConfig(PreTrainedConfig):
         """Leading dimensions of each head that are rotated (all of them for the official models)."""
         return int(self.head_dim * self.partial_rotary_factor)
 
-    @property
-    def padded_vocab_size(self) -> int:
-        """Rows of the embedding and output matrices (the same as `vocab_size` here; dense LLaDA pads them)."""
-        return self.vocab_size
-
-    @property
-    def max_sequence_length(self) -> int:
-        """The dense LLaDA name of `max_position_embeddings` (read by generation and likelihood)."""
-        return self.max_position_embeddings
-
     def is_moe_layer(self, layer_idx: int) -> bool:
         return bool(self.moe_layer_freq[layer_idx])
 
@@ -163,23 +147,17 @@ class LLaDAMoEConfig(PreTrainedConfig):
         def fail(message: str) -> None:
             raise ValueError(f"Invalid LLaDAMoEConfig: {message}")
 
-        def positive_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-        for name in ("vocab_size", "hidden_size", "dense_intermediate_size", "expert_intermediate_size",
-                     "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
-                     "num_experts", "num_experts_per_tok"):
-            if not positive_int(getattr(self, name)):
-                fail(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
-        if self.shared_expert_intermediate_size is not None and not positive_int(self.shared_expert_intermediate_size):
+        check_positive_ints(self, "vocab_size", "hidden_size", "dense_intermediate_size", "expert_intermediate_size",
+                            "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                            "max_position_embeddings", "num_experts", "num_experts_per_tok")
+        shared = self.shared_expert_intermediate_size
+        if shared is not None and not is_positive_int(shared):
             fail(f"`shared_expert_intermediate_size` must be a positive integer or null, got "
-                 f"{self.shared_expert_intermediate_size!r}.")
+                 f"{shared!r}.")
         if self.hidden_size % self.num_attention_heads != 0:
             fail(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
                  f"({self.num_attention_heads}).")
-        if self.num_attention_heads % self.num_key_value_heads != 0:
-            fail(f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of `num_key_value_heads` "
-                 f"({self.num_key_value_heads}).")
+        check_key_value_heads(self)
         if not 0 < self.partial_rotary_factor <= 1 or self.rotary_dim % 2 != 0:
             fail(f"`partial_rotary_factor` ({self.partial_rotary_factor}) must be in (0, 1] and rotate an even number "
                  f"of dimensions of each head (head_dim {self.head_dim}).")
@@ -191,40 +169,18 @@ class LLaDAMoEConfig(PreTrainedConfig):
         if any(value not in (0, 1) for value in self.moe_layer_freq):
             fail(f"`moe_layer_freq` entries must be 0 (dense) or 1 (MoE), got {self.moe_layer_freq!r}.")
         self.moe_layer_freq = [int(value) for value in self.moe_layer_freq]
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            fail(f"`hidden_act` {self.hidden_act!r} is not supported; LLaDA-MoE uses {SUPPORTED_ACTIVATIONS}.")
-        if self.moe_router_score_function not in SUPPORTED_SCORE_FUNCTIONS:
-            fail(f"`moe_router_score_function` {self.moe_router_score_function!r} is not supported; LLaDA-MoE uses "
-                 f"{SUPPORTED_SCORE_FUNCTIONS}.")
+        check_supported(self, "hidden_act", SUPPORTED_ACTIVATIONS, "LLaDA-MoE")
+        check_supported(self, "moe_router_score_function", SUPPORTED_SCORE_FUNCTIONS, "LLaDA-MoE")
         if self.routed_scaling_factor != 1:
             fail(f"`routed_scaling_factor={self.routed_scaling_factor}` is not supported (the official model ignores "
                  "it); use 1.")
         if self.router_num_group not in (-2, None, 1) or self.router_topk_group not in (-2, None, 1):
             fail("grouped routing (`router_num_group`, `router_topk_group`) is not supported; use -2 (the official "
                  "value, meaning no groups).")
-        for name in ("rope_theta", "rms_norm_eps", "initializer_range"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                fail(f"`{name}` must be a finite number > 0, got {value!r}.")
-        if not 0.0 <= self.attention_dropout < 1.0:
-            fail(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
-        for name in ("mask_token_id", "pad_token_id", "bos_token_id"):
-            self._check_token_id(name, getattr(self, name))
-        for eos in self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]:
-            self._check_token_id("eos_token_id", eos)
-        for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if self.mask_token_id is not None and self.mask_token_id in (value if isinstance(value, list) else [value]):
-                fail(f"`mask_token_id` ({self.mask_token_id}) must differ from `{name}` ({value}).")
-
-    def _check_token_id(self, name: str, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
-            raise ValueError(
-                f"Invalid LLaDAMoEConfig: `{name}` must be an integer id in [0, vocab_size={self.vocab_size}), got "
-                f"{value!r}."
-            )
+        check_finite_positive(self, {"rope_theta": "LLaDA-MoE uses 50000", "rms_norm_eps": "LLaDA-MoE uses 1e-5",
+                                     "initializer_range": "LLaDA-MoE uses 0.02"})
+        check_dropout(self, "attention_dropout")
+        check_special_token_ids(self, "LLaDA-MoE: mask 156895, eos/pad 156892")
 
 
 __all__ = ["LLaDAMoEConfig"]

@@ -26,6 +26,9 @@ from transformers.generation.streamers import BaseStreamer  # put(ids), end()
 from transformers.utils import ModelOutput, logging
 from transformers.utils.logging import tqdm  # transformers' progress bar (honours disable_progress_bar)
 
+from .answers_llada import StreamState, cut_answers, finish_rows_at_eos, finish_rows_at_stop_strings, stop_list
+from .draws_llada import counter_uniform, row_seeds
+
 logger = logging.get_logger(__name__)
 
 REMASKING_STRATEGIES = ("low_confidence", "random", "margin", "entropy")
@@ -205,6 +208,11 @@ class LLaDAGenerationConfig(GenerationConfig):
     # The diffusion fields with their defaults, and the key/value cache modes (other samplers' subclasses extend them).
     _diffusion_fields: dict[str, Any] = _DIFFUSION_DEFAULTS
     _kv_cache_modes: tuple[str, ...] = KV_CACHE_MODES
+    # The settings that decide what this sampler writes, in the order a model card shows them (`sampler_settings`).
+    sampler_fields: tuple[str, ...] = (
+        "max_new_tokens", "steps", "block_length", "temperature", "top_k", "top_p", "remasking", "cfg_scale",
+        "logits_eos_inf", "confidence_eos_eot_inf", "early_exit", "threshold", "factor", "kv_cache",
+    )
 
     def __init__(self, **kwargs):
         # Deliberately no super().__init__(): most autoregressive fields make no sense for diffusion.
@@ -310,6 +318,22 @@ class LLaDAGenerationConfig(GenerationConfig):
             return 1.0
         return float(self.temperature)
 
+    def sampler_settings(self) -> dict[str, Any]:
+        """What `generate` uses with no keyword, defaults resolved, as keyword arguments of `generate`: the
+        `sampler_fields` that are set (`steps` and `block_length` default to `max_new_tokens`)."""
+        values = {name: getattr(self, name) for name in self.sampler_fields}
+        if self.max_new_tokens is None:
+            values["max_new_tokens"] = None if self.max_length is not None else DEFAULT_MAX_NEW_TOKENS
+            values = {"max_length": self.max_length, **values}
+        self._resolve_sampler_settings(values)
+        return {name: value for name, value in values.items() if value is not None}
+
+    def _resolve_sampler_settings(self, values: dict[str, Any]) -> None:
+        """The defaults `generate` resolves: `steps` and `block_length` equal to `max_new_tokens`."""
+        for name in ("steps", "block_length"):
+            if values[name] is None:
+                values[name] = values["max_new_tokens"]
+
     def resolved_max_new_tokens(self, prompt_length: int) -> int:
         """N: `max_new_tokens`, else `max_length` minus the prompt, else 128."""
         if self.max_new_tokens is not None:
@@ -395,69 +419,6 @@ class LLaDAGenerateOutput(ModelOutput):
     commit_step: torch.LongTensor | None = None
 
 
-def _stop_list(stop_strings) -> list[str]:
-    if stop_strings is None:
-        return []
-    return [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
-
-
-def _decode(tokenizer, ids: list[int]) -> str:
-    # Special tokens kept (a stop string may be one) and no clean-up: the text of a prefix of ids is then a prefix of
-    # the text of the ids.
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def tokens_before_offset(tokenizer, ids: list[int], offset: int) -> int:
-    """The number of leading tokens of `ids` that begin before character `offset` of their decoded text: the
-    smallest k with len(decode(ids[:k])) >= offset (a binary search: about log2(len(ids)) decodes)."""
-    low, high = 0, len(ids)
-    while low < high:
-        middle = (low + high) // 2
-        if len(_decode(tokenizer, ids[:middle])) >= offset:
-            high = middle
-        else:
-            low = middle + 1
-    return low
-
-
-def tokens_before_stop(tokenizer, ids: list[int], text: str, start: int) -> int:
-    """The tokens of `ids` (decoded: `text`) kept before a stop string that begins at character `start`: those that
-    carry text before it other than whitespace. A token that begins inside the stop string, or holds only whitespace
-    before it (`" Question"` for the stop string `"Question"`), is not kept; one that straddles its start with text
-    before it (`".\\n"` for the stop string `"\\n"`) is."""
-    return tokens_before_offset(tokenizer, ids, len(text[:start].rstrip()))
-
-
-def stop_string_horizon(text: str, stops: list[str], complete: bool) -> tuple[int, bool]:
-    """Where the answer in `text` ends: (offset, found). `found`: the earliest start of a stop string in `text`.
-
-    With `complete=False` the text may still grow: the offset is then the earliest position from which a stop
-    string may yet begin (a tail of `text` that is a proper prefix of one, or trailing undecodable bytes), and
-    `found` is True only when a stop string is present and none can begin before it.
-    """
-    starts = [start for start in (text.find(stop) for stop in stops) if start >= 0]
-    first = min(starts) if starts else len(text)
-    if not complete:
-        longest = max(len(stop) for stop in stops)
-        for start in range(max(0, len(text) - longest + 1), first):
-            tail = text[start:]
-            if any(len(stop) > len(tail) and stop.startswith(tail) for stop in stops):
-                return start, False
-        unstable = len(text) - len(text.rstrip("\ufffd"))  # an incomplete UTF-8 character may still change
-        if unstable and len(text) - unstable < first:
-            return len(text) - unstable, False
-    return first, bool(starts)
-
-
-def first_eos_positions(generated: torch.Tensor, eos_tensor: torch.Tensor) -> torch.Tensor:
-    """(b,) index of each row's first id of `eos_tensor` (the row length when there is none)."""
-    length = generated.shape[1]
-    if not eos_tensor.numel():
-        return torch.full((generated.shape[0],), length, dtype=torch.long, device=generated.device)
-    index = torch.arange(length, device=generated.device)[None]
-    return torch.where(torch.isin(generated, eos_tensor), index, length).min(-1).values
-
-
 def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
     """Tokens to commit at each step of a block: `masked_count // steps`, one more in the first `count % steps` steps.
 
@@ -511,57 +472,24 @@ def select_parallel(scores: torch.Tensor, threshold: float | None, factor: float
     return select_top_k(scores, count.clamp_min(1)) & finite
 
 
-_U32 = 0xFFFFFFFF
+class DenoisingState:
+    """What one `generate` call carries from one denoising step to the next, for every sampler: the canvas, the
+    counters `LLaDAGenerateOutput` reports, and each sampler's own layout (set as attributes by its
+    `_start_denoising`). Every tensor has one row per generated sequence, so rows advance independently."""
 
-
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding values in [0, 2**32).
-
-    The multiplier is below 2**31, so every product stays below 2**63: no signed overflow.
-    """
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _U32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _U32
-    return (x >> 16) ^ x
-
-
-def counter_uniform(row_seed: torch.Tensor, step: int, position: torch.Tensor, lanes: int | None = None) -> torch.Tensor:
-    """Uniform float64 noise in (0, 1) that depends only on (row seed, step, position[, lane]).
-
-    Unlike a stream RNG, a row's noise does not depend on which other rows share the batch, so a padded batch samples
-    exactly what each row samples alone. row_seed (b,), position (b, W) positions counted from the row's first real
-    token; returns (b, W) or, with `lanes` (the vocabulary size), (b, W, lanes).
-
-    Each coordinate enters through an addition with an odd constant followed by a full hash round (XOR-combining
-    structured inputs left measurable correlations that slowed training down).
-    """
-    key = mix32((row_seed[:, None] + step * 0x3C6EF372 + 0x165667B1) & _U32)
-    key = mix32((key + position * 0x27D4EB2F) & _U32)
-    if lanes is not None:
-        key = key[..., None] + torch.arange(lanes, device=key.device) * 0x61C88647
-    key = mix32((key + 0x2545F491) & _U32)
-    high = mix32((key + 0x68E31DA4) & _U32)
-    low = mix32((high + 0x1B56C4E9) & _U32)
-    # 53 random bits, shifted by half a unit so that the result is never 0 or 1.
-    return ((high << 21) + (low >> 11)).double().add_(0.5).mul_(2.0**-53)
-
-
-def row_seeds(num_prompts: int, copies: int, seed: int | list[int] | None, device=None) -> torch.Tensor:
-    """One 32-bit seed per generated row, (num_prompts * copies,), rows ordered prompt-major as `repeat_interleave`.
-
-    Each prompt gets a seed (from `seed`: one per prompt, or derived from one int and the prompt's index, or from one
-    draw of torch's global RNG when None) and each of its copies a seed mixed from it and the copy index: rows are
-    independent samples, and a row depends only on its prompt's seed, never on the rest of the batch.
-    """
-    if isinstance(seed, (list, tuple)):
-        if len(seed) != num_prompts:
-            raise ValueError(f"`seed` holds {len(seed)} seeds for {num_prompts} prompts; pass one per prompt.")
-        prompt_seeds = torch.tensor([int(x) & _U32 for x in seed], dtype=torch.long, device=device)
-    else:
-        base = int(torch.randint(0, 2**31, (1,))) if seed is None else int(seed) & _U32
-        index = torch.arange(num_prompts, device=device)
-        prompt_seeds = mix32((mix32(torch.full_like(index, base)) + index * 0x9E3779B1) & _U32)
-    copy_index = torch.arange(num_prompts * copies, device=device) % copies
-    return mix32((mix32(prompt_seeds.repeat_interleave(copies)) + copy_index * 0x85EBCA6B + 0x27D4EB2F) & _U32)
+    def __init__(self, config, input_ids, canvas, eos_tensor, pad_id, stops, tokenizer, seeds, processors, warpers,
+                 commit_step, history, bar):
+        self.config, self.input_ids, self.canvas = config, input_ids, canvas
+        self.prompt_length = input_ids.shape[1]
+        self.eos_tensor, self.pad_id, self.stops, self.tokenizer = eos_tensor, pad_id, stops, tokenizer
+        self.seeds, self.processors, self.warpers = seeds, processors, warpers
+        self.commit_step, self.history, self.bar = commit_step, history, bar
+        batch, device = canvas.shape[0], canvas.device
+        self.forwards = torch.zeros(batch, dtype=torch.long, device=device)  # forward passes each row took part in
+        self.sampled = torch.zeros(batch, dtype=torch.long, device=device)  # mask positions each row committed
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.stream = None
+        self.step = 0  # forward passes so far
 
 
 class LLaDAGenerationMixin:
@@ -704,9 +632,21 @@ class LLaDAGenerationMixin:
         >>> model.generate(ids, max_new_tokens=8)
         ```
         """
-        config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus = self._prepare_generate(
-            input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs
+        state = self._start_denoising(
+            *self._prepare_generate(input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs),
+            streamer=streamer, logits_processor=logits_processor, tokenizer=tokenizer,
         )
+        while self._denoising_step(state):
+            pass
+        return self._finish_denoising(state)
+
+    # --- the sampler: a start, a step function, a finish. LLaDA 2's sampler overrides the three with its own.
+
+    def _start_denoising(
+        self, config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus, streamer, logits_processor,
+        tokenizer,
+    ) -> "DenoisingState":
+        """Check the inputs and lay out the canvas: the prompt, then `max_new_tokens` mask tokens."""
         if synced_gpus and (config.early_exit or config.threshold is not None or config.factor is not None):
             raise ValueError(
                 "synced_gpus=True with early_exit, threshold or factor: these make the number of forward passes "
@@ -719,123 +659,155 @@ class LLaDAGenerationMixin:
         block_length = config.block_length or gen_length
         steps = config.steps or gen_length
         self._check_generate_inputs(input_ids, attention_mask, config, gen_length, block_length, steps, eos_ids)
-
-        if config.num_return_sequences > 1:
-            input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
-            if attention_mask is not None:
-                attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
+        input_ids, attention_mask, seeds = self._copies_and_seeds(
+            input_ids, attention_mask, config, config.temperature > 0 or config.remasking == "random"
+        )
         batch, prompt_length = input_ids.shape
         total = prompt_length + gen_length
         canvas = torch.cat([input_ids, input_ids.new_full((batch, gen_length), mask_id)], dim=1)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
         positions = torch.arange(total, device=device)
-        # Prompt tokens (padding included), hidden from the unconditional canvas of CFG.
-        prompt_positions = (positions[None] < prompt_length) & (canvas != mask_id)
-        eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long)
         # Positions counted from each row's first real token, and per-row seeds: the sampler's randomness then
         # depends on the row and its prompt's seed alone, so a padded row samples what it samples alone.
         pad_count = (attention_mask[:, :prompt_length] == 0).sum(-1) if attention_mask is not None else None
-        relative_positions = positions[None] - (pad_count[:, None] if pad_count is not None else 0)
-        needs_noise = config.temperature > 0 or config.remasking == "random"
-        copies = config.num_return_sequences
-        seeds = row_seeds(batch // copies, copies, config.seed, device) if needs_noise else None
-        processors = LogitsProcessorList(logits_processor or [])
-        warpers = self._build_sampling_warpers(config)
         # Mask tokens inside the prompt (infilling) join the first block's window; one host sync, once.
         hole_columns = (canvas[:, :prompt_length] == mask_id).any(0)
         has_holes = prompt_length > 0 and bool(hole_columns.any())
-        first_hole = int(hole_columns.long().argmax()) if has_holes else 0
-
-        num_blocks = gen_length // block_length
-        steps_per_block = steps // num_blocks
-        commit_step = torch.full((batch, total), -1, dtype=torch.long, device=device)
-        forwards = torch.zeros(batch, dtype=torch.long, device=device)
-        sampled = torch.zeros(batch, dtype=torch.long, device=device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        history = [] if config.output_history else None
-        stream = None
-        if streamer is not None:
-            stream = _StreamState(streamer, canvas, prompt_length, mask_id, eos_tensor, tokenizer, stops)
-        stop_exit = config.early_exit and bool(stops)
-        parallel_total = None if (config.threshold is not None or config.factor is not None) else steps
-        bar = tqdm(total=parallel_total, desc="denoising", disable=not config.progress_bar, leave=False)
-
         parallel = config.threshold is not None or config.factor is not None
-        step = 0
-        for block in range(num_blocks):
-            block_end = prompt_length + (block + 1) * block_length
-            window_start = first_hole if (block == 0 and has_holes) else prompt_length + block * block_length
-            window = slice(window_start, block_end)
-            schedule = num_transfer_tokens((canvas[:, window] == mask_id).sum(-1), steps_per_block)
-            cache = None  # refreshed by the first step of every block
-            block_step = 0
-            while True:
-                if parallel:  # a block ends when it is complete (one host sync per step)
-                    # Every step commits at least one position per row unless nothing is committable (every token
-                    # banned): then the block cannot finish, and the check after the loop says why.
-                    if block_step == window.stop - window.start or not bool((canvas[:, window] == mask_id).any()):
-                        break
-                elif block_step == steps_per_block:
-                    break
-                if config.early_exit and bool(finished.all()):
-                    break
-                forwards += (~finished).long()
-                noise = (seeds, step, relative_positions[:, window].expand(batch, -1)) if needs_noise else None
-                proposal, scores, cache = self._denoising_scores(
-                    canvas, attention_mask, window, prompt_positions, config, processors, warpers, eos_tensor, noise,
-                    cache,
-                )
-                if parallel:
-                    transfer = select_parallel(scores, config.threshold, config.factor)
-                else:
-                    transfer = select_top_k(scores, schedule[:, block_step])
-                canvas[:, window] = torch.where(transfer, proposal, canvas[:, window])
-                commit_step[:, window].masked_fill_(transfer, step)
-                sampled += transfer.sum(-1)
-                if config.early_exit and eos_ids:
-                    finished = finished | self._finish_rows_at_eos(
-                        canvas, commit_step, prompt_length, mask_id, eos_tensor, step
-                    )
-                if history is not None:
-                    history.append(canvas.clone())
-                if stream is not None:
-                    stream.update(canvas)
-                bar.update(1)
-                step += 1
-                block_step += 1
-            if stop_exit and block + 1 < num_blocks:
-                finished = self._finish_rows_at_stop_strings(
-                    canvas, commit_step, finished, prompt_length, mask_id, eos_tensor, pad_id, tokenizer, stops,
-                    step - 1,
-                )
-            if config.early_exit and bool(finished.all()):
+        state = DenoisingState(
+            config=config, input_ids=input_ids, canvas=canvas, eos_tensor=torch.tensor(eos_ids, device=device,
+            dtype=torch.long), pad_id=pad_id, stops=stops, tokenizer=tokenizer, seeds=seeds,
+            processors=LogitsProcessorList(logits_processor or []), warpers=self._build_sampling_warpers(config),
+            commit_step=torch.full((batch, total), -1, dtype=torch.long, device=device),
+            history=[] if config.output_history else None,
+            bar=tqdm(total=None if parallel else steps, desc="denoising", disable=not config.progress_bar,
+                     leave=False),
+        )
+        state.attention_mask = attention_mask
+        # Prompt tokens (padding included), hidden from the unconditional canvas of CFG.
+        state.prompt_positions = (positions[None] < prompt_length) & (canvas != mask_id)
+        state.relative_positions = positions[None] - (pad_count[:, None] if pad_count is not None else 0)
+        state.first_hole = int(hole_columns.long().argmax()) if has_holes else None
+        state.num_blocks, state.block_length = gen_length // block_length, block_length
+        state.steps_per_block = steps // state.num_blocks
+        state.parallel = parallel
+        state.block, state.window = 0, None
+        if streamer is not None:
+            state.stream = StreamState(streamer, canvas, prompt_length, mask_id, state.eos_tensor, tokenizer, stops)
+        return state
+
+    def _denoising_step(self, state: "DenoisingState") -> bool:
+        """One forward pass over the current block's window and the commits it allows; opens and closes blocks as
+        needed. Returns False, without a forward, once generation is over."""
+        config, canvas = state.config, state.canvas
+        mask_id, prompt_length = config.mask_token_id, state.prompt_length
+        while True:
+            if state.window is None:  # open the next block
+                if state.block == state.num_blocks:
+                    return False
+                start = prompt_length + state.block * state.block_length
+                if state.block == 0 and state.first_hole is not None:
+                    start = state.first_hole
+                state.window = slice(start, prompt_length + (state.block + 1) * state.block_length)
+                state.schedule = num_transfer_tokens((canvas[:, state.window] == mask_id).sum(-1),
+                                                     state.steps_per_block)
+                state.cache, state.block_step = None, 0  # the cache is refreshed by the first step of every block
+            window = state.window
+            if state.parallel:  # a block ends when it is complete (one host sync per step)
+                # Every step commits at least one position per row unless nothing is committable (every token
+                # banned): then the block cannot finish, and the finish says why.
+                block_over = state.block_step == window.stop - window.start or not bool(
+                    (canvas[:, window] == mask_id).any())
+            else:
+                block_over = state.block_step == state.steps_per_block
+            if not block_over and not (config.early_exit and bool(state.finished.all())):
                 break
-        bar.close()
-        unfilled = int((canvas == mask_id).sum())  # one host sync per call
+            if config.early_exit and state.stops and state.block + 1 < state.num_blocks:
+                state.finished = finish_rows_at_stop_strings(
+                    canvas, state.commit_step, state.finished, prompt_length, mask_id, state.eos_tensor,
+                    state.pad_id, state.tokenizer, state.stops, state.step - 1,
+                )
+            state.window, state.block = None, state.block + 1
+            if config.early_exit and bool(state.finished.all()):
+                state.block = state.num_blocks
+
+        state.forwards += (~state.finished).long()
+        noise = None
+        if state.seeds is not None:
+            noise = (state.seeds, state.step, state.relative_positions[:, window].expand(canvas.shape[0], -1))
+        proposal, scores, state.cache = self._denoising_scores(
+            canvas, state.attention_mask, window, state.prompt_positions, config, state.processors, state.warpers,
+            state.eos_tensor, noise, state.cache,
+        )
+        if state.parallel:
+            transfer = select_parallel(scores, config.threshold, config.factor)
+        else:
+            transfer = select_top_k(scores, state.schedule[:, state.block_step])
+        canvas[:, window] = torch.where(transfer, proposal, canvas[:, window])
+        state.commit_step[:, window].masked_fill_(transfer, state.step)
+        state.sampled += transfer.sum(-1)
+        if config.early_exit and state.eos_tensor.numel():
+            state.finished |= finish_rows_at_eos(
+                canvas, state.commit_step, prompt_length, mask_id, state.eos_tensor, state.step
+            )
+        state.block_step += 1
+        self._after_step(state, canvas)
+        return True
+
+    def _after_step(self, state: "DenoisingState", view: torch.Tensor | None, stream: bool = True) -> None:
+        """Bookkeeping after a forward pass: the history and the streamer (`stream`) get `view`, the (b, P + N)
+        prompt-and-answer canvas; the progress bar and the step count advance."""
+        if state.history is not None:
+            state.history.append(view.clone())
+        if stream and state.stream is not None:
+            state.stream.update(view)
+        state.bar.update(1)
+        state.step += 1
+
+    def _finish_denoising(self, state: "DenoisingState") -> torch.LongTensor | LLaDAGenerateOutput:
+        return self._answers(state, state.canvas, state.commit_step)
+
+    def _answers(self, state: "DenoisingState", raw: torch.Tensor, commit_step: torch.Tensor):
+        """The one finish of every sampler: from the raw (b, P + N) canvas to what `generate` returns."""
+        state.bar.close()
+        prompt_length = state.prompt_length
+        unfilled = int((raw[:, prompt_length:] == state.config.mask_token_id).sum())  # one host sync per call
         if unfilled:
             raise ValueError(
                 f"Generation left {unfilled} position(s) masked: at some step every candidate token of a position "
                 "had probability 0 or a non-finite score. A logits processor that bans every token, or non-finite "
                 "logits (NaN weights, fp16 overflow), does this; check `logits_processor` and the model's dtype."
             )
-        sequences, answer_lengths, kept, stopped = self._cut_answers(
-            canvas, prompt_length, eos_tensor, pad_id, tokenizer, stops
+        sequences, answer_lengths, kept, stopped = cut_answers(
+            raw, prompt_length, state.eos_tensor, state.pad_id, state.tokenizer, state.stops
         )
-        if stream is not None:
-            stream.end(canvas, int(kept[0]))
-
+        if state.stream is not None:
+            state.stream.end(raw, int(kept[0]))
+        config = state.config
         if not (config.return_dict_in_generate or config.output_history):
             return sequences
         return LLaDAGenerateOutput(
             sequences=sequences,
-            raw_sequences=canvas,
+            raw_sequences=raw,
             answer_lengths=answer_lengths,
             stopped=stopped,
-            tokens_per_forward=sampled.double() / forwards.clamp_min(1).double(),
-            history=torch.stack(history) if history else None,
+            tokens_per_forward=state.sampled.double() / state.forwards.clamp_min(1).double(),
+            history=torch.stack(state.history) if state.history else None,
             commit_step=commit_step,
         )
+
+    @staticmethod
+    def _copies_and_seeds(input_ids, attention_mask, config, needs_noise: bool):
+        """Repeat each prompt `num_return_sequences` times (prompt-major) and draw one seed per row (None without
+        randomness)."""
+        copies = config.num_return_sequences
+        if copies > 1:
+            input_ids = input_ids.repeat_interleave(copies, dim=0)
+            if attention_mask is not None:
+                attention_mask = attention_mask.repeat_interleave(copies, dim=0)
+        seeds = row_seeds(input_ids.shape[0] // copies, copies, config.seed, input_ids.device) if needs_noise else None
+        return input_ids, attention_mask, seeds
 
     def _prepare_generate(self, input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs):
         """What every sampler's `generate` does first: resolve the settings (official names included), check the
@@ -849,7 +821,7 @@ class LLaDAGenerationMixin:
         synced_gpus = kwargs.pop("synced_gpus", None)
         self._reject_autoregressive_arguments(kwargs)
         config = self._resolve_generation_config(generation_config, kwargs)
-        stops = _stop_list(config.stop_strings)
+        stops = stop_list(config.stop_strings)
         if stops and tokenizer is None:
             raise ValueError(
                 "`stop_strings` needs the model's tokenizer to find the strings in the answer: pass `tokenizer=` to "
@@ -907,13 +879,8 @@ class LLaDAGenerationMixin:
         # The mask token and the rows that pad the embedding beyond the tokenizer's vocabulary are never a clean
         # token: proposing one would leave a [MASK] (or an undecodable id) in the answer.
         logits[..., config.mask_token_id] = -torch.inf
-        logits[..., getattr(self.config, "vocab_size", logits.shape[-1]):] = -torch.inf
-        if config.logits_eos_inf and eos_tensor.numel():
-            logits[..., eos_tensor] = -torch.inf
+        logits = self._banned_and_processed(logits, canvas, config, processors, eos_tensor)
         batch, width, vocab = logits.shape
-        if processors:
-            flat_ids = canvas.repeat_interleave(width, dim=0)
-            logits = processors(flat_ids, logits.reshape(batch * width, vocab)).view(batch, width, vocab)
         if config.temperature > 0:
             # top-k / top-p restrict what may be sampled; the confidence stays the model's probability.
             sampling_logits = logits
@@ -976,6 +943,19 @@ class LLaDAGenerationMixin:
             logits = uncond + (cfg_scale + 1) * (cond - uncond)
         return logits, cache
 
+    def _banned_and_processed(self, logits, canvas, config, processors, eos_tensor) -> torch.Tensor:
+        """Every sampler's logits before proposing: the rows that pad the embedding beyond the tokenizer's vocabulary
+        (and EOS with `logits_eos_inf`) at -inf, then the user's logits processors (rows flattened to (b * W, V),
+        the canvas as their `input_ids`)."""
+        logits[..., getattr(self.config, "vocab_size", logits.shape[-1]):] = -torch.inf
+        if config.logits_eos_inf and eos_tensor.numel():
+            logits[..., eos_tensor] = -torch.inf
+        if processors:
+            batch, width, vocab = logits.shape
+            flat_ids = canvas.repeat_interleave(width, dim=0)
+            logits = processors(flat_ids, logits.reshape(batch * width, vocab)).view(batch, width, vocab)
+        return logits
+
     @staticmethod
     def _reject_autoregressive_arguments(kwargs: dict[str, Any]) -> None:
         """Raise, naming it, for a transformers `generate` argument diffusion cannot honour; drop neutral ones."""
@@ -993,105 +973,6 @@ class LLaDAGenerationMixin:
         for name, reason in reasons.items():
             if kwargs.pop(name, None) is not None:
                 raise ValueError(f"generate() got `{name}`: not supported by LLaDA's diffusion generation ({reason}).")
-
-    @staticmethod
-    def _cut_answers(
-        canvas: torch.Tensor,
-        prompt_length: int,
-        eos_tensor: torch.Tensor,
-        pad_id: int | None,
-        tokenizer,
-        stops: list[str],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The returned sequences: each row's answer ends before its first EOS or its earliest stop string; the EOS
-        stays, everything after it (and the stop string on) becomes `pad_id`.
-
-        Returns (sequences, answer_lengths, kept, stopped): `kept` the generated positions left unpadded (the answer
-        and its EOS). Without stop strings this is tensor work only (no host sync); with them, one decode per row and
-        a binary search over decoded prefix lengths for the rows that hold one.
-        """
-        generated = canvas[:, prompt_length:]
-        length = generated.shape[1]
-        first_eos = first_eos_positions(generated, eos_tensor)
-        answer_lengths = first_eos.clone()
-        by_stop = torch.zeros_like(first_eos, dtype=torch.bool)
-        if stops:
-            for row, (ids, end) in enumerate(zip(generated.tolist(), first_eos.tolist())):
-                ids = ids[:end]
-                text = _decode(tokenizer, ids)
-                start, found = stop_string_horizon(text, stops, complete=True)
-                if found:
-                    answer_lengths[row] = tokens_before_stop(tokenizer, ids, text, start)
-                    by_stop[row] = True
-        by_eos = (first_eos < length) & ~by_stop
-        kept = answer_lengths + by_eos.long()
-        if pad_id is None:  # no EOS id, no pad id and no stop strings: nothing ends an answer
-            return canvas, answer_lengths, kept, by_stop
-        index = torch.arange(length, device=canvas.device)[None]
-        sequences = canvas.clone()
-        sequences[:, prompt_length:] = torch.where(index < kept[:, None], generated, pad_id)
-        return sequences, answer_lengths, kept, by_eos | by_stop
-
-    @staticmethod
-    def _finish_rows_at_stop_strings(
-        canvas: torch.Tensor,
-        commit_step: torch.Tensor,
-        finished: torch.Tensor,
-        prompt_length: int,
-        mask_id: int,
-        eos_tensor: torch.Tensor,
-        pad_id: int,
-        tokenizer,
-        stops: list[str],
-        step: int,
-    ) -> torch.Tensor:
-        """`early_exit` with stop strings, at the end of a block: a row whose committed prefix (the generated tokens
-        before its first mask, cut at its first EOS) holds a stop string that no later token can move is done; its
-        remaining masks become `pad_id`. Nothing before the stop string changes. Returns the updated `finished`."""
-        generated = canvas[:, prompt_length:]
-        is_open = generated == mask_id
-        length = generated.shape[1]
-        index = torch.arange(length, device=canvas.device)[None]
-        ready = torch.where(is_open, index, length).min(-1).values
-        ready = torch.minimum(ready, first_eos_positions(generated, eos_tensor))
-        finished = finished.clone()
-        candidates = (~finished & (ready > 0)).tolist()
-        for row, (ids, end, candidate) in enumerate(zip(generated.tolist(), ready.tolist(), candidates)):
-            if not candidate or end == length:
-                continue
-            _, found = stop_string_horizon(_decode(tokenizer, ids[:end]), stops, complete=False)
-            if found:
-                finished[row] = True
-                fill = is_open[row]
-                generated[row].masked_fill_(fill, pad_id)
-                commit_step[row, prompt_length:].masked_fill_(fill, step)
-        return finished
-
-    @staticmethod
-    def _finish_rows_at_eos(
-        canvas: torch.Tensor,
-        commit_step: torch.Tensor,
-        prompt_length: int,
-        mask_id: int,
-        eos_tensor: torch.Tensor,
-        step: int,
-    ) -> torch.Tensor:
-        """Rows whose first generated EOS has no mask before it are done: fill their later masks with EOS.
-
-        Returns the (b,) bool of finished rows. Positions before the first EOS are untouched by construction.
-        """
-        generated = canvas[:, prompt_length:]
-        is_eos = torch.isin(generated, eos_tensor)
-        length = generated.shape[1]
-        index = torch.arange(length, device=canvas.device)[None]
-        first_eos = torch.where(is_eos, index, length).min(-1).values
-        open_before = ((canvas == mask_id) & (torch.arange(canvas.shape[1], device=canvas.device)[None]
-                                              < prompt_length + first_eos[:, None])).any(-1)
-        finished = (first_eos < length) & ~open_before
-        fill = finished[:, None] & (generated == mask_id)
-        generated.masked_fill_(fill, int(eos_tensor[0]))
-        commit_step[:, prompt_length:].masked_fill_(fill, step)
-        return finished
 
     @staticmethod
     def _infer_left_padding(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor | None:
@@ -1187,67 +1068,10 @@ class LLaDAGenerationMixin:
                 raise ValueError("attention_mask has a row with no tokens (all zeros); every prompt needs a token.")
 
 
-class _StreamState:
-    """Feeds a transformers streamer: the prompt first, then the answer's tokens once every position before them is
-    committed (reading order), up to the first EOS (included) or stop string (excluded) and never beyond; and the
-    raw canvas after every step to `put_draft` when the streamer has one.
-
-    With stop strings, tokens are held back while a stop string may still begin in them, so that nothing `put`
-    leaves the answer that `generate` returns.
-    """
-
-    def __init__(self, streamer: BaseStreamer, canvas: torch.Tensor, prompt_length: int, mask_id: int,
-                 eos_tensor: torch.Tensor, tokenizer, stops: list[str]):
-        if canvas.shape[0] != 1:
-            raise ValueError(
-                f"Streaming supports a single sequence, got a batch of {canvas.shape[0]} (num_return_sequences "
-                "included); stream one prompt at a time."
-            )
-        self.streamer, self.prompt_length, self.mask_id = streamer, prompt_length, mask_id
-        self.eos_tensor, self.tokenizer, self.stops = eos_tensor, tokenizer, stops
-        self.emitted, self.done = 0, False
-        streamer.put(canvas[0, :prompt_length].cpu())
-
-    def _put_until(self, generated: torch.Tensor, limit: int) -> None:
-        if limit > self.emitted:
-            self.streamer.put(generated[self.emitted : limit].cpu())
-            self.emitted = limit
-
-    def update(self, canvas: torch.Tensor) -> None:
-        generated = canvas[0, self.prompt_length :]
-        if not self.done:
-            open_positions = (generated == self.mask_id).nonzero()
-            ready = int(open_positions[0]) if open_positions.numel() else generated.shape[0]
-            if ready > self.emitted:
-                eos = int(first_eos_positions(generated[None, :ready], self.eos_tensor)[0])
-                limit, self.done = (ready, False) if eos == ready else (eos + 1, True)
-                if self.stops:
-                    answer = generated[:eos].tolist()
-                    text = _decode(self.tokenizer, answer)
-                    start, found = stop_string_horizon(text, self.stops, complete=self.done)
-                    if found:
-                        limit, self.done = tokens_before_stop(self.tokenizer, answer, text, start), True
-                    elif not self.done:  # the tokens a stop string cannot reach any more
-                        limit = tokens_before_stop(self.tokenizer, answer, text, start)
-                self._put_until(generated, limit)
-        if hasattr(self.streamer, "put_draft"):
-            self.streamer.put_draft(generated.cpu())
-
-    def end(self, canvas: torch.Tensor, kept: int) -> None:
-        """`kept`: the generated positions `generate` returns unpadded (the answer and its EOS)."""
-        self._put_until(canvas[0, self.prompt_length :], kept)
-        self.streamer.end()
-
-
 __all__ = [
     "LLaDAGenerationConfig",
     "LLaDAGenerateOutput",
     "LLaDAGenerationMixin",
-    "counter_uniform",
-    "mix32",
     "select_parallel",
     "num_transfer_tokens",
-    "stop_string_horizon",
-    "tokens_before_offset",
-    "tokens_before_stop",
 ]

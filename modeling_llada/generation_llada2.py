@@ -28,18 +28,18 @@ import torch
 # transformers internals this file relies on (inventory: tests/test_upstream_internals.py)
 from transformers.cache_utils import DynamicCache  # DynamicCache(); get_seq_length(); crop(-n) drops the last n
 from transformers.generation import LogitsProcessorList
-from transformers.generation.streamers import BaseStreamer  # put(ids), end()
+from transformers.utils.logging import tqdm  # transformers' progress bar (honours disable_progress_bar)
 
+from .answers_llada import StreamState
+from .draws_llada import counter_uniform
 from .generation_llada import (
     _DIFFUSION_DEFAULTS,
     _EOS_CONFIDENCE_OFFSET,
     LLaDAGenerateOutput,
     LLaDAGenerationConfig,
     LLaDAGenerationMixin,
-    _StreamState,
-    counter_uniform,
+    DenoisingState,
     num_transfer_tokens,
-    row_seeds,
     select_top_k,
 )
 
@@ -90,6 +90,22 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
 
     _diffusion_fields = _LLADA2_DEFAULTS
     _kv_cache_modes = ("prefix",)
+    sampler_fields = (
+        "max_new_tokens", "steps", "block_length", "temperature", "top_k", "top_p", "threshold", "kv_cache",
+        "logits_eos_inf", "confidence_eos_eot_inf", "early_exit", "editing_threshold", "max_post_steps",
+        "num_to_transfer", "minimal_topk",
+    )
+    # Read by LLaDA 2.1 token editing only: shown when `editing_threshold` is set.
+    _editing_fields = ("max_post_steps", "num_to_transfer")
+
+    def _resolve_sampler_settings(self, values: dict[str, Any]) -> None:
+        """`block_length` 32 and `steps` (per block) equal to it when unset; the token editing settings only with
+        token editing on."""
+        values["block_length"] = values["block_length"] or _LLADA2_DEFAULTS["block_length"]
+        values["steps"] = values["steps"] or values["block_length"]
+        if self.editing_threshold is None:
+            for name in self._editing_fields:
+                values.pop(name)
 
     def _validate_schedule(self) -> None:
         """Blocks are aligned to the prompt, not to the answer: any positive lengths and steps work."""
@@ -116,53 +132,44 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
 
 
 class LLaDA2GenerationMixin(LLaDAGenerationMixin):
-    """`generate` for LLaDA 2.x: block diffusion (2.0) and token editing (2.1), with an exact block cache."""
+    r"""`generate` for LLaDA 2.x: block diffusion (2.0) and block diffusion with token editing (2.1), with an exact
+    block cache. The loop, the input checks and the finish are LLaDA's (`LLaDAGenerationMixin.generate`); this
+    sampler overrides its start (the block-aligned canvas), its step (block-causal, against the cache of the blocks
+    before it, with token editing) and the first half of its finish. What `generate` takes and returns here:
+
+    Args:
+        input_ids: (b, P) prompt ids, left-padded when rows differ in length (`inputs=` works too).
+        attention_mask: (b, P), 1 for tokens and 0 for (left) padding. A padded row generates what it generates
+            alone.
+        generation_config: base settings; defaults to the model's (`generation_config.json`).
+        streamer: receives the prompt, then the answer's tokens once every position before them is final (with
+            token editing: when their block ends). Single sequence only.
+        logits_processor: applied to each step's logits of the current block (rows flattened to (b * B, V)).
+        tokenizer: needed with `stop_strings`.
+        kwargs: any [`LLaDA2GenerationConfig`] field, and the official names `gen_length` (`max_new_tokens`),
+            `mask_id` (`mask_token_id`), `eos_id` (`eos_token_id`), `eos_early_stop` (`early_exit`);
+            `use_cache=False` is `kv_cache=None`.
+
+    Returns:
+        (b * num_return_sequences, P + N) ids: the prompt as given, then the answer; after a row's first EOS
+        (kept) every position holds the pad id. With `return_dict_in_generate=True` or `output_history=True` a
+        [`LLaDAGenerateOutput`] (`raw_sequences`, `answer_lengths`, `stopped`, `tokens_per_forward`, `history`,
+        `commit_step`: for an edited position, the step that last wrote it).
+
+    Example:
+
+    ```python
+    >>> # the model card's call, official argument names
+    >>> model.generate(inputs=ids, gen_length=512, block_length=32, steps=32, threshold=0.95, eos_early_stop=True)
+    >>> # LLaDA 2.1 token editing
+    >>> model.generate(ids, max_new_tokens=512, threshold=0.5, editing_threshold=0.9, max_post_steps=16)
+    ```
+    """
 
     generation_config_class = LLaDA2GenerationConfig
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        generation_config: LLaDA2GenerationConfig | None = None,
-        streamer: BaseStreamer | None = None,
-        logits_processor: LogitsProcessorList | None = None,
-        stopping_criteria=None,
-        tokenizer=None,
-        **kwargs,
-    ) -> torch.LongTensor | LLaDAGenerateOutput:
-        r"""Generate by block diffusion (LLaDA 2.0) or block diffusion with token editing (LLaDA 2.1).
-
-        Args:
-            input_ids: (b, P) prompt ids, left-padded when rows differ in length (`inputs=` works too).
-            attention_mask: (b, P), 1 for tokens and 0 for (left) padding. A padded row generates what it generates
-                alone.
-            generation_config: base settings; defaults to the model's (`generation_config.json`).
-            streamer: receives the prompt, then the answer's tokens once every position before them is final (with
-                token editing: when their block ends). Single sequence only.
-            logits_processor: applied to each step's logits of the current block (rows flattened to (b * B, V)).
-            tokenizer: needed with `stop_strings`.
-            kwargs: any [`LLaDA2GenerationConfig`] field, and the official names `gen_length` (`max_new_tokens`),
-                `mask_id` (`mask_token_id`), `eos_id` (`eos_token_id`), `eos_early_stop` (`early_exit`);
-                `use_cache=False` is `kv_cache=None`.
-
-        Returns:
-            (b * num_return_sequences, P + N) ids: the prompt as given, then the answer; after a row's first EOS
-            (kept) every position holds the pad id. With `return_dict_in_generate=True` or `output_history=True` a
-            [`LLaDAGenerateOutput`] (`raw_sequences`, `answer_lengths`, `stopped`, `tokens_per_forward`, `history`,
-            `commit_step`: for an edited position, the step that last wrote it).
-
-        Example:
-
-        ```python
-        >>> # the model card's call, official argument names
-        >>> model.generate(inputs=ids, gen_length=512, block_length=32, steps=32, threshold=0.95, eos_early_stop=True)
-        >>> # LLaDA 2.1 token editing
-        >>> model.generate(ids, max_new_tokens=512, threshold=0.5, editing_threshold=0.9, max_post_steps=16)
-        ```
-        """
-        if "use_cache" in kwargs:
+    def _prepare_generate(self, input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs):
+        if "use_cache" in kwargs:  # the official sampler's switch for the block cache
             use_cache = kwargs.pop("use_cache")
             if use_cache is not None:
                 wanted = "prefix" if use_cache else None
@@ -172,9 +179,16 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
                         "disagree; LLaDA 2's block cache is `kv_cache` ('prefix' or None): pass one of them."
                     )
                 kwargs["kv_cache"] = wanted
-        config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus = self._prepare_generate(
-            input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs
-        )
+        return super()._prepare_generate(input_ids, attention_mask, generation_config, stopping_criteria, tokenizer,
+                                         kwargs)
+
+    def _start_denoising(
+        self, config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus, streamer, logits_processor,
+        tokenizer,
+    ) -> DenoisingState:
+        """Lay out the block canvas: each row's blocks start at its first prompt token, and rows are shifted by whole
+        blocks so that the block holding the end of every prompt (the first one generated) sits at the same
+        columns."""
         if synced_gpus:
             raise ValueError("synced_gpus=True: LLaDA 2's forward passes depend on the prompt (confidence threshold, "
                              "EOS); generate on each rank separately.")
@@ -184,22 +198,13 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
         gen_length = config.resolved_max_new_tokens(input_ids.shape[1])
         block = config.block_length or _LLADA2_DEFAULTS["block_length"]  # None: the official default
         steps = max(1, min(config.steps or block, gen_length // config.minimal_topk))
-        editing = config.editing_threshold is not None
-        eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long)
         if pad_id is None:
             pad_id = eos_ids[0] if eos_ids else 0
-
-        copies = config.num_return_sequences
-        if copies > 1:
-            input_ids = input_ids.repeat_interleave(copies, dim=0)
-            if attention_mask is not None:
-                attention_mask = attention_mask.repeat_interleave(copies, dim=0)
+        input_ids, attention_mask, seeds = self._copies_and_seeds(input_ids, attention_mask, config,
+                                                                  config.temperature > 0)
         batch, prompt_length = input_ids.shape
         lengths = attention_mask.sum(-1) if attention_mask is not None else input_ids.new_full((batch,), prompt_length)
         pads = prompt_length - lengths
-
-        # The canvas: each row's blocks start at its first prompt token; rows are shifted by whole blocks so that the
-        # block holding the end of every prompt (the first one generated) sits at the same columns.
         full_blocks = lengths // block
         blocks_to_generate = (lengths % block + gen_length + block - 1) // block
         first_block, num_blocks = (int(x) for x in torch.stack([full_blocks.max(), blocks_to_generate.max()]).tolist())
@@ -211,137 +216,131 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
         source = (pads[:, None] + relative).clamp(0, prompt_length - 1)
         canvas = torch.where(is_prompt, input_ids.gather(1, source), mask_id)
         canvas = canvas.masked_fill(relative < 0, pad_id)
-        answer_region = (relative >= lengths[:, None]) & (relative < (lengths + gen_length)[:, None])
-        answer_columns = offsets[:, None] + lengths[:, None] + torch.arange(gen_length, device=device)[None]
-        row_end_block = first_block + blocks_to_generate  # (b,) the column block after each row's last block
-        context = _BlockContext(
+        state = DenoisingState(
+            config=config, input_ids=input_ids, canvas=canvas,
+            eos_tensor=torch.tensor(eos_ids, device=device, dtype=torch.long), pad_id=pad_id, stops=stops,
+            tokenizer=tokenizer, seeds=seeds, processors=LogitsProcessorList(logits_processor or []),
+            warpers=self._build_sampling_warpers(config),
+            commit_step=torch.full((batch, width), -1, dtype=torch.long, device=device),
+            history=[] if config.output_history else None,
+            bar=tqdm(total=None, desc="denoising", disable=not config.progress_bar, leave=False),
+        )
+        state.block, state.steps, state.editing = block, steps, config.editing_threshold is not None
+        state.columns, state.relative, state.is_prompt = columns, relative, is_prompt
+        state.answer_region = (relative >= lengths[:, None]) & (relative < (lengths + gen_length)[:, None])
+        state.answer_columns = offsets[:, None] + lengths[:, None] + torch.arange(gen_length, device=device)[None]
+        state.row_end_block = first_block + blocks_to_generate  # (b,) the column block after each row's last block
+        state.context = _BlockContext(
             is_key=relative >= 0, positions=relative.clamp_min(0), block_index=columns // block, block=block
         )
-
-        needs_noise = config.temperature > 0
-        seeds = row_seeds(batch // copies, copies, config.seed, device) if needs_noise else None
-        processors = LogitsProcessorList(logits_processor or [])
-        warpers = self._build_sampling_warpers(config)
-        commit_step = torch.full((batch, width), -1, dtype=torch.long, device=device)
-        forwards = torch.zeros(batch, dtype=torch.long, device=device)
-        sampled = torch.zeros(batch, dtype=torch.long, device=device)
-        row_steps = torch.zeros(batch, dtype=torch.long, device=device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        history = [] if config.output_history else None
-        stream = None
+        state.cache = DynamicCache() if config.kv_cache else None
+        state.schedule = num_transfer_tokens(torch.full((batch,), block, device=device), steps)  # (b, steps)
+        state.row_steps = torch.zeros(batch, dtype=torch.long, device=device)
+        state.index, state.last_index, state.in_block = first_block, first_block + num_blocks, None
         if streamer is not None:
-            stream = _StreamState(streamer, self._answer_view(input_ids, canvas, answer_columns), prompt_length,
-                                  mask_id, eos_tensor, tokenizer, stops)
-        cache = DynamicCache() if config.kv_cache else None
-        schedule = num_transfer_tokens(torch.full((batch,), block, device=device), steps)  # (b, steps)
-        step = 0
+            state.stream = StreamState(streamer, self._answer_view(state), prompt_length, mask_id, state.eos_tensor,
+                                       tokenizer, stops)
+        return state
 
-        for index in range(first_block, first_block + num_blocks):
-            start, stop = index * block, (index + 1) * block
-            in_block = slice(start, stop)
-            running = ~finished & (index < row_end_block)
-            if not bool(running.any()):
+    def _denoising_step(self, state: DenoisingState) -> bool:
+        """One forward pass over the current block (block-causal, against the cache of the blocks before it), its
+        commits and, with token editing, its edits; opens and closes blocks as needed. False once generation is
+        over."""
+        config, canvas, mask_id = state.config, state.canvas, state.config.mask_token_id
+        while True:
+            if state.in_block is None:  # open the next block
+                if state.index == state.last_index:
+                    return False
+                state.running = ~state.finished & (state.index < state.row_end_block)
+                if not bool(state.running.any()):
+                    return False
+                state.in_block = slice(state.index * state.block, (state.index + 1) * state.block)
+                state.editable = ~state.is_prompt[:, state.in_block]
+                state.block_steps = torch.zeros_like(state.row_steps)
+                state.post_steps = torch.zeros_like(state.row_steps)
+            in_block = state.in_block
+            masked = canvas[:, in_block] == mask_id
+            open_rows = masked.any(-1)
+            if state.editing:
+                state.post_steps += (state.running & ~open_rows).long()
+                state.running = state.running & (state.post_steps <= config.max_post_steps)
+            else:
+                state.running = state.running & open_rows & (state.block_steps < state.steps)
+            if bool(state.running.any()):
                 break
-            editable = ~is_prompt[:, in_block]
-            block_steps = torch.zeros(batch, dtype=torch.long, device=device)
-            post_steps = torch.zeros(batch, dtype=torch.long, device=device)
-            while True:
-                masked = canvas[:, in_block] == mask_id
-                open_rows = masked.any(-1)
-                if editing:
-                    post_steps += (running & ~open_rows).long()
-                    running = running & (post_steps <= config.max_post_steps)
-                else:
-                    running = running & open_rows & (block_steps < steps)
-                if not bool(running.any()):
-                    break
-                logits, cache = self._block_logits(canvas, start, stop, context, cache)
-                proposal, confidence = self._propose(
-                    logits, canvas, config, processors, warpers, eos_tensor,
-                    (seeds, row_steps[:, None], relative[:, in_block]) if needs_noise else None,
-                )
-                commit_confidence = confidence.masked_fill(~masked, -torch.inf)
-                if config.confidence_eos_eot_inf and eos_tensor.numel():
-                    commit_confidence = commit_confidence - _EOS_CONFIDENCE_OFFSET * torch.isin(proposal, eos_tensor)
-                above = commit_confidence > (config.threshold if config.threshold is not None else math.inf)
-                quota = (
-                    torch.full_like(block_steps, config.num_to_transfer) if editing
-                    else schedule.gather(1, block_steps.clamp_max(steps - 1)[:, None]).squeeze(1)
-                )
-                count = above.sum(-1)
-                transfer = torch.where((count >= quota)[:, None], above, select_top_k(commit_confidence, quota))
-                transfer &= masked
-                edits = torch.zeros_like(transfer)
-                if editing:
-                    edits = (editable & ~masked & (confidence > config.editing_threshold)
-                             & (proposal != canvas[:, in_block]))
-                    transfer |= edits
-                transfer &= running[:, None]
-                canvas[:, in_block] = torch.where(transfer, proposal, canvas[:, in_block])
-                commit_step[:, in_block].masked_fill_(transfer, step)
-                forwards += running.long()
-                sampled += (transfer & masked).sum(-1)
-                block_steps += running.long()
-                row_steps += running.long()
-                if editing:  # a block ends when a step after its last mask changes nothing
-                    running = running & (open_rows | edits.any(-1))
-                elif config.early_exit and eos_ids:
-                    # official: checked when a step commits an EOS; the row stops once its first EOS has no mask before
-                    committed_eos = (transfer & torch.isin(proposal, eos_tensor)).any(-1)
-                    done = committed_eos & self._eos_closed(canvas, answer_region, columns, mask_id, eos_tensor)
-                    finished |= done
-                    running &= ~done
-                if history is not None:
-                    history.append(self._answer_view(input_ids, canvas, answer_columns))
-                if stream is not None and not editing:
-                    stream.update(self._answer_view(input_ids, canvas, answer_columns))
-                step += 1
-            if stream is not None and editing:
-                stream.update(self._answer_view(input_ids, canvas, answer_columns))
-            # After the block: LLaDA 2.0 stops a row whose answer holds an EOS; LLaDA 2.1 with early_exit one whose
-            # answer so far is free of masks and holds an EOS.
-            done_so_far = answer_region & (columns[None] < stop)
-            has_eos = (torch.isin(canvas, eos_tensor) & done_so_far).any(-1) if eos_ids else torch.zeros_like(finished)
-            if not editing:
-                finished |= has_eos
-            elif config.early_exit:
-                finished |= has_eos & ~((canvas == mask_id) & done_so_far).any(-1)
+            self._close_block(state)
 
-        # Rows that stopped early: their unwritten positions become EOS (they lie after the first EOS).
-        unwritten = answer_region & (canvas == mask_id) & finished[:, None]
-        canvas = canvas.masked_fill(unwritten, pad_id)
-        commit_step = commit_step.masked_fill(unwritten, max(step - 1, 0))
-        raw = self._answer_view(input_ids, canvas, answer_columns)
-        unfilled = int((raw[:, prompt_length:] == mask_id).sum())
-        if unfilled:
-            raise ValueError(
-                f"Generation left {unfilled} position(s) masked: at some step every candidate token of a position "
-                "had probability 0 or a non-finite score. A logits processor that bans every token, or non-finite "
-                "logits (NaN weights, fp16 overflow), does this; check `logits_processor` and the model's dtype."
-            )
-        sequences, answer_lengths, kept, stopped = self._cut_answers(
-            raw, prompt_length, eos_tensor, pad_id, tokenizer, stops
+        running, eos_tensor = state.running, state.eos_tensor
+        logits, state.cache = self._block_logits(canvas, in_block.start, in_block.stop, state.context, state.cache)
+        noise = (state.seeds, state.row_steps[:, None], state.relative[:, in_block]) if state.seeds is not None else None
+        proposal, confidence = self._propose(
+            logits, canvas, config, state.processors, state.warpers, eos_tensor, noise
         )
-        if stream is not None:
-            stream.end(raw, int(kept[0]))
-        if not (config.return_dict_in_generate or config.output_history):
-            return sequences
-        steps_taken = torch.cat([commit_step.new_full((batch, prompt_length), -1),
-                                 commit_step.gather(1, answer_columns)], dim=1)
-        return LLaDAGenerateOutput(
-            sequences=sequences,
-            raw_sequences=raw,
-            answer_lengths=answer_lengths,
-            stopped=stopped,
-            tokens_per_forward=sampled.double() / forwards.clamp_min(1).double(),
-            history=torch.stack(history) if history else None,
-            commit_step=steps_taken,
+        commit_confidence = confidence.masked_fill(~masked, -torch.inf)
+        if config.confidence_eos_eot_inf and eos_tensor.numel():
+            commit_confidence = commit_confidence - _EOS_CONFIDENCE_OFFSET * torch.isin(proposal, eos_tensor)
+        above = commit_confidence > (config.threshold if config.threshold is not None else math.inf)
+        quota = (
+            torch.full_like(state.block_steps, config.num_to_transfer) if state.editing
+            else state.schedule.gather(1, state.block_steps.clamp_max(state.steps - 1)[:, None]).squeeze(1)
         )
+        count = above.sum(-1)
+        transfer = torch.where((count >= quota)[:, None], above, select_top_k(commit_confidence, quota))
+        transfer &= masked
+        edits = torch.zeros_like(transfer)
+        if state.editing:
+            edits = (state.editable & ~masked & (confidence > config.editing_threshold)
+                     & (proposal != canvas[:, in_block]))
+            transfer |= edits
+        transfer &= running[:, None]
+        canvas[:, in_block] = torch.where(transfer, proposal, canvas[:, in_block])
+        state.commit_step[:, in_block].masked_fill_(transfer, state.step)
+        state.forwards += running.long()
+        state.sampled += (transfer & masked).sum(-1)
+        state.block_steps += running.long()
+        state.row_steps += running.long()
+        if state.editing:  # a block ends when a step after its last mask changes nothing
+            state.running = running & (open_rows | edits.any(-1))
+        elif config.early_exit and eos_tensor.numel():
+            # official: checked when a step commits an EOS; the row stops once its first EOS has no mask before it
+            committed_eos = (transfer & torch.isin(proposal, eos_tensor)).any(-1)
+            done = committed_eos & self._eos_closed(canvas, state.answer_region, state.columns, mask_id, eos_tensor)
+            state.finished |= done
+            state.running = running & ~done
+        view = self._answer_view(state) if state.history is not None or state.stream is not None else None
+        self._after_step(state, view, stream=not state.editing)  # with token editing: when the block closes
+        return True
+
+    def _close_block(self, state: DenoisingState) -> None:
+        """After a block: LLaDA 2.0 stops a row whose answer holds an EOS; LLaDA 2.1 with early_exit one whose
+        answer so far is free of masks and holds an EOS."""
+        canvas, config = state.canvas, state.config
+        if state.stream is not None and state.editing:
+            state.stream.update(self._answer_view(state))
+        done_so_far = state.answer_region & (state.columns[None] < state.in_block.stop)
+        if state.eos_tensor.numel():
+            has_eos = (torch.isin(canvas, state.eos_tensor) & done_so_far).any(-1)
+        else:
+            has_eos = torch.zeros_like(state.finished)
+        if not state.editing:
+            state.finished |= has_eos
+        elif config.early_exit:
+            state.finished |= has_eos & ~((canvas == config.mask_token_id) & done_so_far).any(-1)
+        state.in_block, state.index = None, state.index + 1
+
+    def _finish_denoising(self, state: DenoisingState) -> torch.LongTensor | LLaDAGenerateOutput:
+        # Rows that stopped early: their unwritten positions become the pad id (they lie after the first EOS).
+        unwritten = state.answer_region & (state.canvas == state.config.mask_token_id) & state.finished[:, None]
+        state.canvas = state.canvas.masked_fill(unwritten, state.pad_id)
+        commit_step = state.commit_step.masked_fill(unwritten, max(state.step - 1, 0))
+        steps_taken = torch.cat([commit_step.new_full((commit_step.shape[0], state.prompt_length), -1),
+                                 commit_step.gather(1, state.answer_columns)], dim=1)
+        return self._answers(state, self._answer_view(state), steps_taken)
 
     @staticmethod
-    def _answer_view(input_ids: torch.Tensor, canvas: torch.Tensor, answer_columns: torch.Tensor) -> torch.Tensor:
+    def _answer_view(state: DenoisingState) -> torch.Tensor:
         """(b, P + N): the prompt as given, then each row's answer positions of the canvas."""
-        return torch.cat([input_ids, canvas.gather(1, answer_columns)], dim=1)
+        return torch.cat([state.input_ids, state.canvas.gather(1, state.answer_columns)], dim=1)
 
     @staticmethod
     def _eos_closed(canvas, answer_region, columns, mask_id, eos_tensor) -> torch.Tensor:
@@ -379,15 +378,8 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
         Sampling: a draw from the tempered (top-k / top-p) distribution, and its probability there (official).
         The mask id (and ids beyond the vocabulary) are never proposed.
         """
-        logits = logits.float()
-        vocab_size = getattr(self.config, "vocab_size", logits.shape[-1])
-        logits[..., vocab_size:] = -torch.inf
-        if config.logits_eos_inf and eos_tensor.numel():
-            logits[..., eos_tensor] = -torch.inf
+        logits = self._banned_and_processed(logits.float(), canvas, config, processors, eos_tensor)
         batch, width, vocab = logits.shape
-        if processors:
-            flat_ids = canvas.repeat_interleave(width, dim=0)
-            logits = processors(flat_ids, logits.reshape(batch * width, vocab)).view(batch, width, vocab)
         if config.temperature > 0:
             tempered = logits / config.temperature
             if warpers:

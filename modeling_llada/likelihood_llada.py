@@ -34,9 +34,8 @@ from itertools import combinations
 
 import torch
 
-from .generation_llada import counter_uniform, mix32
+from .draws_llada import U32, counter_uniform, mix32
 
-_U32 = 0xFFFFFFFF
 MAX_EXACT_ANSWER_LENGTH = 12  # 2**12 - 1 = 4095 forward rows per pair
 
 
@@ -71,7 +70,7 @@ def _as_list(ids, name: str) -> list[int]:
 
 
 def _pair_seed(seed: int, prompt: list[int], answer: list[int]) -> int:
-    return hash((seed, len(prompt), *prompt, -1, *answer)) & _U32
+    return hash((seed, len(prompt), *prompt, -1, *answer)) & U32
 
 
 def monte_carlo_masks(answer_length: int, mc_num: int, seed: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +87,7 @@ def monte_carlo_masks(answer_length: int, mc_num: int, seed: int, device=None) -
     counts = counts.long().sort().values
     # one random cyclic order per group of L consecutive samples, arcs starting at successive shifts
     groups = torch.arange(mc_num, device=device) // length
-    group_seeds = mix32((groups + seed * 0x9E37) & _U32)
+    group_seeds = mix32((groups + seed * 0x9E37) & U32)
     positions = torch.arange(length, device=device)[None].expand(mc_num, -1)
     order = counter_uniform(group_seeds, 1, positions).argsort(dim=-1)  # (n, L) a permutation per group
     shift = torch.arange(mc_num, device=device) % length
@@ -317,7 +316,7 @@ class LLaDALikelihoodMixin:
                 if pair_exact:
                     per_block.append(exact_masks(size, device))
                 else:  # block 0 draws what the bidirectional estimator draws; later blocks their own noise
-                    block_seed = pair_seed if k == 0 else int(mix32(torch.tensor((pair_seed + k * 0x9E3779B1) & _U32)))
+                    block_seed = pair_seed if k == 0 else int(mix32(torch.tensor((pair_seed + k * 0x9E3779B1) & U32)))
                     block_masks, counts = monte_carlo_masks(size, mc_num, block_seed, device)
                     per_block.append((block_masks, (size / counts.double()) / mc_num))
             rows = max(block_masks.shape[0] for block_masks, _ in per_block)

@@ -29,7 +29,6 @@ are identical.
 This file travels with every checkpoint (trust_remote_code): it imports only torch, transformers and its siblings.
 """
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -38,73 +37,37 @@ from torch import nn
 from transformers import PreTrainedModel
 
 # transformers internals this file relies on (inventory: tests/test_upstream_internals.py). Besides these imports:
-# PreTrainedModel's `_init_weights`, `_no_split_modules`, `_supports_*`, `_can_record_outputs`, `_tied_weights_keys`,
-# `_auto_class`, `_can_set_experts_implementation_cached_value`, `get_correct_experts_implementation`, and
-# `config._attn_implementation`.
+# PreTrainedModel's `_init_weights`, `_no_split_modules`, `_can_record_outputs`, `_tied_weights_keys` and
+# `_can_set_experts_implementation_cached_value`. The internals every model file shares (attention dispatch,
+# `_supports_*`, `_auto_class`, `config._attn_implementation`) are used in modeling_llada.py, and the MoE ones
+# (`get_correct_experts_implementation`, the experts dispatch) in modeling_lladamoe.py: this file imports their
+# shared pieces.
 from transformers import initialization as init  # normal_ / zeros_ / ones_ that skip `_is_hf_initialized` tensors
 from transformers.cache_utils import Cache, DynamicCache  # update(k, v, layer_idx) -> all keys/values; get_seq_length
 from transformers.masking_utils import create_bidirectional_mask  # (config=, inputs_embeds=, attention_mask=)
 from transformers.modeling_layers import GradientCheckpointingLayer  # activation checkpointing of the layers
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # .get_interface(name, default)(module, q, k, v, ...)
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder  # (target_class, index=) in `_can_record_outputs`
 
 from .configuration_llada2_moe import LLaDA2MoeConfig
 from .generation_llada2 import LLaDA2GenerationMixin
 from .likelihood_llada import LLaDALikelihoodMixin
-from .modeling_llada import (
-    LegacyCacheOutputMixin,
-    LLaDAModel,
-    LLaDARMSNorm,
-    check_forward_kwargs,
-    eager_attention,
-    keep_positions,
-    label_loss,
-)
-from .modeling_lladamoe import LLaDAMoEExperts, LLaDAMoEMLP, apply_rotary, rotary_cos_sin
+from .modeling_llada import (LLaDAAttentionMixin, LLaDAHeadMixin, LLaDAPreTrainedMixin, LLaDARMSNorm, auto_map,
+                             cached_padding_mask, check_inputs, head_forward, open_forward,
+                             require_dense_mask_attention, rotary_for_positions, run_layers)
+from .modeling_lladamoe import (DecoderLayerMixin, DecoderStackMixin, ExpertsPreTrainedMixin, LinearHeadMixin,
+                                LLaDAMoEExperts, LLaDAMoEMLP, LLaDAMoEModelOutput, LLaDAMoEOutput, SparseMoeBlockMixin)
 
-logger = logging.get_logger(__name__)
-
-# What `save_pretrained` writes into config.json, so the folder loads with trust_remote_code through every Auto class.
-AUTO_MAP = {
-    "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
-    "AutoModel": "modeling_llada2_moe.LLaDA2MoeModelLM",
-    "AutoModelForMaskedLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
-    "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
-}
-
-# Attention implementations that take a dense (b, 1, L, S) mask: needed for block masks and cached forwards.
-DENSE_MASK_ATTENTION = ("eager", "sdpa")
+AUTO_MAP = auto_map("configuration_llada2_moe.LLaDA2MoeConfig", "modeling_llada2_moe.LLaDA2MoeModelLM")
 
 
-def cache_argument(cache: Cache | None, kwargs: dict, method: str) -> Cache | None:
-    """The cache passed as `cache=` or, from callers written before transformers 5.24, as `past_key_values=` (with
-    the FutureWarning transformers' own renamed arguments give)."""
-    legacy = kwargs.pop("past_key_values", None)
-    if legacy is None:
-        return cache
-    if cache is not None:
-        raise ValueError("Pass the cache once, as `cache=` (`past_key_values=` is its pre-5.24 name).")
-    warnings.warn(f"`past_key_values` is deprecated for `{method}`. Use `cache` instead.", FutureWarning, stacklevel=3)
-    return legacy
-
-
-class LLaDA2MoeAttention(nn.Module):
+class LLaDA2MoeAttention(LLaDAAttentionMixin, nn.Module):
     """Grouped-query attention with a fused `query_key_value` projection, QK-norm and partial rotary embeddings."""
 
     def __init__(self, config: LLaDA2MoeConfig, layer_idx: int):
         super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        # Read by transformers' attention functions.
-        self.num_key_value_groups = self.num_heads // self.num_kv_heads
-        self.is_causal = False
-        self.scaling = self.head_dim**-0.5
-
+        self.init_attention(config, layer_idx)
         d = config.hidden_size
         self.query_key_value = nn.Linear(
             d, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, bias=config.use_qkv_bias
@@ -114,37 +77,18 @@ class LLaDA2MoeAttention(nn.Module):
             self.key_layernorm = LLaDARMSNorm(self.head_dim, config.rms_norm_eps)
         self.dense = nn.Linear(self.num_heads * self.head_dim, d, bias=config.use_bias)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rotary: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None,
-        cache: Cache | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    forward = LLaDAAttentionMixin.attention
+
+    def queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, length, _ = x.shape
         qkv = self.query_key_value(x).view(b, length, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         if self.config.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        cos, sin = rotary
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:  # append this chunk's keys and values; attend to everything cached so far
-            k, v = cache.update(k, v, self.layer_idx)
-        attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
-        out, weights = attention_fn(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            is_causal=False,
-            **kwargs,
-        )
-        return self.dense(out.reshape(b, length, -1)), weights
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        return self.dense(out)
 
 
 class LLaDA2MoeMLP(LLaDAMoEMLP):
@@ -185,7 +129,7 @@ class LLaDA2MoeRouter(nn.Module):
         return logits, weights * self.routed_scaling_factor, experts
 
 
-class LLaDA2MoeSparseMoeBlock(nn.Module):
+class LLaDA2MoeSparseMoeBlock(SparseMoeBlockMixin, nn.Module):
     """Routed experts (fused, [`LLaDAMoEExperts`]) weighted by the router, plus the shared experts."""
 
     def __init__(self, config: LLaDA2MoeConfig):
@@ -195,18 +139,14 @@ class LLaDA2MoeSparseMoeBlock(nn.Module):
         if config.num_shared_experts is not None:  # as the official code: 0 gives an empty (zero-width) module
             self.shared_experts = LLaDA2MoeMLP(config, config.moe_intermediate_size * config.num_shared_experts)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = hidden_states.shape
-        x = hidden_states.reshape(-1, shape[-1])
-        router_logits, weights, experts = self.gate(x)
-        y = self.experts(x, experts, weights)
-        if hasattr(self, "shared_experts"):
-            y = y + self.shared_experts(x)
-        return y.reshape(shape), router_logits
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.gate(x)
 
 
-class LLaDA2MoeDecoderLayer(GradientCheckpointingLayer):
+class LLaDA2MoeDecoderLayer(DecoderLayerMixin, GradientCheckpointingLayer):
     """Pre-norm block: attention, then the dense MLP or the routed plus shared experts."""
+
+    attention_name = "attention"
 
     def __init__(self, config: LLaDA2MoeConfig, layer_idx: int):
         super().__init__()
@@ -219,27 +159,9 @@ class LLaDA2MoeDecoderLayer(GradientCheckpointingLayer):
         else:
             self.mlp = LLaDA2MoeMLP(config, config.intermediate_size)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        rotary: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attended, weights = self.attention(self.input_layernorm(hidden_states), rotary, attention_mask, cache, **kwargs)
-        hidden_states = hidden_states + attended
-        x = self.post_attention_layernorm(hidden_states)
-        router_logits = None
-        if self.is_moe:
-            y, router_logits = self.mlp(x)
-        else:
-            y = self.mlp(x)
-        return hidden_states + y, weights, router_logits
-
 
 @dataclass
-class LLaDA2MoeModelOutput(LegacyCacheOutputMixin, ModelOutput):
+class LLaDA2MoeModelOutput(LLaDAMoEModelOutput):
     """Output of [`LLaDA2MoeModel`].
 
     last_hidden_state: (b, L, hidden) after the final norm. cache: the transformers `Cache` of the forward (with
@@ -247,114 +169,52 @@ class LLaDA2MoeModelOutput(LegacyCacheOutputMixin, ModelOutput):
     hidden_states / attentions: per layer, with `output_hidden_states` / `output_attentions`.
     router_logits: with `output_router_logits`, per MoE layer, the (b * L, num_experts) fp32 logits of its router."""
 
-    last_hidden_state: torch.Tensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    router_logits: tuple[torch.Tensor, ...] | None = None
-
 
 @dataclass
-class LLaDA2MoeOutput(LegacyCacheOutputMixin, ModelOutput):
+class LLaDA2MoeOutput(LLaDAMoEOutput):
     """Output of [`LLaDA2MoeModelLM`]: `loss` (with `labels`), `logits` and the fields of [`LLaDA2MoeModelOutput`].
     `aux_loss` is always None: LLaDA 2 balances its experts with `expert_bias` (no auxiliary loss; official too)."""
 
-    loss: torch.Tensor | None = None
-    aux_loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    router_logits: tuple[torch.Tensor, ...] | None = None
 
-
-class LLaDA2MoePreTrainedModel(PreTrainedModel):
+class LLaDA2MoePreTrainedModel(ExpertsPreTrainedMixin, LLaDAPreTrainedMixin, PreTrainedModel):
     config_class = LLaDA2MoeConfig
     config: LLaDA2MoeConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["LLaDA2MoeDecoderLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    # save_pretrained copies this file and its siblings next to the weights (trust_remote_code).
-    _auto_class = "AutoModel"
     # `experts_implementation=` is accepted where transformers finds `@use_experts_implementation` in the model's own
     # module source; our experts class carries it in its sibling `modeling_lladamoe.py`, so say so directly (this is
     # the value transformers caches after that check).
     _can_set_experts_implementation_cached_value = True
     # Declares where `output_router_logits` comes from (transformers' MoE convention; collected by `forward` itself).
     _can_record_outputs = {"router_logits": OutputRecorder(LLaDA2MoeSparseMoeBlock, index=1)}
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the code files and an `auto_map` for every Auto class."""
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        type(self.config)._auto_class = "AutoConfig"
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
-        """transformers' check of `experts_implementation`, except that the default (None) is `"eager"`, the forward
-        of [`LLaDAMoEExperts`], which picks grouped matmuls or a per-expert loop by size (as for LLaDA-MoE)."""
-        return super().get_correct_experts_implementation("eager" if requested_experts is None else requested_experts)
+    code_auto_map = AUTO_MAP
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-            # as the official code (and transformers): the padding row starts at zero; a slice loses the init flag
-            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
-                init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, LLaDARMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, LLaDAMoEExperts):
-            init.normal_(module.gate_up_proj, mean=0.0, std=std)
-            init.normal_(module.down_proj, mean=0.0, std=std)
-        elif isinstance(module, LLaDA2MoeRouter):
-            init.normal_(module.weight, mean=0.0, std=std)
+        self.init_moe_weights(module)
+        if isinstance(module, LLaDA2MoeRouter):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.expert_bias)
 
 
-class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
+class LLaDA2MoeModel(DecoderStackMixin, LLaDA2MoePreTrainedModel):
     """The bare LLaDA 2 Transformer: token ids in, final-norm hidden states out (official name `model.*`)."""
 
-    # The dense model's input checks read only `padded_vocab_size` and `max_sequence_length`, which this config has.
-    _validate_inputs = LLaDAModel._validate_inputs
+    embeddings_name = "word_embeddings"
 
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__(config)
         # as the official model: the padding id's embedding row gets no gradient
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList(LLaDA2MoeDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.gradient_checkpointing = False
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.word_embeddings = value
+        self.init_layers(config, LLaDA2MoeDecoderLayer)
 
     @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        output_router_logits: bool | None = None,
-        validate_inputs: bool = True,
-        cache: Cache | None = None,
-        use_cache: bool = False,
-        **kwargs: Unpack[TransformersKwargs],
+        input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+        output_router_logits: bool | None = None, validate_inputs: bool = True, cache: Cache | None = None,
+        use_cache: bool = False, **kwargs: Unpack[TransformersKwargs],
     ) -> LLaDA2MoeModelOutput:
         """Run the Transformer over a canvas, or over a chunk that follows a cache.
 
@@ -378,18 +238,7 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
             kwargs: transformers' keyword arguments (`TransformersKwargs`); unknown ones raise a TypeError.
             return_dict: `False` returns the fields of [`LLaDA2MoeModelOutput`] that are set, as a tuple.
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        cache = cache_argument(cache, kwargs, "forward")
-        check_forward_kwargs(kwargs, type(self).__name__)
-        for name in ("num_items_in_batch", "is_causal", "cache_position"):
-            kwargs.pop(name, None)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("LLaDA 2 forward needs exactly one of `input_ids` or `inputs_embeds`.")
+        cache = open_forward(self, "LLaDA 2", input_ids, inputs_embeds, cache, kwargs)
         if cache is not None and not isinstance(cache, Cache):
             raise ValueError(
                 f"`cache` must be a transformers Cache (e.g. DynamicCache()), got {type(cache).__name__}."
@@ -402,36 +251,13 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         self._check_mask_shape(attention_mask, batch, length, past)
         if validate_inputs:
-            self._validate_inputs(input_ids, inputs_embeds, attention_mask, past + length)
-        if inputs_embeds is None:
-            inputs_embeds = self.word_embeddings(input_ids)
-        hidden = inputs_embeds
-        if position_ids is None:
-            position_ids = torch.arange(past, past + length, device=hidden.device)[None]
-        rotary = rotary_cos_sin(position_ids, self.config.rotated_dim, self.config.rope_theta)
+            check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past + length)
+        hidden = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        rotary = rotary_for_positions(position_ids, past, hidden, self.config.rotated_dim, self.config.rope_theta)
         mask = self._attention_mask(attention_mask, hidden, past, check_values=validate_inputs)
-
-        all_hidden = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        all_router_logits = () if output_router_logits else None
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            hidden, weights, router_logits = layer(hidden, rotary, mask, cache, **kwargs)
-            if output_attentions:
-                all_attentions += (weights,)
-            if output_router_logits and router_logits is not None:
-                all_router_logits += (router_logits,)
-        hidden = self.norm(hidden)
-        if output_hidden_states:
-            all_hidden += (hidden,)
-        return LLaDA2MoeModelOutput(
-            last_hidden_state=hidden,
-            cache=cache,
-            hidden_states=all_hidden,
-            attentions=all_attentions,
-            router_logits=all_router_logits,
-        )
+        fields = run_layers(self, self.layers, self.norm, hidden, (rotary, mask, cache), kwargs, output_hidden_states,
+                            output_attentions, output_router_logits)
+        return LLaDA2MoeModelOutput(cache=cache, **fields)
 
     def _check_mask_shape(self, attention_mask: torch.Tensor | None, b: int, length: int, past: int) -> None:
         """Raise a ValueError naming the expected shapes when `attention_mask` (2-D or 4-D) fits none of them."""
@@ -471,9 +297,8 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
                 return create_bidirectional_mask(
                     config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
                 )
-            self._require_dense_mask_attention("a forward with a cache")
-            return attention_mask[:, None, None, :].bool()
-        self._require_dense_mask_attention("a 3-D or 4-D attention_mask")
+            return cached_padding_mask(self.config, attention_mask)
+        require_dense_mask_attention(self.config, "A 3-D or 4-D attention_mask")
         if attention_mask.dtype == torch.bool:
             return attention_mask
         if not attention_mask.is_floating_point():
@@ -486,15 +311,10 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
             )
         return attention_mask.to(hidden.dtype)
 
-    def _require_dense_mask_attention(self, what: str) -> None:
-        if self.config._attn_implementation not in DENSE_MASK_ATTENTION:
-            raise ValueError(
-                f"{what} needs the eager or sdpa attention implementation, not {self.config._attn_implementation!r}; "
-                "load the model with attn_implementation='sdpa'."
-            )
 
-
-class LLaDA2MoeModelLM(LLaDA2GenerationMixin, LLaDALikelihoodMixin, LLaDA2MoePreTrainedModel):
+class LLaDA2MoeModelLM(
+    LinearHeadMixin, LLaDAHeadMixin, LLaDA2GenerationMixin, LLaDALikelihoodMixin, LLaDA2MoePreTrainedModel
+):
     """LLaDA 2 with its output head: predicts the clean token at every position of a (partly masked) canvas.
 
     `generate` is LLaDA 2's block diffusion (`generation_llada2.py`); the official checkpoints do not store the
@@ -506,26 +326,7 @@ class LLaDA2MoeModelLM(LLaDA2GenerationMixin, LLaDALikelihoodMixin, LLaDA2MoePre
 
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__(config)
-        self.model = LLaDA2MoeModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.word_embeddings = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        """True: `generate` is the block-diffusion reverse process (pipelines and `from_pretrained` read this)."""
-        return True
+        self.init_head(config, LLaDA2MoeModel(config))
 
     def _likelihood_block_length(self) -> int:
         """`log_likelihood` scores LLaDA 2 by block diffusion, as it is sampled and trained: blocks of the block
@@ -535,19 +336,12 @@ class LLaDA2MoeModelLM(LLaDA2GenerationMixin, LLaDALikelihoodMixin, LLaDA2MoePre
     @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        output_router_logits: bool | None = None,
-        logits_to_keep: int | slice | torch.Tensor = 0,
-        validate_inputs: bool = True,
-        cache: Cache | None = None,
-        use_cache: bool = False,
-        **kwargs: Unpack[TransformersKwargs],
+        input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None, output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None, output_router_logits: bool | None = None,
+        logits_to_keep: int | slice | torch.Tensor = 0, validate_inputs: bool = True, cache: Cache | None = None,
+        use_cache: bool = False, **kwargs: Unpack[TransformersKwargs],
     ) -> LLaDA2MoeOutput:
         """Logits of the clean tokens for a (partly masked) canvas or a chunk after a cache; arguments as in
         [`LLaDA2MoeModel.forward`], plus:
@@ -557,35 +351,14 @@ class LLaDA2MoeModelLM(LLaDA2GenerationMixin, LLaDALikelihoodMixin, LLaDA2MoePre
         logits_to_keep: 0 keeps every position; an int k the last k; a slice or index tensor those positions; a
             boolean (b, n) tensor the selected tokens, flattened to (selected, vocab).
         """
-        cache = cache_argument(cache, kwargs, "forward")
-        check_forward_kwargs(kwargs, type(self).__name__)
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            output_router_logits=output_router_logits,
-            validate_inputs=validate_inputs,
-            cache=cache,
-            use_cache=use_cache,
-            return_dict=True,
-            **kwargs,
+        outputs, logits, loss = head_forward(
+            self, self.lm_head, labels, logits_to_keep, cache, kwargs, input_ids=input_ids,
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            output_router_logits=output_router_logits, validate_inputs=validate_inputs, use_cache=use_cache,
         )
-        hidden = outputs.last_hidden_state
-        selected = keep_positions(hidden, logits_to_keep)
-        logits = self.lm_head(selected)
-        loss = None if labels is None else label_loss(logits, labels, num_items_in_batch)
-        return LLaDA2MoeOutput(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            router_logits=outputs.router_logits,
-        )
+        return LLaDA2MoeOutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+                               attentions=outputs.attentions, router_logits=outputs.router_logits)
 
 
 __all__ = [

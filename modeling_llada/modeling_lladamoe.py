@@ -1,8 +1,11 @@
 """LLaDA-MoE: an OLMoE-style mixture-of-experts Transformer without the causal mask, trained as a masked-diffusion LM.
 
-One file, read top to bottom: rotary embedding, attention (with q/k RMSNorm), MLP, fused experts, sparse MoE block,
-decoder layer, pre-trained base, bare model, model with head. Parameter names are the official ones
-(`model.layers.{i}.self_attn.q_norm.weight`, `model.layers.{i}.mlp.expert_bias`,
+One file, read top to bottom: attention (with q/k RMSNorm), MLP, fused experts, sparse MoE block, decoder layer,
+pre-trained base, bare model, model with head. What the three model files share (rotary embedding, attention, the steps
+of the forwards) comes from modeling_llada.py; what the two MoE files share (experts, the `...Mixin` classes of the
+MoE block, decoder layer, pre-trained base, bare model and head) is defined here and imported by modeling_llada2_moe.py.
+
+Parameter names are the official ones (`model.layers.{i}.self_attn.q_norm.weight`, `model.layers.{i}.mlp.expert_bias`,
 `model.layers.{i}.shared_expert.up_proj.weight`, `lm_head.weight`, ...) except the routed experts, which live in two
 fused tensors per layer as in transformers 5's own MoE models (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`);
 the checkpoint conversion mapping registered in this file reads the official per-expert weights
@@ -37,84 +40,37 @@ from torch import nn
 from transformers import PreTrainedModel
 
 # transformers internals this file relies on (inventory: tests/test_upstream_internals.py). Besides these imports:
-# PreTrainedModel's `_init_weights`, `_no_split_modules`, `_supports_*`, `_can_record_outputs`, `_tied_weights_keys`,
-# `_auto_class`, `get_correct_experts_implementation`, `config._attn_implementation`, and the `_apply_gate` that
-# `use_experts_implementation` gives the experts class.
+# PreTrainedModel's `_init_weights`, `_no_split_modules`, `_can_record_outputs`, `_tied_weights_keys`,
+# `get_correct_experts_implementation` (overridden in `ExpertsPreTrainedMixin`, which LLaDA 2 shares), and the
+# `_apply_gate` that `use_experts_implementation` gives the experts class. The internals every model file shares
+# (attention dispatch, masks, `_supports_*`, `_auto_class`, `config._attn_implementation`) are used in
+# modeling_llada.py, whose shared pieces this file imports.
 from transformers import initialization as init  # normal_ / zeros_ / ones_ that skip `_is_hf_initialized` tensors
 from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping  # (name, mapping, overwrite=)
 from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter  # the expert merge recipe
 from transformers.integrations.moe import use_experts_implementation  # bare class decorator: experts dispatch
-from transformers.masking_utils import create_bidirectional_mask  # (config=, inputs_embeds=, attention_mask=)
 from transformers.modeling_layers import GradientCheckpointingLayer  # activation checkpointing of the layers
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # .get_interface(name, default)(module, q, k, v, ...)
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder  # (target_class, index=) in `_can_record_outputs`
 
 from .configuration_lladamoe import LLaDAMoEConfig
 from .generation_llada import LLaDAGenerationMixin
 from .likelihood_llada import LLaDALikelihoodMixin
-from .modeling_llada import (
-    LegacyCacheOutputMixin,
-    LLaDACache,
-    LLaDAModel,
-    LLaDARMSNorm,
-    check_forward_kwargs,
-    eager_attention,
-    keep_positions,
-    label_loss,
-    legacy_cache_argument,
-    rotate_half,
-)
+from .modeling_llada import (LegacyCacheOutputMixin, LLaDAAttentionMixin, LLaDACache, LLaDAHeadMixin, LLaDAModelOutput,
+                             LLaDAPreTrainedMixin, LLaDARMSNorm, auto_map, canvas_layer_inputs, head_forward,
+                             init_shared_weights, open_canvas_forward, run_layers)
 
-logger = logging.get_logger(__name__)
-
-# What `save_pretrained` writes into config.json, so the folder loads with trust_remote_code through every Auto class.
-AUTO_MAP = {
-    "AutoConfig": "configuration_lladamoe.LLaDAMoEConfig",
-    "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
-    "AutoModelForMaskedLM": "modeling_lladamoe.LLaDAMoEModelLM",
-    "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM",
-}
+AUTO_MAP = auto_map("configuration_lladamoe.LLaDAMoEConfig", "modeling_lladamoe.LLaDAMoEModelLM")
 
 
-def rotary_cos_sin(
-    position_ids: torch.Tensor, rotary_dim: int, theta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 cos/sin tables (b or 1, 1, L, rotary_dim) of NeoX-style rotary embeddings over `rotary_dim` dimensions."""
-    exponents = torch.arange(0, rotary_dim, 2, device=position_ids.device, dtype=torch.float) / rotary_dim
-    inv_freq = 1.0 / (theta**exponents)
-    freqs = position_ids.float()[..., None] * inv_freq
-    angles = torch.cat((freqs, freqs), dim=-1)[:, None]
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first `cos.shape[-1]` dimensions of (b, heads, L, head_dim) `x` in fp32; the rest pass through."""
-    rotary_dim = cos.shape[-1]
-    rot = x[..., :rotary_dim].float()
-    rot = (rot * cos + rotate_half(rot) * sin).to(x.dtype)
-    if rotary_dim == x.shape[-1]:
-        return rot
-    return torch.cat((rot, x[..., rotary_dim:]), dim=-1)
-
-
-class LLaDAMoEAttention(nn.Module):
+class LLaDAMoEAttention(LLaDAAttentionMixin, nn.Module):
     """Bidirectional multi-head attention with RMSNorm on each head's queries and keys."""
 
     def __init__(self, config: LLaDAMoEConfig, layer_idx: int):
         super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        # Read by transformers' attention functions.
-        self.num_key_value_groups = self.num_heads // self.num_kv_heads
-        self.is_causal = False
-        self.scaling = self.head_dim**-0.5
-
+        self.init_attention(config, layer_idx)
         d, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
@@ -124,15 +80,9 @@ class LLaDAMoEAttention(nn.Module):
             self.q_norm = LLaDARMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = LLaDARMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rotary: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None,
-        cache: LLaDACache | None = None,
-        cache_position: int | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    forward = LLaDAAttentionMixin.attention
+
+    def queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, length, _ = x.shape
         q = self.q_proj(x).view(b, length, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, length, self.num_kv_heads, self.head_dim)
@@ -142,27 +92,10 @@ class LLaDAMoEAttention(nn.Module):
         if self.config.clip_qkv is not None:
             clip = self.config.clip_qkv
             q, k, v = q.clamp(-clip, clip), k.clamp(-clip, clip), v.clamp(-clip, clip)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        cos, sin = rotary
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            if cache_position is None:  # a full forward: remember this canvas's keys and values
-                cache.store(self.layer_idx, k, v)
-            else:  # a slice: attend to the cached keys and values of the rest of the canvas
-                k, v = cache.around(self.layer_idx, k, v, cache_position)
-        attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
-        out, weights = attention_fn(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            is_causal=False,
-            **kwargs,
-        )
-        return self.o_proj(out.reshape(b, length, -1)), weights
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(out)
 
 
 class LLaDAMoEMLP(nn.Module):
@@ -329,7 +262,22 @@ for _key in ("LLaDAMoEModelLM", "LLaDAMoEModel", "llada2_moe"):
     register_checkpoint_conversion_mapping(_key, expert_conversion_mapping(), overwrite=True)
 
 
-class LLaDAMoESparseMoeBlock(nn.Module):
+class SparseMoeBlockMixin:
+    """The forward of the sparse MoE blocks of LLaDA-MoE and LLaDA 2: `route` the tokens, weight the outputs of the
+    chosen `experts`, add those of the `shared_experts` where the block has them (LLaDA 2's)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., hidden) -> the MoE output in that shape, and the (tokens, num_experts) router logits."""
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        router_logits, weights, experts = self.route(x)
+        y = self.experts(x, experts, weights)
+        if hasattr(self, "shared_experts"):
+            y = y + self.shared_experts(x)
+        return y.reshape(shape), router_logits
+
+
+class LLaDAMoESparseMoeBlock(SparseMoeBlockMixin, nn.Module):
     """Routed experts: softmax router (+ expert bias), top-k, weighted sum of the chosen experts' outputs."""
 
     def __init__(self, config: LLaDAMoEConfig):
@@ -355,12 +303,6 @@ class LLaDAMoESparseMoeBlock(nn.Module):
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return router_logits, weights.to(x.dtype), experts
-
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = hidden_states.shape
-        x = hidden_states.reshape(-1, shape[-1])
-        router_logits, weights, experts = self.route(x)
-        return self.experts(x, experts, weights).reshape(shape), router_logits
 
 
 def load_balancing_loss(
@@ -390,7 +332,40 @@ def load_balancing_loss(
     return (tokens_per_expert * prob_per_expert[None]).sum() * num_experts
 
 
-class LLaDAMoEDecoderLayer(GradientCheckpointingLayer):
+class DecoderLayerMixin:
+    """The pre-norm layer of LLaDA-MoE and LLaDA 2: the attention module named `attention_name` (the official names
+    differ) over `input_layernorm`, then `mlp` over `post_attention_layernorm`: a dense MLP or, where `is_moe`, the
+    routed experts, whose router logits the layer returns third, plus a layer-level `shared_expert` where there is
+    one (LLaDA-MoE; LLaDA 2's shared experts are part of its `mlp`)."""
+
+    attention_name = "self_attn"
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache=None,
+        cache_position: int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attention = getattr(self, self.attention_name)
+        attended, weights = attention(
+            self.input_layernorm(hidden_states), rotary, attention_mask, cache, cache_position, **kwargs
+        )
+        hidden_states = hidden_states + attended
+        x = self.post_attention_layernorm(hidden_states)
+        router_logits = None
+        if self.is_moe:
+            y, router_logits = self.mlp(x)
+            if hasattr(self, "shared_expert"):
+                y = y + self.shared_expert(x)
+        else:
+            y = self.mlp(x)
+        return hidden_states + y, weights, router_logits
+
+
+class LLaDAMoEDecoderLayer(DecoderLayerMixin, GradientCheckpointingLayer):
     """Pre-norm block: attention, then the dense MLP or the routed experts plus the shared expert."""
 
     def __init__(self, config: LLaDAMoEConfig, layer_idx: int):
@@ -406,39 +381,12 @@ class LLaDAMoEDecoderLayer(GradientCheckpointingLayer):
         else:
             self.mlp = LLaDAMoEMLP(config, config.dense_intermediate_size)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        rotary: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None = None,
-        cache: LLaDACache | None = None,
-        cache_position: int | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attended, weights = self.self_attn(
-            self.input_layernorm(hidden_states), rotary, attention_mask, cache, cache_position, **kwargs
-        )
-        hidden_states = hidden_states + attended
-        x = self.post_attention_layernorm(hidden_states)
-        router_logits = None
-        if self.is_moe:
-            y, router_logits = self.mlp(x)
-            if hasattr(self, "shared_expert"):
-                y = y + self.shared_expert(x)
-        else:
-            y = self.mlp(x)
-        return hidden_states + y, weights, router_logits
-
 
 @dataclass
-class LLaDAMoEModelOutput(LegacyCacheOutputMixin, ModelOutput):
+class LLaDAMoEModelOutput(LLaDAModelOutput):
     """Output of [`LLaDAMoEModel`]: as [`LLaDAModelOutput`], plus `router_logits` (with `output_router_logits`):
     per MoE layer, the (b * L, num_experts) logits of its router."""
 
-    last_hidden_state: torch.Tensor | None = None
-    cache: "LLaDACache | None" = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
     router_logits: tuple[torch.Tensor, ...] | None = None
 
 
@@ -457,26 +405,9 @@ class LLaDAMoEOutput(LegacyCacheOutputMixin, ModelOutput):
     router_logits: tuple[torch.Tensor, ...] | None = None
 
 
-class LLaDAMoEPreTrainedModel(PreTrainedModel):
-    config_class = LLaDAMoEConfig
-    config: LLaDAMoEConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["LLaDAMoEDecoderLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    # What `output_router_logits` returns: the second output of each sparse MoE block (recorded by our forward).
-    _can_record_outputs = {"router_logits": OutputRecorder(LLaDAMoESparseMoeBlock, index=1)}
-    # save_pretrained copies this file and its siblings next to the weights (trust_remote_code).
-    _auto_class = "AutoModel"
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the code files and an `auto_map` for every Auto class."""
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        type(self.config)._auto_class = "AutoConfig"
-        return super().save_pretrained(save_directory, *args, **kwargs)
+class ExpertsPreTrainedMixin:
+    """What the pre-trained bases of LLaDA-MoE and LLaDA 2 add to [`LLaDAPreTrainedMixin`] (before `PreTrainedModel`
+    in their bases): the default experts implementation, and the initialisation of the fused experts."""
 
     def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
         """transformers' check of `experts_implementation`, except that the default (None) is `"eager"`, our own
@@ -485,116 +416,98 @@ class LLaDAMoEPreTrainedModel(PreTrainedModel):
         return super().get_correct_experts_implementation("eager" if requested_experts is None else requested_experts)
 
     @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
+    def init_moe_weights(self, module: nn.Module) -> None:
+        """[`init_shared_weights`], and the fused experts' weights normal(0, `initializer_range`)."""
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, LLaDARMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, LLaDAMoEExperts):
+        init_shared_weights(module, std)
+        if isinstance(module, LLaDAMoEExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
             init.normal_(module.down_proj, mean=0.0, std=std)
-        elif isinstance(module, LLaDAMoESparseMoeBlock) and module.expert_bias is not None:
+
+
+class LLaDAMoEPreTrainedModel(ExpertsPreTrainedMixin, LLaDAPreTrainedMixin, PreTrainedModel):
+    config_class = LLaDAMoEConfig
+    config: LLaDAMoEConfig
+    _no_split_modules = ["LLaDAMoEDecoderLayer"]
+    # What `output_router_logits` returns: the second output of each sparse MoE block (recorded by our forward).
+    _can_record_outputs = {"router_logits": OutputRecorder(LLaDAMoESparseMoeBlock, index=1)}
+    code_auto_map = AUTO_MAP
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        self.init_moe_weights(module)
+        if isinstance(module, LLaDAMoESparseMoeBlock) and module.expert_bias is not None:
             init.zeros_(module.expert_bias)
 
 
-class LLaDAMoEModel(LLaDAMoEPreTrainedModel):
-    """The bare LLaDA-MoE Transformer: token ids in, final-norm hidden states out (official name `model.*`)."""
+class DecoderStackMixin:
+    """What the bare models of LLaDA-MoE and LLaDA 2 share besides the steps of their forward: a token embedding (the
+    module named `embeddings_name`; the official names differ), then `layers` and a final `norm`."""
 
-    # The dense model's input checks read only `padded_vocab_size` and `max_sequence_length`, which this config has.
-    _validate_inputs = LLaDAModel._validate_inputs
-    _cached_attention_mask = LLaDAModel._cached_attention_mask
+    embeddings_name = "embed_tokens"
 
-    def __init__(self, config: LLaDAMoEConfig):
-        super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LLaDAMoEDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+    def init_layers(self, config, layer_class: type[nn.Module]) -> None:
+        """`layers` (one `layer_class(config, i)` per layer) and `norm`, then transformers' `post_init`."""
+        self.layers = nn.ModuleList(layer_class(config, i) for i in range(config.num_hidden_layers))
         self.norm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
+        return getattr(self, self.embeddings_name)
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
+        setattr(self, self.embeddings_name, value)
+
+
+class LinearHeadMixin:
+    """The output head of LLaDA-MoE and LLaDA 2: `lm_head`, a linear map from `hidden_size` to `vocab_size` (no
+    bias) after the bare model `model`."""
+
+    def init_head(self, config, model: nn.Module) -> None:
+        """`model` and `lm_head`, then transformers' `post_init`."""
+        self.model = model
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+
+class LLaDAMoEModel(DecoderStackMixin, LLaDAMoEPreTrainedModel):
+    """The bare LLaDA-MoE Transformer: token ids in, final-norm hidden states out (official name `model.*`)."""
+
+    def __init__(self, config: LLaDAMoEConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.init_layers(config, LLaDAMoEDecoderLayer)
 
     @can_return_tuple
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        output_router_logits: bool | None = None,
-        validate_inputs: bool = True,
-        cache: LLaDACache | None = None,
-        use_cache: bool = False,
-        cache_position: int | None = None,
-        **kwargs: Unpack[TransformersKwargs],
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+        output_router_logits: bool | None = None, validate_inputs: bool = True, cache: LLaDACache | None = None,
+        use_cache: bool = False, cache_position: int | None = None, **kwargs: Unpack[TransformersKwargs],
     ) -> LLaDAMoEModelOutput:
         """Run the Transformer over a whole canvas (no causal mask). Arguments as in [`LLaDAModel.forward`], plus
         `output_router_logits` (defaults to `config.output_router_logits`)."""
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        cache = legacy_cache_argument(cache, kwargs)
-        check_forward_kwargs(kwargs, type(self).__name__)
-        for name in ("num_items_in_batch", "is_causal"):
-            kwargs.pop(name, None)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("LLaDA-MoE forward needs exactly one of `input_ids` or `inputs_embeds`.")
-        if validate_inputs:
-            canvas_length = cache.get_seq_length() if cache_position is not None and cache is not None else None
-            self._validate_inputs(input_ids, inputs_embeds, attention_mask, canvas_length)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        hidden = inputs_embeds
-        length = hidden.shape[1]
-        start = cache_position if cache_position is not None else 0
-        if cache_position is not None and cache is None:
-            raise ValueError("cache_position needs `cache` (the LLaDACache of a use_cache=True forward).")
-        if use_cache and cache is None:
-            cache = LLaDACache()
-        if position_ids is None:
-            position_ids = torch.arange(start, start + length, device=hidden.device)[None]
-        rotary = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta)
-        if cache_position is not None:
-            mask = self._cached_attention_mask(attention_mask)
-        else:
-            mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
-
-        all_hidden = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        all_router_logits = () if output_router_logits else None
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            hidden, weights, router_logits = layer(hidden, rotary, mask, cache, cache_position, **kwargs)
-            if output_attentions:
-                all_attentions += (weights,)
-            if output_router_logits and router_logits is not None:
-                all_router_logits += (router_logits,)
-        hidden = self.norm(hidden)
-        if output_hidden_states:
-            all_hidden += (hidden,)
-        return LLaDAMoEModelOutput(
-            last_hidden_state=hidden,
-            cache=cache,
-            hidden_states=all_hidden,
-            attentions=all_attentions,
-            router_logits=all_router_logits,
-        )
+        cache = open_canvas_forward(self, "LLaDA-MoE", input_ids, inputs_embeds, attention_mask, cache, use_cache,
+                                    cache_position, validate_inputs, kwargs)
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        layer_inputs = canvas_layer_inputs(self, hidden, attention_mask, position_ids, cache, cache_position,
+                                           self.config.rotary_dim)
+        fields = run_layers(self, self.layers, self.norm, hidden, layer_inputs, kwargs, output_hidden_states,
+                            output_attentions, output_router_logits)
+        return LLaDAMoEModelOutput(cache=cache, **fields)
 
 
-class LLaDAMoEModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAMoEPreTrainedModel):
+class LLaDAMoEModelLM(
+    LinearHeadMixin, LLaDAHeadMixin, LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAMoEPreTrainedModel
+):
     """LLaDA-MoE with its output head: predicts the clean token at every position of a (partly masked) canvas.
 
     `generate` is the same diffusion sampler as the dense [`LLaDAModelLM`]'s (`generation_llada.py`); the official
@@ -605,90 +518,41 @@ class LLaDAMoEModelLM(LLaDAGenerationMixin, LLaDALikelihoodMixin, LLaDAMoEPreTra
 
     def __init__(self, config: LLaDAMoEConfig):
         super().__init__(config)
-        self.model = LLaDAMoEModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        """True: `generate` is the diffusion reverse process (pipelines and `from_pretrained` read this)."""
-        return True
+        self.init_head(config, LLaDAMoEModel(config))
 
     @can_return_tuple
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        output_router_logits: bool | None = None,
-        logits_to_keep: int | slice | torch.Tensor = 0,
-        validate_inputs: bool = True,
-        cache: LLaDACache | None = None,
-        use_cache: bool = False,
-        cache_position: int | None = None,
-        **kwargs: Unpack[TransformersKwargs],
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None, output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None, output_router_logits: bool | None = None,
+        logits_to_keep: int | slice | torch.Tensor = 0, validate_inputs: bool = True, cache: LLaDACache | None = None,
+        use_cache: bool = False, cache_position: int | None = None, **kwargs: Unpack[TransformersKwargs],
     ) -> LLaDAMoEOutput:
         """Logits of the clean tokens for a (partly masked) canvas; arguments as in [`LLaDAModelLM.forward`], plus
         `output_router_logits`: with it, `aux_loss` is the load-balancing loss of the routers (padding excluded)
         and, when `labels` are given, `loss` adds `config.router_aux_loss_coef * aux_loss` (the OLMoE convention; the
         official code returns the aux loss only)."""
-        cache = legacy_cache_argument(cache, kwargs)
-        check_forward_kwargs(kwargs, type(self).__name__)
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            output_router_logits=output_router_logits,
-            validate_inputs=validate_inputs,
-            cache=cache,
-            use_cache=use_cache,
+        outputs, logits, loss = head_forward(
+            self, self.lm_head, labels, logits_to_keep, cache, kwargs, input_ids=input_ids,
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            output_router_logits=output_router_logits, validate_inputs=validate_inputs, use_cache=use_cache,
             cache_position=cache_position,
-            return_dict=True,
-            **kwargs,
         )
-        hidden = outputs.last_hidden_state
-        selected = keep_positions(hidden, logits_to_keep)
-        logits = self.lm_head(selected)
-        loss = None if labels is None else label_loss(logits, labels, num_items_in_batch)
         aux_loss = None
         if outputs.router_logits:
             mask = attention_mask
-            if mask is not None and (mask.dim() != 2 or mask.shape != hidden.shape[:2]):
+            if mask is not None and (mask.dim() != 2 or mask.shape != outputs.last_hidden_state.shape[:2]):
                 mask = None  # a prepared 4-D mask or a cached slice's canvas mask: count every token
             aux_loss = load_balancing_loss(
                 outputs.router_logits, self.config.num_experts, self.config.num_experts_per_tok, mask
             )
             if loss is not None:
                 loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
-        return LLaDAMoEOutput(
-            loss=loss,
-            aux_loss=aux_loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            router_logits=outputs.router_logits,
-        )
+        return LLaDAMoEOutput(loss=loss, aux_loss=aux_loss, logits=logits, cache=outputs.cache,
+                              hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                              router_logits=outputs.router_logits)
 
 
 __all__ = [

@@ -208,7 +208,7 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("argv, message", CLI_CASES, ids=[" ".join(a[:2]) for a, _ in CLI_CASES])
 def test_bad_cli_input_prints_one_line_and_exits_non_zero(capsys, argv, message):
-    from llada_cli.commands import main
+    from llada_cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         code = main(argv)

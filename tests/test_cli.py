@@ -7,11 +7,11 @@ import sys
 import pytest
 
 from hub_cards import check_folder
-from llada_cli.commands import main
+from llada_cli.main import main
 
 
 def llada_hf(*args: str, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
-    code = "import sys; from llada_cli.commands import main; sys.exit(main())"
+    code = "import sys; from llada_cli.main import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True,
                           timeout=900, cwd=cwd)
 
@@ -74,11 +74,10 @@ def test_help_lists_every_command(capsys):
     assert main([]) == 0 and capsys.readouterr().out == out
 
 
-def test_the_entry_points_are_one_function():
-    """`llada_cli.commands.main` (examples, old console scripts), `llada_cli.main.main` (the console script) and
-    `python -m llada_cli` run the same code."""
-    import llada_cli.main
-
-    assert main is llada_cli.main.main
+def test_python_dash_m_runs_the_console_script_s_main(capsys):
+    """`python -m llada_cli` (llada_cli/__main__.py) and the console script (`llada_cli.main:main`, pyproject.toml)
+    answer the same."""
     result = subprocess.run([sys.executable, "-m", "llada_cli", "--help"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "usage: llada-hf <command>" in result.stdout
+    assert main(["--help"]) == 0
+    assert result.returncode == 0 and result.stdout == capsys.readouterr().out
+    assert result.stdout.startswith("usage: llada-hf <command>")

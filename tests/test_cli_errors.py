@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import llada_cli.commands as commands
-from llada_cli.commands import DEBUG_ENV, main
+import llada_cli.generate
+from llada_cli.main import COMMANDS, DEBUG_ENV, build_parser, main
 
 
 @pytest.fixture(autouse=True)
@@ -81,14 +81,52 @@ def test_device_cuda_without_a_gpu_suggests_the_cpu(capsys, tmp_path):
     assert "--device 'tpu' is not a device name" in err
 
 
-def test_a_bad_dtype_lists_the_valid_ones_in_argparse_usage_form(capsys, tmp_path):
-    folder = str(config_folder(tmp_path / "llada", model_type="llada"))
+def usage_error(capsys, *argv: str) -> str:
+    """Run `llada-hf *argv`, which argparse refuses: exit status 2 and exactly one line on stderr, which it returns."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["generate", folder, "--prompt", "hi", "--dtype", "float33"])
+        main(list(argv))
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "--dtype: invalid choice: 'float33'" in err
-    assert all(name in err for name in ("float32", "bfloat16", "float16"))
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+# the words each command needs before argparse looks at anything else (its required arguments)
+REQUIRED = {"generate": ["m", "--prompt", "hi"], "chat": ["m"], "eval": ["--model", "m", "--tasks", "t"],
+            "publish": ["folder", "org/name"], "serve": ["m"]}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_an_unknown_flag_is_one_line_that_points_at_the_help(capsys, command):
+    err = usage_error(capsys, command, *REQUIRED.get(command, []), "--no_such_flag", "7")
+    assert err == f"llada-hf {command}: unrecognized arguments: --no_such_flag 7; see llada-hf {command} --help"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "m", "--prompt", "hi", "--dtype", "float33"], "--dtype: invalid choice: 'float33' (choose from"),
+    (["serve", "m", "--kv-cache", "full"], "--kv_cache: invalid choice: 'full' (choose from"),
+    (["quickstart", "--model", "llama"], "--model: invalid choice: 'llama' (choose from"),
+    (["dpo", "--lr_scheduler_type", "nope"], "--lr_scheduler_type: invalid choice: 'nope' (choose from"),
+])
+def test_a_bad_choice_is_one_line_with_the_valid_ones(capsys, argv, message):
+    err = usage_error(capsys, *argv)
+    assert err.startswith(f"llada-hf {argv[0]}: {message}"), err
+    parser = build_parser(argv[0])
+    flag = message.split(":")[0]
+    choices = next(action.choices for action in parser._actions if flag in action.option_strings)
+    assert all(str(choice) in err for choice in choices)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["chat", "m", "--max-new-tokens", "many"], "--max_new_tokens: invalid int value: 'many'"),
+    (["sft", "--max_steps", "x"], "--max_steps: invalid int value: 'x'"),
+    (["eval", "--tasks", "t"], "the following arguments are required: --model"),
+    (["generate", "m"], "the following arguments are required: --prompt"),
+    (["publish"], "the following arguments are required: folder, repo_id"),
+    (["serve", "m", "--port"], "--port: expected one argument"),
+])
+def test_a_bad_value_or_a_missing_argument_is_one_line(capsys, argv, message):
+    assert usage_error(capsys, *argv) == f"llada-hf {argv[0]}: {message}; see llada-hf {argv[0]} --help"
 
 
 def test_config_files_that_are_missing_broken_or_unknown_are_named(capsys, tmp_path):
@@ -136,7 +174,7 @@ def test_an_internal_error_is_one_line_unless_debugging(capsys, monkeypatch):
     def broken(argv):
         raise RuntimeError("something inside broke")
 
-    monkeypatch.setattr(commands, "generate", broken)
+    monkeypatch.setattr(llada_cli.generate, "generate", broken)
     assert main(["generate"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (f"llada-hf generate: internal error: RuntimeError: something inside broke (run again with "
@@ -149,7 +187,7 @@ def test_an_internal_error_is_one_line_unless_debugging(capsys, monkeypatch):
 def console_script(*args: str) -> subprocess.CompletedProcess:
     """The installed `llada-hf` entry point, or the same `main` through the interpreter where it is not installed."""
     script = Path(sys.executable).with_name("llada-hf")
-    code = "import sys; from llada_cli.commands import main; sys.exit(main())"
+    code = "import sys; from llada_cli.main import main; sys.exit(main())"
     command = [str(script)] if script.exists() else [sys.executable, "-c", code]
     env = {key: value for key, value in os.environ.items() if key != DEBUG_ENV}
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, env=env)

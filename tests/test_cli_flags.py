@@ -33,13 +33,9 @@ _parsers = {}
 
 
 def parser_of(command: str) -> argparse.ArgumentParser:
-    """The command's parser, built once per session (pretrain and sft take seconds); skips a command whose module
-    does not expose its builder yet."""
+    """The command's parser, built once per session (the training commands' take seconds)."""
     if command not in _parsers:
-        parser = build_parser(command)
-        if parser is None:
-            pytest.skip(f"{COMMANDS[command].parser_module} has no {COMMANDS[command].parser_builder}() yet")
-        _parsers[command] = parser
+        _parsers[command] = build_parser(command)
     return _parsers[command]
 
 
@@ -70,12 +66,29 @@ def test_every_flag_has_help_and_shows_its_default_and_choices(command):
             assert str(choice) in text, f"{command} {name}: choice {choice!r} missing from the help"
 
 
-@pytest.mark.parametrize("command", ["generate", "chat"])
-def test_unset_generation_flags_say_what_happens_by_default(command):
-    formatter = parser_of(command)._get_formatter()
-    for action in options(parser_of(command)):
-        if action.option_strings and not action.required:
-            assert "default" in formatter._get_help_string(action).lower(), action.option_strings
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_option_says_its_default_or_that_it_is_required(command):
+    """Every option of every command, TrainingArguments' and TRL's included: its help shows the default, says in
+    words what happens without it, or says it is required."""
+    parser = parser_of(command)
+    formatter = parser._get_formatter()
+    silent = [action.option_strings[0] for action in options(parser) if action.option_strings
+              and not any(word in formatter._get_help_string(action).lower() for word in ("default", "required"))]
+    assert not silent, f"{command}: {silent} say neither their default nor that they are required"
+    required = [action for action in options(parser) if action.option_strings and action.required]
+    assert all("(required)" in formatter._get_help_string(action) for action in required)
+
+
+def test_a_flag_without_a_default_must_say_what_happens_without_it():
+    from llada_cli._args import add_flag, new_parser
+
+    parser = new_parser("demo", "")
+    with pytest.raises(ValueError, match="--limit has no default"):
+        add_flag(parser, "limit", type=int, help="examples per task")
+    add_flag(parser, "count", type=int, help="how many; default: all of them")
+    add_flag(parser, "name", required=True, help="a name")
+    text = parser.format_help()
+    assert "how many; default: all of them" in text and "a name (required)" in text
 
 
 @pytest.mark.parametrize("command", ["pretrain", "sft"])
@@ -87,13 +100,48 @@ def test_the_training_help_lists_config_first_and_keeps_our_defaults(command):
     assert "examples:" in text and f"llada-hf {command} --config" in text
 
 
-def test_the_generation_constants_match_the_library():
-    from llada_cli.commands import GENERATION_DTYPES, KV_CACHES, REMASKING, _GENERATION_FIELDS, build_generate_parser
-    from llada_cli.loading import DTYPES
-    from modeling_llada.generation_llada import KV_CACHE_MODES, REMASKING_STRATEGIES
+def test_the_cli_s_sampler_settings_are_what_the_generation_config_classes_say():
+    """llada_cli/sampler_settings.py is a torch-free copy (for --help) of the generation config classes: the same
+    choices, field names and defaults."""
+    import torch
 
-    assert GENERATION_DTYPES == DTYPES and REMASKING == REMASKING_STRATEGIES and KV_CACHES == KV_CACHE_MODES
-    assert set(_GENERATION_FIELDS) <= {action.dest for action in build_generate_parser()._actions}
+    from llada_cli import sampler_settings as cli
+    from modeling_llada.generation_llada import (
+        DEFAULT_MAX_NEW_TOKENS,
+        KV_CACHE_MODES,
+        REMASKING_STRATEGIES,
+        LLaDAGenerationConfig,
+    )
+    from modeling_llada.generation_llada2 import LLaDA2GenerationConfig
+
+    assert cli.REMASKING_STRATEGIES == REMASKING_STRATEGIES
+    assert cli.KV_CACHE_MODES == KV_CACHE_MODES == LLaDAGenerationConfig._kv_cache_modes
+    assert cli.LLADA2_KV_CACHE_MODES == LLaDA2GenerationConfig._kv_cache_modes
+    assert cli.DEFAULT_MAX_NEW_TOKENS == DEFAULT_MAX_NEW_TOKENS
+    llada, llada2 = LLaDAGenerationConfig(), LLaDA2GenerationConfig()
+    fields, fields2 = LLaDAGenerationConfig._diffusion_fields, LLaDA2GenerationConfig._diffusion_fields
+    assert set(cli.DEFAULTS) <= set(fields)
+    assert cli.DEFAULTS == {name: getattr(llada, name) for name in cli.DEFAULTS}
+    # LLaDA 2: exactly the fields of the flags whose default differs from LLaDA's, or that only LLaDA 2 has
+    flags = set(cli.DEFAULTS) | {action.dest for action in options(parser_of("generate"))}
+    assert cli.LLADA2_DEFAULTS == {name: getattr(llada2, name) for name in fields2 if name in flags and (
+        name not in fields or getattr(llada2, name) != getattr(llada, name))}
+    assert all(isinstance(getattr(torch, name), torch.dtype) for name in cli.DTYPES)
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "eval", "serve"])
+def test_the_sampler_flags_are_the_generation_config_s_fields_and_choices(command):
+    from llada_cli import sampler_settings as cli
+    from modeling_llada.generation_llada import LLaDAGenerationConfig
+    from modeling_llada.generation_llada2 import LLaDA2GenerationConfig
+
+    fields = {*LLaDAGenerationConfig._diffusion_fields, *LLaDA2GenerationConfig._diffusion_fields}
+    flags = {action.dest: action for action in options(parser_of(command))}
+    assert {name for name in flags if name in fields} <= set(cli.FIELDS)
+    assert set(flags["remasking"].choices) == set(cli.REMASKING_STRATEGIES)
+    if "kv_cache" in flags:
+        assert set(flags["kv_cache"].choices) == set(cli.KV_CACHE_MODES)
+    assert {choice for choice in flags["dtype"].choices if choice != "auto"} == set(cli.DTYPES)
 
 
 # -- both spellings -------------------------------------------------------------------------------------------------
@@ -167,7 +215,7 @@ def test_generate_flags_in_either_spelling():
 
 
 def test_the_flags_become_generate_kwargs():
-    from llada_cli.commands import generation_kwargs
+    from llada_cli.generate import generation_kwargs
 
     def kwargs(*words):
         return generation_kwargs(parser_of("generate").parse_args(["m", "--prompt", "hi", *words]))
@@ -184,7 +232,7 @@ def test_the_flags_become_generate_kwargs():
 def test_the_device_is_resolved_when_loading_not_when_parsing():
     import torch
 
-    from llada_cli.commands import check_device
+    from llada_cli.loading import check_device
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert check_device("auto").type == expected
@@ -206,20 +254,32 @@ def test_training_flags_in_dash_spelling_reach_the_dataclasses(command, words, e
     assert {name: values[name] for name in expected} == expected
 
 
+@pytest.mark.parametrize("command", ["pretrain", "sft", "dpo", "grpo"])
+def test_the_script_arguments_pickle(command, tmp_path):
+    """The script-argument dataclasses live at the top of their module, where pickle (multiprocessing, a Trainer's
+    saved state) finds them."""
+    import pickle
+
+    script_args = parser_of(command).parse_args_and_config(args=["--output_dir", str(tmp_path)])[0]
+    again = pickle.loads(pickle.dumps(script_args))
+    assert again == script_args and type(again) is type(script_args)
+    assert type(again).__module__ == "llada_cli.training_arguments"
+
+
 @pytest.mark.parametrize("form", ["--config", "--config="])
 def test_config_files_still_set_the_flags(form, tmp_path):
-    from llada_cli.commands import _check_config_file
+    from llada_cli.train import check_config_file
 
     parser = build_parser("sft")  # a fresh one: a config file changes the parser's defaults
     config = tmp_path / "run.yaml"
     config.write_text("max_steps: 3\nlearning_rate: 0.02\nlora_r: 2\n")
     words = [f"--config={config}"] if form.endswith("=") else ["--config", str(config)]
-    argv = _check_config_file(parser, [*words, "--output_dir", str(tmp_path / "out"), "--lora-r", "5"])
+    argv = check_config_file(parser, [*words, "--output_dir", str(tmp_path / "out"), "--lora-r", "5"])
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     assert (training_args.max_steps, training_args.learning_rate, model_args.lora_r) == (3, 0.02, 5)
     config.write_text("max_steps: 3\nconfig: other.yaml\n")  # --config is listed in the help, yet is no setting
     with pytest.raises(ValueError, match=r"unknown settings \['config'\]"):
-        _check_config_file(parser, ["--config", str(config)])
+        check_config_file(parser, ["--config", str(config)])
 
 
 # -- --version, the top-level help, unknown commands ------------------------------------------------------------------
@@ -256,15 +316,20 @@ def test_an_unknown_command_is_one_line_and_status_2():
 IMPORTED = "import sys; print(sorted(name for name in {heavy!r} if name in sys.modules))".format(heavy=HEAVY_MODULES)
 
 
+LIGHT_MODULES = ("main", "help_cache", "_args", "sampler_settings", "train", "grpo", "generate", "evaluate", "publish",
+                 "quickstart", "serve", "live_view")
+
+
 def test_importing_the_cli_imports_no_torch():
-    result = run_cli(code=f"import llada_cli.commands, llada_cli.main, llada_cli.help_cache, llada_cli._args; "
-                          f"{IMPORTED}")
+    modules = ", ".join(f"llada_cli.{name}" for name in LIGHT_MODULES)
+    result = run_cli(code=f"import {modules}; {IMPORTED}")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["generate", "--help"], ["chat", "-h"],
-                                  ["generate", "--prompt", "hi", "--help"], ["quickstart", "--help"]])
+                                  ["generate", "--prompt", "hi", "--help"], ["quickstart", "--help"],
+                                  ["eval", "--help"], ["publish", "--help"], ["serve", "--help"]])
 def test_light_commands_answer_without_importing_torch(argv):
     code = (f"import io, contextlib; from llada_cli.main import main\nwith contextlib.redirect_stdout(io.StringIO()) "
             f"as out: assert main({argv!r}) == 0\nassert 'usage' in out.getvalue() or 'llada-hf' in out.getvalue()\n"
@@ -301,12 +366,13 @@ def test_the_cached_help_equals_the_freshly_built_help(command, monkeypatch, cap
     assert help_cache.load(command) is None
     assert help_text(command) == fresh  # a miss: built and stored
     assert help_cache.load(command) == fresh
-    import llada_cli.commands as commands
+    import importlib
 
     def not_again():
         raise AssertionError("the parser was built although the cache holds its help")
 
-    monkeypatch.setattr(commands, COMMANDS[command].parser_builder, not_again)
+    module, _, builder = COMMANDS[command].parser.partition(":")
+    monkeypatch.setattr(importlib.import_module(module), builder, not_again)
     assert main([command, "--output_dir", "x", "--help"]) == 0
     assert capsys.readouterr().out == fresh
 

@@ -6,23 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from llada_cli.main import COMMANDS, Command, main
+from llada_cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def grpo_command(monkeypatch):
-    """The `grpo` entry of the command table (as llada_cli/main.py lists it)."""
-    monkeypatch.setitem(COMMANDS, "grpo", Command("reinforcement learning with diffu-GRPO (d1), full or LoRA",
-                                                  "llada_cli.grpo:grpo", "llada_cli.grpo", "build_parser", True))
 
 
 def last_error_line(capsys) -> str:
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_help_lists_the_diffusion_and_grpo_flags(grpo_command, capsys):
+def test_help_lists_the_diffusion_and_grpo_flags(capsys):
     assert main(["grpo", "--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("--p_mask_prompt", "--steps", "--block_length", "--remasking", "--threshold", "--kv_cache",
@@ -44,10 +37,10 @@ def test_diffusion_flags_parse_into_the_config():
     from llada_cli.grpo import build_parser
 
     _, args, _ = build_parser().parse_args_and_config(args=[
-        "--output_dir", "unused", "--kv_cache", "prefix", "--remasking", "random", "--threshold", "0.9", "--steps", "8",
+        "--output_dir", "unused", "--kv_cache", "prefix", "--remasking", "margin", "--threshold", "0.9", "--steps", "8",
         "--block_length", "8", "--p_mask_prompt", "0.3", "--generation_kwargs", '{"logits_eos_inf": true}'])
     assert (args.kv_cache, args.remasking, args.threshold, args.steps, args.block_length, args.p_mask_prompt) == (
-        "prefix", "random", 0.9, 8, 8, 0.3)
+        "prefix", "margin", 0.9, 8, 8, 0.3)
     assert args.generation_kwargs == {"logits_eos_inf": True}
 
 
@@ -57,12 +50,12 @@ def test_diffusion_flags_parse_into_the_config():
     (["--reward_funcs", "no_such_module_xyz:score"], "llada-hf grpo: --reward_funcs 'no_such_module_xyz:score': "
                                                      "cannot import"),
 ])
-def test_mistakes_are_one_line_errors(grpo_command, capsys, tmp_path, argv, message):
+def test_mistakes_are_one_line_errors(capsys, tmp_path, argv, message):
     assert main(["grpo", "--output_dir", str(tmp_path / "out"), *argv]) == 2
     assert last_error_line(capsys).startswith(message)
 
 
-def test_a_dataset_without_prompts_is_refused(grpo_command, capsys, tmp_path):
+def test_a_dataset_without_prompts_is_refused(capsys, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"question": "Say hi.", "answer": "hi"}\n' * 4)
     assert main(["grpo", "--dataset_name", str(data), "--output_dir", str(tmp_path / "out")]) == 2
@@ -79,7 +72,7 @@ def test_reward_funcs_resolve(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tiny_run_saves_the_model_and_the_example_runs(grpo_command, tmp_path):
+def test_a_tiny_run_saves_the_model_and_the_example_runs(tmp_path):
     assert main(["grpo", "--output_dir", str(tmp_path / "cli"), "--max_steps", "2", "--per_device_train_batch_size",
                  "8", "--num_generations", "4", "--max_completion_length", "8", "--disable_tqdm", "true",
                  "--save_strategy", "no"]) == 0

@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from hub_cards import check_folder
-from llada_cli.commands import main
+from llada_cli.main import main
 from tests.trainers.test_family_training import (
     LLADA2_DIR,
     LLADA2_IDS,
@@ -53,7 +54,7 @@ def test_generate_on_an_official_folder(member, tokenizer_dir, capsys):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from llada_cli.commands import _answer_text, _stop_ids
+    from llada_cli.generate import _answer_text, _stop_ids
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModel.from_pretrained(folder, mask_token_id=tokenizer.mask_token_id).eval()
@@ -67,7 +68,7 @@ def test_generate_on_an_official_folder(member, tokenizer_dir, capsys):
 @members
 def test_chat_on_an_official_folder(member, tokenizer_dir):
     folder, _ = MEMBERS[member]
-    code = "import sys; from llada_cli.commands import main; sys.exit(main())"
+    code = "import sys; from llada_cli.main import main; sys.exit(main())"
     result = subprocess.run(
         [sys.executable, "-c", code, "chat", str(folder), "--tokenizer", str(tokenizer_dir), "--no-live",
          "--max_new_tokens", "8", "--steps", "8", "--block_length", "8", "--device", "cpu"],
@@ -131,14 +132,22 @@ def test_publish_stages_the_members_code_files_and_the_card_names_the_architectu
     saved = tmp_path / "saved"
     model.save_pretrained(saved)
     chat_tokenizer(ids).save_pretrained(saved)
-    config = json.loads((saved / "config.json").read_text())
-    assert count_parameters(config) == sum(p.numel() for p in model.parameters())
+    count = sum(p.numel() for p in model.parameters())
+    assert count_parameters(saved) == count  # the weights' headers, less the routers' expert-bias buffers
     result = publish(saved, "me/tiny", dry_run=True, staging_dir=tmp_path / "hub")
     own_files = {"llada_moe": {"configuration_lladamoe.py", "modeling_lladamoe.py"},
                  "llada2": {"configuration_llada2_moe.py", "modeling_llada2_moe.py", "generation_llada2.py"}}[member]
     assert own_files <= set(result.files) and result.left_out == []
     name = {"llada_moe": "LLaDA-MoE", "llada2": "LLaDA 2"}[member]
-    assert f"is a **{name}**" in result.card and f"| parameters | {count_parameters(config):,} |" in result.card
+    assert f"is a **{name}**" in result.card and f"| parameters | {count:,} |" in result.card
+    # the example call and the sampler table say what `generate` uses: the member's own generation config
+    settings = model.generation_config.sampler_settings()
+    call = "".join(f"    {key}={value!r},\n" for key, value in settings.items())
+    assert f"model.generate(\n    input_ids,\n{call})" in result.card
+    assert "".join(f"| {key} | {value!r} |\n" for key, value in settings.items()) in result.card
+    if member == "llada2":  # block 32, 32 steps per block, threshold 0.95: never LLaDA 1's 128 / cfg_scale
+        assert settings["block_length"] == 32 and settings["threshold"] == 0.95 and "cfg_scale" not in result.card
+    model.generate(torch.tensor([[ids["bos"]]]), **settings)  # the sampler takes every setting the snippet passes
     loaded = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(tmp_path / "hub")], capture_output=True,
                             text=True, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
@@ -237,7 +246,7 @@ def test_token_editing_flags_reach_llada2_generate(tmp_path, capsys):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from llada_cli.commands import _answer_text, _stop_ids
+    from llada_cli.generate import _answer_text, _stop_ids
 
     folder = tmp_path / "tokenizer"
     chat_tokenizer(LLADA2_IDS).save_pretrained(folder)
@@ -280,7 +289,7 @@ def test_serve_answers_with_each_member_s_own_sampler(member, tmp_path):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from llada_cli.commands import _answer_text, _stop_ids
+    from llada_cli.generate import _answer_text, _stop_ids
     from tests.test_serve import Server
 
     source, ids = MEMBERS[member]

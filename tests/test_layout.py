@@ -1,19 +1,16 @@
-"""The four layers: modeling_llada (model) -> trainers (training) -> hub_cards (publishing) -> llada_cli (application).
-A layer imports only the layers before it; the application's old import paths under trainers/ keep working."""
+"""The four layers: modeling_llada (model) -> hub_cards (cards and publishing) -> trainers (training, which writes its
+card through hub_cards) -> llada_cli (application). A layer imports only the layers before it, lazily inside a function
+too, with no exception; no module forwards names to another with a module `__getattr__`."""
 
 import ast
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["modeling_llada", "trainers", "hub_cards", "llada_cli"]
-# modules kept under trainers/ and hub_cards/ for code written for the old layout: each is an alias of the
-# application module of the same name (they are never imported by the library itself)
-MOVED = ["commands", "quickstart", "live_view", "local_data", "loading"]
+LAYERS = ["modeling_llada", "hub_cards", "trainers", "llada_cli"]
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -28,8 +25,7 @@ def imported_packages(path: Path) -> set[str]:
 
 
 def library_files(package: str) -> list[Path]:
-    files = sorted((ROOT / package).glob("*.py"))
-    return [f for f in files if not (package == "trainers" and f.stem in MOVED)]
+    return sorted((ROOT / package).glob("*.py"))
 
 
 @pytest.mark.parametrize("package", LAYERS)
@@ -38,15 +34,23 @@ def test_a_layer_imports_only_the_layers_before_it(package):
     offenders = {}
     for path in library_files(package):
         found = imported_packages(path) & later
-        # `hub_cards.publish.main` and `trainers.lm_eval_llada.main` resolve lazily to the application's commands
-        if path.name in ("publish.py", "lm_eval_llada.py"):
-            found -= {"llada_cli"}
-        # the trainers write their model card through hub_cards when they save (lazily, inside save_model)
-        if package == "trainers" and path.name == "base.py":
-            found -= {"hub_cards"}
         if found:
             offenders[str(path.relative_to(ROOT))] = sorted(found)
     assert not offenders, f"imports from later layers: {offenders}"
+
+
+def test_the_layer_check_sees_imports_inside_functions(tmp_path):
+    path = tmp_path / "lazy.py"
+    path.write_text("import os\n\ndef f():\n    from llada_cli.main import main\n    import trainers.base\n")
+    assert imported_packages(path) == {"os", "llada_cli", "trainers"}
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_no_module_forwards_names_with_a_module_getattr(package):
+    forwarding = [str(path.relative_to(ROOT)) for path in library_files(package)
+                  if any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+                         for node in ast.parse(path.read_text()).body)]
+    assert not forwarding, f"module-level __getattr__ in {forwarding}: import the name from where it is defined"
 
 
 def test_the_model_files_import_only_torch_and_transformers():
@@ -56,33 +60,15 @@ def test_the_model_files_import_only_torch_and_transformers():
 
 
 def test_importing_the_libraries_does_not_load_the_application():
-    code = ("import sys, modeling_llada, trainers, hub_cards, trainers.lm_eval_llada, hub_cards.publish; "
+    code = ("import sys, modeling_llada, hub_cards, hub_cards.publish, trainers, trainers.lm_eval_llada; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'llada_cli'))")
     pytest.importorskip("lm_eval")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", MOVED)
-def test_old_import_paths_still_work_and_say_where_the_module_went(name):
-    import importlib
-
-    new = importlib.import_module(f"llada_cli.{name}")
-    sys.modules.pop(f"trainers.{name}", None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        old = importlib.import_module(f"trainers.{name}")
-    assert old is new  # the same module object: attributes, patches and isinstance checks agree
-    assert any(f"llada_cli.{name}" in str(w.message) and w.category is FutureWarning for w in caught)
-
-
-def test_moved_entry_points_still_resolve():
-    import importlib
-
-    import llada_cli.evaluate
-    import llada_cli.publish
-
-    # (`hub_cards.publish` the attribute is the publish function; the module is reached by its full name)
-    assert importlib.import_module("hub_cards.publish").main is llada_cli.publish.main
-    pytest.importorskip("lm_eval")
-    assert importlib.import_module("trainers.lm_eval_llada").main is llada_cli.evaluate.main
+def test_hub_cards_loads_without_the_training_code():
+    code = ("import sys, hub_cards, hub_cards.publish, hub_cards.compat; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'trainers', 'llada_cli'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

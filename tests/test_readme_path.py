@@ -21,7 +21,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY = "import sys; from llada_cli.commands import main; sys.exit(main())"
+ENTRY = "import sys; from llada_cli.main import main; sys.exit(main())"
 QUESTIONS = ["What is 12 + 30?", "What is 7 + 8?", "What is 99 + 1?"]
 # greedy (temperature 0); the second setting never proposes EOS, so that an answer is more than EOS padding
 SETTINGS = [dict(max_new_tokens=8, steps=8, block_length=8, temperature=0.0),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llada_cli import serve
+from llada_cli import serve, serve_requests
 from llada_cli.main import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +32,24 @@ def test_serve_is_a_command_whose_help_imports_nothing_heavy():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_the_choices_are_the_samplers():
-    from modeling_llada import generation_llada
+def test_settings_are_checked_by_the_model_s_own_generation_config():
+    """A setting LLaDA's sampler takes is refused, naming the field, when the model's generation config class is
+    LLaDA 2's; the server's flags are checked by the same rules."""
+    from modeling_llada.generation_llada2 import LLaDA2GenerationConfig
 
-    assert serve.REMASKING == generation_llada.REMASKING_STRATEGIES
-    assert serve.KV_CACHES == generation_llada.KV_CACHE_MODES
+    body = {"kv_cache": "dual", "remasking": "margin"}
+    assert serve_requests.sampling_settings(body, {})["kwargs"] == body
+    for name, value in body.items():
+        with pytest.raises(serve_requests.RequestError) as caught:
+            serve_requests.sampling_settings({name: value}, {}, LLaDA2GenerationConfig)
+        assert (caught.value.status, caught.value.param) == (400, name) and repr(value) in caught.value.message
+
+
+def test_bad_sampler_flags_are_one_line_errors(capsys):
+    assert main(["serve", "some/model", "--threshold", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("llada-hf serve: --threshold 1.5: `threshold` must be in (0, 1]")
 
 
 def test_continuous_batching_is_a_clear_error(capsys):
@@ -63,20 +76,20 @@ def test_continuous_batching_is_a_clear_error(capsys):
     ({"remasking": "best"}, "remasking", 400),
 ])
 def test_bad_settings_name_their_field(body, param, status):
-    with pytest.raises(serve.RequestError) as caught:
-        serve.sampling_settings(body, {})
+    with pytest.raises(serve_requests.RequestError) as caught:
+        serve_requests.sampling_settings(body, {})
     assert (caught.value.status, caught.value.param) == (status, param)
     assert f"`{param}`" in caught.value.message
 
 
 def test_settings_merge_server_defaults_and_the_request():
     defaults = {"steps": 8, "block_length": None, "threshold": 0.9, "kv_cache": None, "remasking": None}
-    out = serve.sampling_settings({"temperature": 0.5, "seed": 3, "threshold": None, "block_length": 4,
+    out = serve_requests.sampling_settings({"temperature": 0.5, "seed": 3, "threshold": None, "block_length": 4,
                                    "stop": "x", "max_tokens": 6}, defaults)
     assert out["kwargs"] == {"steps": 8, "temperature": 0.5, "do_sample": True, "seed": 3, "threshold": None,
                              "block_length": 4}
     assert out["stop"] == ["x"] and out["max_tokens"] == 6 and out["n"] == 1
-    assert serve.sampling_settings({}, defaults)["kwargs"] == {"steps": 8, "threshold": 0.9}
+    assert serve_requests.sampling_settings({}, defaults)["kwargs"] == {"steps": 8, "threshold": 0.9}
 
 
 @pytest.mark.parametrize("messages, param", [
@@ -88,58 +101,20 @@ def test_settings_merge_server_defaults_and_the_request():
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
 ])
 def test_malformed_messages_name_the_message(messages, param):
-    with pytest.raises(serve.RequestError) as caught:
-        serve.chat_messages({"messages": messages})
+    with pytest.raises(serve_requests.RequestError) as caught:
+        serve_requests.chat_messages({"messages": messages})
     assert caught.value.param == param and caught.value.status == 400
 
 
 def test_unknown_fields_are_named_and_unsupported_ones_refused():
-    with pytest.raises(serve.RequestError) as caught:
-        serve.check_fields({"messages": [], "stepz": 3}, serve.CHAT_FIELDS)
+    with pytest.raises(serve_requests.RequestError) as caught:
+        serve_requests.check_fields({"messages": [], "stepz": 3}, serve_requests.CHAT_FIELDS)
     assert caught.value.status == 422 and "stepz" in caught.value.message
-    with pytest.raises(serve.RequestError) as caught:
-        serve.check_fields({"messages": [], "logit_bias": {"1": 2}}, serve.CHAT_FIELDS)
+    with pytest.raises(serve_requests.RequestError) as caught:
+        serve_requests.check_fields({"messages": [], "logit_bias": {"1": 2}}, serve_requests.CHAT_FIELDS)
     assert caught.value.param == "logit_bias"
-    serve.check_fields({"messages": [], "frequency_penalty": 0, "steps": 4, "remasking": "margin"}, serve.CHAT_FIELDS)
-
-
-class CharTokenizer:
-    """One character per token; id 0 is EOS (decoded as nothing), 1 the mask."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join("" if i in (0, 1) else chr(i) for i in ids)
-
-
-def ids(text):
-    return [ord(c) for c in text]
-
-
-def test_the_answer_ends_at_eos_and_counts_its_tokens():
-    tracker = serve.AnswerTracker(CharTokenizer(), [0], [], max_tokens=16)
-    assert tracker.feed(ids("ab")) == "ab" and not tracker.done
-    assert tracker.feed(ids("c") + [0] + ids("junk")) == "c"
-    assert tracker.done and tracker.finish_reason == "stop" and tracker.completion_tokens == 3
-    assert tracker.finish() == "" and tracker.text == "abc"
-
-
-def test_the_budget_ends_the_answer_with_length():
-    tracker = serve.AnswerTracker(CharTokenizer(), [0], [], max_tokens=3)
-    text = tracker.feed(ids("abcdef")) + tracker.finish()
-    assert text == "abc" and tracker.finish_reason == "length" and tracker.completion_tokens == 3
-    tracker = serve.AnswerTracker(CharTokenizer(), [0], [], max_tokens=8)  # canvas full, no EOS
-    assert tracker.feed(ids("abc")) + tracker.finish() == "abc" and tracker.finish_reason == "length"
-
-
-def test_a_stop_string_is_cut_and_held_back_while_it_may_be_forming():
-    tracker = serve.AnswerTracker(CharTokenizer(), [0], ["END"], max_tokens=32)
-    sent = tracker.feed(ids("abE"))
-    assert sent == "ab"  # "E" may begin "END"
-    sent += tracker.feed(ids("x"))
-    assert sent == "abEx"
-    sent += tracker.feed(ids("yEN"))
-    sent += tracker.feed(ids("Dzz"))
-    assert sent + tracker.finish() == "abExy" and tracker.done and tracker.finish_reason == "stop"
-    assert tracker.completion_tokens == 5
+    serve_requests.check_fields({"messages": [], "frequency_penalty": 0, "steps": 4, "remasking": "margin"},
+                                serve_requests.CHAT_FIELDS)
 
 
 # ---------------------------------------------------------------------------------------------------- slow: a server

@@ -1,6 +1,8 @@
 """Masked-diffusion trainers for LLaDA, built on transformers' Trainer and TRL's SFTTrainer, DPOTrainer (VRPO) and
 GRPOTrainer (diffu-GRPO)."""
 
+from modeling_llada.mask_id import resolve_mask_token_id
+
 from .base import DiffusionArguments, DiffusionTrainerMixin
 from .objectives import (
     block_diffusion_attention_mask,
@@ -52,6 +54,7 @@ __all__ = [
     "pack_dataset",
     "pretraining_loss",
     "random_length_cut",
+    "resolve_mask_token_id",
     "sample_p_mask",
     "sft_loss",
     "weighted_token_losses",

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from modeling_llada.generation_llada import counter_uniform, mix32
+from modeling_llada.draws_llada import U32, counter_uniform, mix32
+from modeling_llada.mask_id import model_config, resolve_mask_token_id, unwrap
 
 from .checkpoints import AtomicCheckpointsMixin
 from .objectives import (
@@ -30,7 +31,6 @@ from .objectives import (
 )
 
 EXAMPLE_ID = "example_id"
-_U32 = 0xFFFFFFFF
 OBJECTIVES = ("masked_diffusion", "block_diffusion")
 # model_type -> the objective its official recipe trains with (others: masked_diffusion, LLaDA's)
 DEFAULT_OBJECTIVES = {"llada2_moe": "block_diffusion"}
@@ -39,22 +39,79 @@ NO_AUX_LOSS_MODEL_TYPES = ("llada2_moe",)
 
 
 @dataclass
-class DiffusionArguments:
-    """Masked-diffusion settings shared by [`MaskedDiffusionConfig`] and [`MaskedDiffusionSFTConfig`]."""
+class DeviceDefaults:
+    """Defaults whose best value depends on where training runs, safe on a CPU: pinned data-loader memory only when
+    training runs on a CUDA GPU (pinning without one only prints warnings), and, where a config leaves `bf16` unset
+    (None: the TRL configs), bf16 only there too (bf16 on a CPU is ~25x slower than fp32). Mixed in before the
+    transformers / TRL config; the config's `__post_init__` calls `_resolve_device_defaults` before
+    TrainingArguments' own."""
+
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin data-loader memory; default: on only when training on a CUDA GPU."}
+    )
+
+    def _resolve_device_defaults(self) -> None:
+        """Settings whose best value depends on the device; call before TrainingArguments.__post_init__."""
+        on_gpu = bool(torch.cuda.is_available() and not getattr(self, "use_cpu", False))
+        if getattr(self, "bf16", False) is None:
+            self.bf16 = on_gpu and not self.fp16
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = on_gpu
+
+
+@dataclass
+class ActivationCheckpointingOff:
+    """Activation checkpointing off unless asked for (TRL's configs turn it on). Declared here also so that the flag
+    exists on transformers < 5.23, which knows only `gradient_checkpointing` (`compat.sync_checkpointing_names`
+    carries the value over)."""
+
+    activation_checkpointing: bool | None = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
+
+
+@dataclass
+class CPUSafeDefaults(ActivationCheckpointingOff, DeviceDefaults):
+    """The defaults of our TRL configs (SFT, VRPO, diffu-GRPO) that are safe on a CPU: `bf16` left unset, so that
+    `DeviceDefaults` turns it on only when training runs on a CUDA GPU, pinned memory likewise, and activation
+    checkpointing off (`ActivationCheckpointingOff`; TRL turns it on). Mixed in before the TRL config."""
+
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
+    )
+
+
+@dataclass
+class DiffusionNoiseArguments:
+    """The noise settings of every trainer that masks the answers at a random level t (pre-training, SFT, VRPO)."""
 
     mask_eps: float = field(
         default=DEFAULT_EPS, metadata={"help": "eps of p_mask = (1 - eps) * t + eps; the reference uses 1e-3."}
     )
+    eval_noise_seed: int = field(
+        default=1234, metadata={"help": "Seed of the fixed noise of evaluations (comparable evaluations)."}
+    )
+
+    def _check_noise_arguments(self) -> None:
+        if not 0.0 < self.mask_eps < 1.0:
+            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}; the reference uses 1e-3.")
+
+
+@dataclass
+class DiffusionArguments(DiffusionNoiseArguments):
+    """Masked-diffusion settings shared by [`MaskedDiffusionConfig`] and [`MaskedDiffusionSFTConfig`]. Each of them
+    declares `random_length_probability` itself: its default differs (0.01 for pre-training, the reference's; 0 for
+    SFT)."""
+
     low_discrepancy_sampling: bool = field(
         default=False,
         metadata={
             "help": "Spread t evenly over each micro-batch (t_i = (u + i/b) mod 1) for lower-variance gradients. "
             "The noise then depends on how the batch is split across accumulation steps and processes."
         },
-    )
-    random_length_probability: float = field(
-        default=0.0,
-        metadata={"help": "Probability of cutting a step's batches to a random length in [1, l]."},
     )
     objective: str | None = field(
         default=None,
@@ -87,9 +144,6 @@ class DiffusionArguments:
             "0.01), 0 for LLaDA 2 (its official recipe balances experts with the expert bias alone)."
         },
     )
-    eval_noise_seed: int = field(
-        default=1234, metadata={"help": "Seed of the fixed corruption used for eval_loss (comparable evaluations)."}
-    )
     eval_likelihood_mc_num: int = field(
         default=0,
         metadata={
@@ -99,20 +153,8 @@ class DiffusionArguments:
         },
     )
 
-    dataloader_pin_memory: bool | None = field(
-        default=None,
-        metadata={"help": "Pin data-loader memory for faster copies to the GPU; default: on only when training runs on "
-                  "a CUDA GPU (pinning without one only prints warnings)."},
-    )
-
-    def _resolve_device_defaults(self) -> None:
-        """Settings whose best value depends on the device; call before TrainingArguments.__post_init__."""
-        if self.dataloader_pin_memory is None:
-            self.dataloader_pin_memory = bool(torch.cuda.is_available() and not getattr(self, "use_cpu", False))
-
     def _check_diffusion_arguments(self) -> None:
-        if not 0.0 < self.mask_eps < 1.0:
-            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}; the reference uses 1e-3.")
+        self._check_noise_arguments()
         if self.eval_likelihood_mc_num < 0:
             raise ValueError(f"eval_likelihood_mc_num must be >= 0, got {self.eval_likelihood_mc_num}.")
         if not 0.0 <= self.random_length_probability <= 1.0:
@@ -128,34 +170,6 @@ class DiffusionArguments:
         if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
             raise ValueError(f"router_aux_loss_coef must be >= 0 (0 turns the load-balancing loss off), got "
                              f"{self.router_aux_loss_coef}.")
-
-
-@dataclass
-class CPUSafeDefaults:
-    """Device-dependent defaults of our TRL configs (SFT, VRPO, diffu-GRPO), safe on a CPU: bf16 only when training
-    runs on a CUDA GPU (bf16 on a CPU is ~25x slower than fp32), activation checkpointing off, pinned data-loader
-    memory only with a GPU (pinning without one only prints warnings). Mixed in before the TRL config; the config's
-    `__post_init__` calls `_resolve_device_defaults` before TrainingArguments' own."""
-
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision; defaults to True only when a CUDA GPU is available."}
-    )
-    activation_checkpointing: bool | None = field(
-        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
-    )
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
-    )
-    dataloader_pin_memory: bool | None = field(
-        default=None, metadata={"help": "Pin data-loader memory; default: on only when training on a CUDA GPU."}
-    )
-
-    def _resolve_device_defaults(self) -> None:
-        on_gpu = torch.cuda.is_available() and not getattr(self, "use_cpu", False)
-        if self.bf16 is None:
-            self.bf16 = on_gpu and not self.fp16
-        if self.dataloader_pin_memory is None:
-            self.dataloader_pin_memory = on_gpu
 
 
 def resolve_args(args, config_class, default_output_dir: str):
@@ -175,7 +189,7 @@ def with_example_ids(dataset: Dataset | None) -> Dataset | None:
 
 
 def _seed32(*parts: int) -> int:
-    return hash(tuple(parts)) & _U32  # the hash of a tuple of ints is the same in every process
+    return hash(tuple(parts)) & U32  # the hash of a tuple of ints is the same in every process
 
 
 class LLaDARecordMixin(AtomicCheckpointsMixin):
@@ -233,7 +247,7 @@ class DiffusionTrainerMixin(LLaDARecordMixin):
 
     def _row_seeds(self, example_ids: torch.Tensor, training: bool) -> torch.Tensor:
         base = _seed32(self.args.seed, self.state.global_step) if training else _seed32(self.args.eval_noise_seed)
-        return mix32((mix32(example_ids.long() & _U32) ^ base) & _U32)
+        return mix32((mix32(example_ids.long() & U32) ^ base) & U32)
 
     def training_objective(self, model) -> str:
         """The objective of this run: `args.objective`, else the one the model's official recipe uses."""
@@ -290,7 +304,8 @@ class DiffusionTrainerMixin(LLaDARecordMixin):
             p_mask = ((1 - self.args.mask_eps) * u + self.args.mask_eps).float()
         positions = torch.arange(length, device=seeds.device)[None].expand(batch, -1)
         draws = counter_uniform(seeds, 1, positions)
-        noisy, masked = forward_process(input_ids, model_mask_id(model), p_mask, maskable=maskable, draws=draws)
+        noisy, masked = forward_process(input_ids, resolve_mask_token_id(model), p_mask, maskable=maskable,
+                                        draws=draws)
         coef = self.aux_loss_coef(model)
         extra = {"output_router_logits": True} if coef > 0 else {}
         if objective == "block_diffusion":
@@ -355,25 +370,3 @@ class DiffusionTrainerMixin(LLaDARecordMixin):
         return loss.detach(), None, None
 
 
-def unwrap(model):
-    """The model inside DDP and PEFT wrappers."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def model_config(model):
-    """The config of a (possibly PEFT- or DDP-wrapped) model."""
-    return getattr(unwrap(model), "config", None)
-
-
-def model_mask_id(model) -> int:
-    """The mask id of a (possibly PEFT- or DDP-wrapped) LLaDA model."""
-    seen = set()
-    while model is not None and id(model) not in seen:  # `base_model` of a bare model is the model itself
-        seen.add(id(model))
-        mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
-        if mask_id is not None:
-            return mask_id
-        model = getattr(model, "module", None) or getattr(model, "base_model", None) or getattr(model, "model", None)
-    raise ValueError("The model config has no mask_token_id; set it to the id of the [MASK] token (e.g. "
-                     "model.config.mask_token_id = tokenizer.mask_token_id).")

@@ -8,8 +8,6 @@ The private methods and attributes of the upstream trainers that our trainers ov
 tests/test_upstream_internals.py, which checks each against the installed releases.
 """
 
-import warnings
-from contextlib import contextmanager
 from dataclasses import fields
 
 # accelerate.utils.is_peft_model(model): True for a PEFT-wrapped model (VRPO and diffu-GRPO then use the adapter-free
@@ -33,6 +31,11 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 # trl.trainer.utils.use_adapter(model, adapter_name=): a context that runs a PeftModel with the named adapter (None:
 # adapters off), VRPO's reference under LoRA.
 from trl.trainer.utils import use_adapter
+
+# The FutureWarnings upstream code raises about its own deprecated calls (PEFT wrapping a model, TRL's rollouts),
+# silenced while our trainers wrap the model or generate: one filter, kept with the publishing code below us, which
+# needs it while it merges adapters.
+from hub_cards.compat import quiet_upstream_deprecations
 
 __all__ = [
     "HAS_ACTIVATION_CHECKPOINTING",
@@ -79,16 +82,3 @@ def sync_checkpointing_names(args) -> None:
             args.activation_checkpointing or args.gradient_checkpointing
         )
 
-
-@contextmanager
-def quiet_upstream_deprecations():
-    """Upstream code calls names transformers >= 5.23 deprecates, with a FutureWarning about code the user cannot
-    change: PEFT (<= 0.21) reads `model.is_gradient_checkpointing` when it wraps a model (every LoRA run), and TRL's
-    `unwrap_model_for_generation` turns `gradient_checkpointing_disable` / `_enable` around every GRPO rollout when
-    activation checkpointing is on. Silence exactly those while our trainers wrap the model or generate."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated",
-                                category=FutureWarning)
-        warnings.filterwarnings("ignore", message=r".*`gradient_checkpointing_(enable|disable)` is deprecated",
-                                category=FutureWarning)
-        yield

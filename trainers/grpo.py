@@ -23,20 +23,23 @@ padded. Padding is never masked and never scored; completion positions after the
 attention mask (TRL's convention) and not scored.
 """
 
+import copy
+import re
 from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from modeling_llada.generation_llada import KV_CACHE_MODES, REMASKING_STRATEGIES, counter_uniform, mix32
+from modeling_llada.draws_llada import U32, counter_uniform, mix32
+from modeling_llada.generation_llada import KV_CACHE_MODES, REMASKING_STRATEGIES, LLaDAGenerationConfig
+from modeling_llada.mask_id import resolve_mask_token_id, unwrap
 
-from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, model_mask_id
+from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, resolve_args
 from .compat import is_peft_model, quiet_upstream_deprecations, sync_checkpointing_names
 from .peft_utils import with_llada_defaults
 from .vrpo import frozen_copy
 
 MASK_SEEDS = "mask_seeds"
-_U32 = 0xFFFFFFFF
 _ROW_STRIDE = 0x9E3779B9
 _PROMPT_MASK_SALT = 0x3C6EF35F
 
@@ -49,7 +52,9 @@ class DiffuGRPOConfig(CPUSafeDefaults, GRPOConfig):
     `max_new_tokens`, `temperature`, `top_k` and `top_p` are TRL's own); `generation_kwargs` passes any other
     generate setting (e.g. `{"logits_eos_inf": True}`). Differences from GRPOConfig: `bf16` defaults to True only when
     CUDA is available, activation (gradient) checkpointing defaults to False, and vLLM / continuous batching are
-    refused (a diffusion model does not sample autoregressively).
+    refused (a diffusion model does not sample autoregressively). The sampler settings are checked by the sampler's
+    own rules (`check_rollout_settings`): LLaDA's generation config here, the model's own (`LLaDA2GenerationConfig`
+    for LLaDA 2) again when the trainer is built.
     """
 
     p_mask_prompt: float = field(
@@ -91,38 +96,55 @@ class DiffuGRPOConfig(CPUSafeDefaults, GRPOConfig):
         self._check_diffusion_settings()
         sync_checkpointing_names(self)
         super().__post_init__()
+        self.check_rollout_settings()  # after TrainingArguments has read a JSON `generation_kwargs` into a dict
+
+    def rollout_settings(self) -> dict:
+        """The rollouts' sampler settings under `model.generate`'s names (the model's ids and `generation_kwargs`
+        aside); unset `threshold` and `kv_cache` leave the model's generation config its own."""
+        length = self.max_completion_length
+        settings = dict(max_new_tokens=length, steps=length if self.steps is None else self.steps,
+                        block_length=length if self.block_length is None else self.block_length,
+                        temperature=self.temperature, do_sample=self.temperature > 0, remasking=self.remasking,
+                        cfg_scale=self.cfg_scale)
+        if self.threshold is not None:
+            settings["threshold"] = self.threshold
+        if self.kv_cache is not None:
+            settings["kv_cache"] = self.kv_cache
+        if self.top_k:
+            settings["top_k"] = self.top_k
+        if self.top_p is not None and self.top_p < 1.0:
+            settings["top_p"] = self.top_p
+        return settings
+
+    def check_rollout_settings(self, generation_config: LLaDAGenerationConfig | None = None) -> None:
+        """Check the rollout settings by the sampler's own rules: set on a copy of `generation_config` (the model's,
+        which its `generate` starts from; default: LLaDA's, whose schedule rule is `check_block_schedule`) and
+        validated there. A `ValueError` names the setting as this config calls it."""
+        config = copy.deepcopy(generation_config) if generation_config is not None else LLaDAGenerationConfig()
+        extra = self.generation_kwargs or {}
+        try:
+            config.update(**{**self.rollout_settings(), **extra})
+            config.validate()
+        except ValueError as error:
+            message = str(error)
+            if "max_new_tokens" not in extra:  # generate's max_new_tokens is max_completion_length here
+                message = re.sub(r"\bmax_new_tokens\b", "max_completion_length", message)
+            raise ValueError(f"DiffuGRPOConfig's rollouts ({type(config).__name__}): {message}") from None
 
     def _check_diffusion_settings(self) -> None:
         if not 0.0 <= self.p_mask_prompt < 1.0:
             raise ValueError(f"p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}; d1 uses 0.15 (0 never masks "
                              "the prompt).")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
         if self.temperature == 0 and self.remasking != "random" and self.num_generations > 1:
             raise ValueError(
                 f"temperature=0 with remasking={self.remasking!r} makes the num_generations={self.num_generations} "
                 "completions of a prompt identical (greedy proposals, deterministic order): every group advantage "
                 "would be 0 and nothing would train. Set temperature > 0 (d1 uses 0.9) or remasking='random'."
             )
-        if self.remasking not in REMASKING_STRATEGIES:
-            raise ValueError(f"remasking must be one of {', '.join(REMASKING_STRATEGIES)}, got {self.remasking!r}.")
-        if self.kv_cache is not None and self.kv_cache not in KV_CACHE_MODES:
-            raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHE_MODES)} or None, got {self.kv_cache!r}.")
         length = self.max_completion_length
         if length is None or length < 1:
             raise ValueError(f"max_completion_length must be a positive int (the rollouts' max_new_tokens), got "
                              f"{length!r}.")
-        block = self.block_length or length
-        if self.block_length is not None and (self.block_length < 1 or length % self.block_length):
-            raise ValueError(f"block_length={self.block_length} must be >= 1 and divide max_completion_length="
-                             f"{length}; pick a divisor (or leave it unset: one block).")
-        if self.steps is not None and (self.steps < 1 or self.steps % (length // block)):
-            raise ValueError(f"steps={self.steps} must be a positive multiple of the number of blocks "
-                             f"({length // block} = max_completion_length / block_length).")
-        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1] (parallel decoding), got {self.threshold}.")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0 (0 is off), got {self.cfg_scale}.")
         if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or getattr(
                 self, "use_transformers_paged", False):
             raise ValueError("use_vllm / use_transformers_continuous_batching sample autoregressively; diffu-GRPO "
@@ -145,17 +167,15 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
     Same arguments as [`trl.GRPOTrainer`] (reward functions: callables, reward models or Hub ids; datasets with a
     `prompt` column, plain or conversational), with a loaded LLaDA model. The reference (when `beta` > 0) is a frozen
     copy of `model`; under LoRA (`peft_config`; a `LoraConfig` without `target_modules` gets LLaDA's block
-    projections) the base with the adapter disabled.
+    projections) the base with the adapter disabled. The mask id is the model config's, else the tokenizer's mask token,
+    written into the config (`resolve_mask_token_id`).
     """
 
     _tag_names = ["trl", "grpo", "diffu-grpo", "d1", "llada"]
 
     def __init__(self, model, reward_funcs=None, args: DiffuGRPOConfig | None = None, train_dataset=None,
                  eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
-        if args is None:
-            args = DiffuGRPOConfig(output_dir="llada-diffu-grpo")
-        elif not isinstance(args, DiffuGRPOConfig):
-            raise TypeError(f"args must be a DiffuGRPOConfig, got {type(args).__name__}.")
+        args = resolve_args(args, DiffuGRPOConfig, "llada-diffu-grpo")
         if isinstance(model, str):
             raise ValueError("Pass a loaded LLaDA model (AutoModel.from_pretrained(...)), not a name.")
         if processing_class is None:
@@ -167,7 +187,11 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         for name in ("tools", "rollout_func", "environment_factory"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name} is not supported by DiffuGRPOTrainer (single-turn diffusion rollouts).")
-        model_mask_id(model)  # a ValueError when the config has no mask token
+        mask_id = resolve_mask_token_id(model, processing_class)  # the config's, else the tokenizer's
+        llada = unwrap(model)
+        family = getattr(llada, "generation_config_class", LLaDAGenerationConfig)  # LLaDA 2: LLaDA2GenerationConfig
+        own = getattr(llada, "generation_config", None)
+        args.check_rollout_settings(own if isinstance(own, family) else family())
         beta = args.beta
         own_reference = beta != 0.0 and peft_config is None and not is_peft_model(model)
         reference = frozen_copy(model) if own_reference else None
@@ -186,7 +210,7 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         self.beta = beta
         if own_reference:
             self.ref_model = self.accelerator.prepare_model(reference, evaluation_mode=True)
-        self._mask_id = model_mask_id(model)
+        self._mask_id = mask_id
         stops = list(getattr(self, "eos_token_ids", None) or [])  # TRL >= 1.15 also reads the generation config's
         if not stops:
             configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -198,22 +222,9 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
     # ------------------------------------------------------------------------------------------------ rollouts
     def diffusion_generation_kwargs(self) -> dict:
         """The `model.generate` settings of the rollouts."""
-        args = self.args
-        length = args.max_completion_length
-        kwargs = dict(max_new_tokens=length, steps=args.steps or length, block_length=args.block_length or length,
-                      temperature=self.temperature, do_sample=self.temperature > 0, remasking=args.remasking,
-                      cfg_scale=args.cfg_scale, eos_token_id=list(self._stop_ids),
-                      pad_token_id=self._tokenizer.pad_token_id, mask_token_id=self._mask_id)
-        if args.threshold is not None:
-            kwargs["threshold"] = args.threshold
-        if args.kv_cache is not None:
-            kwargs["kv_cache"] = args.kv_cache
-        if args.top_k:
-            kwargs["top_k"] = args.top_k
-        if args.top_p is not None and args.top_p < 1.0:
-            kwargs["top_p"] = args.top_p
-        kwargs.update(args.generation_kwargs or {})
-        return kwargs
+        return {**self.args.rollout_settings(), "eos_token_id": list(self._stop_ids),
+                "pad_token_id": self._tokenizer.pad_token_id, "mask_token_id": self._mask_id,
+                **(self.args.generation_kwargs or {})}
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
         """Diffusion rollouts of the (already repeated) prompts: one batched `generate` call on left-padded prompts.
@@ -253,7 +264,7 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         else:
             base = _seed32(self.args.eval_mask_seed, self.accelerator.process_index, 9)
         index = torch.arange(rows, device=self.accelerator.device)
-        return mix32((mix32(torch.full_like(index, base)) + index * _ROW_STRIDE) & _U32)
+        return mix32((mix32(torch.full_like(index, base)) + index * _ROW_STRIDE) & U32)
 
     def prompt_noise_mask(self, attention_mask: torch.Tensor, prompt_length: int, mask_seeds: torch.Tensor,
                           iteration: int) -> torch.Tensor:
@@ -263,7 +274,7 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         real = attention_mask[:, :prompt_length].bool()
         pad_count = (~real).sum(-1, keepdim=True)
         positions = torch.arange(prompt_length, device=real.device)[None] - pad_count
-        seeds = mix32((mask_seeds.to(real.device).long() ^ _PROMPT_MASK_SALT) & _U32)
+        seeds = mix32((mask_seeds.to(real.device).long() ^ _PROMPT_MASK_SALT) & U32)
         draws = counter_uniform(seeds, iteration, positions)
         return (draws < self.args.p_mask_prompt) & real
 

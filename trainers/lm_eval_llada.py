@@ -24,21 +24,18 @@ import time
 import torch
 
 import modeling_llada  # noqa: F401  (registers LLaDA with the Auto classes)
-from modeling_llada.answers import (  # noqa: F401  (re-exported: they were defined here)
-    cut_at_stop_strings,
-    decode_answers,
-    end_of_turn_id,
-    end_token_ids,
-    first_end_positions,
-    special_token_ids,
-)
+from modeling_llada.answers_llada import decode_answers, end_token_ids, special_token_ids
+from modeling_llada.mask_id import resolve_mask_token_id
 
 from .compat import lm_eval_model_api, quiet_upstream_deprecations
 
 LM, register_model = lm_eval_model_api()
 
-GENERATION_ARGS = ("steps", "block_length", "temperature", "remasking", "cfg_scale", "logits_eos_inf",
-                   "confidence_eos_eot_inf", "early_exit", "top_k", "top_p")
+# The generation config fields that `generate_until` sets for each request itself (the canvas from `max_gen_toks`, one
+# answer per request, the output it reads, the `until` strings): every other field of the model's generation config
+# class is a model arg.
+PER_REQUEST_FIELDS = ("max_new_tokens", "max_length", "num_return_sequences", "return_dict_in_generate",
+                      "output_history", "stop_strings")
 
 
 def _parse(value):
@@ -77,8 +74,9 @@ class LLaDAEvalModel(LM):
     Model args: `pretrained` (Hub id or folder), `peft` (adapter), `tokenizer`, `dtype` (default float32 on CPU,
     bfloat16 on CUDA), `device`, `batch_size` (rows per forward), `mc_num` (likelihood samples, 128), `cfg_scale`,
     `seed`, `max_new_tokens` (generation canvas; `max_gen_toks` of a task, rounded up to whole blocks, overrides it),
-    and the generation kwargs `steps`, `block_length`, `temperature`, `remasking`, `logits_eos_inf`,
-    `confidence_eos_eot_inf`, `early_exit`, `top_k`, `top_p`.
+    and the fields of the model's generation config class (`steps`, `block_length`, `temperature`, `remasking`,
+    `threshold`, `kv_cache`, `logits_eos_inf`, `early_exit`, `top_k`, `top_p`, ...; LLaDA 2 adds `editing_threshold`,
+    ...) other than `PER_REQUEST_FIELDS`, which each request sets.
     """
 
     def __init__(self, pretrained: str, peft: str | None = None, tokenizer: str | None = None, dtype: str | None = None,
@@ -104,16 +102,17 @@ class LLaDAEvalModel(LM):
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or pretrained, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.llada.config.mask_token_id is None and self.tokenizer.mask_token_id is not None:
-            # the official LLaDA-MoE / LLaDA 2 configs do not store the mask id; the tokenizer knows it
-            self.llada.config.mask_token_id = self.tokenizer.mask_token_id
+        resolve_mask_token_id(self.llada, self.tokenizer)  # the official LLaDA-MoE / LLaDA 2 configs store none
         self._device = torch.device(device)
         self.batch_size = int(_parse(batch_size)) if batch_size != "auto" else 16
         self.mc_num, self.cfg_scale, self.seed = int(_parse(mc_num)), float(_parse(cfg_scale)), int(_parse(seed))
         self.max_new_tokens = _parse(max_new_tokens)
-        unknown = set(generation) - set(GENERATION_ARGS)
+        config_class = type(self.llada.generation_config)
+        fields = sorted(set(getattr(config_class, "_diffusion_fields", ())) - set(PER_REQUEST_FIELDS))
+        unknown = set(generation) - set(fields)
         if unknown:
-            raise ValueError(f"Unknown model args {sorted(unknown)}; generation args are {GENERATION_ARGS}.")
+            raise ValueError(f"Unknown model args {sorted(unknown)}; generation args are the fields of "
+                             f"{config_class.__name__}: {fields}.")
         self.generation = {key: _parse(value) for key, value in generation.items()}
         self.forward_passes = 0  # counted over generate_until, for tokens/s and forward passes per token
         self.generated_tokens = 0
@@ -262,11 +261,3 @@ class LLaDAEvalModel(LM):
         length = int(max_gen_toks) if max_gen_toks else int(self.max_new_tokens or 128)
         block = self.generation.get("block_length") or length
         return int(math.ceil(length / block) * block)
-
-
-def __getattr__(name: str):
-    if name == "main":  # `llada-hf eval` lives in the application package, llada_cli.evaluate
-        from llada_cli.evaluate import main
-
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,13 +11,23 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from .base import EXAMPLE_ID, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
+from modeling_llada.mask_id import resolve_mask_token_id
+
+from .base import (
+    EXAMPLE_ID,
+    ActivationCheckpointingOff,
+    DeviceDefaults,
+    DiffusionArguments,
+    DiffusionTrainerMixin,
+    resolve_args,
+    with_example_ids,
+)
 from .compat import sync_checkpointing_names
 from .peft_utils import maybe_wrap_with_peft
 
 
 @dataclass
-class MaskedDiffusionConfig(DiffusionArguments, TrainingArguments):
+class MaskedDiffusionConfig(DiffusionArguments, ActivationCheckpointingOff, DeviceDefaults, TrainingArguments):
     """[`TrainingArguments`] plus the masked-diffusion pre-training settings. Defaults follow the reference."""
 
     block_size: int = field(
@@ -29,10 +39,6 @@ class MaskedDiffusionConfig(DiffusionArguments, TrainingArguments):
     random_length_probability: float = field(
         default=0.01,
         metadata={"help": "Probability of cutting a step's batches to a random length in [1, l] (reference: 0.01)."},
-    )
-    # transformers >= 5.23 declares it itself; declared here too, so that the flag exists on older releases.
-    activation_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
     )
 
     def __post_init__(self):
@@ -124,7 +130,8 @@ class MaskedDiffusionTrainer(DiffusionTrainerMixin, Trainer):
         args: [`MaskedDiffusionConfig`].
         train_dataset / eval_dataset: `datasets.Dataset` of raw text (`dataset_text_field`) or of `input_ids`; packed
             into `block_size` blocks with EOS between documents.
-        processing_class: the tokenizer (needed for raw text; saved with checkpoints).
+        processing_class: the tokenizer (needed for raw text; saved with checkpoints). Its mask token gives the mask
+            id when the model config has none (`resolve_mask_token_id`).
         peft_config: a `peft.LoraConfig` to train adapters only; `target_modules=None` picks the model's defaults
             (`trainers.peft_utils`; never the output head or a router).
     """
@@ -132,6 +139,7 @@ class MaskedDiffusionTrainer(DiffusionTrainerMixin, Trainer):
     def __init__(self, model, args: MaskedDiffusionConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, peft_config=None, **kwargs):
         args = resolve_args(args, MaskedDiffusionConfig, "llada-pretrain")
+        resolve_mask_token_id(model, processing_class)  # before any data is prepared
         model = maybe_wrap_with_peft(model, peft_config)
         eos = model.config.eos_token_id
         eos = eos[0] if isinstance(eos, list) else eos

@@ -13,9 +13,17 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from modeling_llada.answers import decode_answers, end_token_ids
+from modeling_llada.answers_llada import decode_answers, end_token_ids
+from modeling_llada.mask_id import resolve_mask_token_id
 
-from .base import EXAMPLE_ID, CPUSafeDefaults, DiffusionArguments, DiffusionTrainerMixin, resolve_args, with_example_ids
+from .base import (
+    EXAMPLE_ID,
+    CPUSafeDefaults,
+    DiffusionArguments,
+    DiffusionTrainerMixin,
+    resolve_args,
+    with_example_ids,
+)
 from .compat import logging, quiet_upstream_deprecations, sync_checkpointing_names
 from .peft_utils import with_llada_defaults
 
@@ -39,6 +47,10 @@ class MaskedDiffusionSFTConfig(CPUSafeDefaults, DiffusionArguments, SFTConfig):
             "help": "Pad answers with EOS to the batch length and train on that padding (the reference: the model "
             "learns to fill the tail of its canvas with EOS). False excludes the padding from loss and attention."
         },
+    )
+    random_length_probability: float = field(
+        default=0.0,
+        metadata={"help": "Probability of cutting a step's batches to a random length in [1, l]."},
     )
 
     def __post_init__(self):
@@ -153,7 +165,8 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
 
     Every family member trains with its official objective unless `args.objective` says otherwise: masked diffusion
     for LLaDA and LLaDA-MoE (plus the routers' load-balancing loss, `args.router_aux_loss_coef`), block diffusion
-    (dFactory's recipe) for LLaDA 2.
+    (dFactory's recipe) for LLaDA 2. The mask id is the model config's, else the tokenizer's mask token, written into
+    the config (`resolve_mask_token_id`: the official LLaDA-MoE and LLaDA 2 configs store none).
     """
 
     def __init__(self, model, args: MaskedDiffusionSFTConfig | None = None, train_dataset=None, eval_dataset=None,
@@ -174,6 +187,9 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
         eos = processing_class.eos_token_id
         if eos is None:
             raise ValueError("The tokenizer has no eos_token; LLaDA pads answers with EOS. Set tokenizer.eos_token.")
+        loaded = not isinstance(model, str)  # SFTTrainer loads a model given by name
+        if loaded:
+            resolve_mask_token_id(model, processing_class)  # before the data is prepared
         # TRL (>= 1.16) switches the config's output_router_logits on for its own MoE loss; ours asks for the router
         # logits per forward, so the saved config keeps the official value
         config = getattr(model, "config", None)
@@ -192,6 +208,8 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
             )
         if router_logits_setting is not None:
             config.output_router_logits = router_logits_setting
+        if not loaded:
+            resolve_mask_token_id(self.model, processing_class)
         self.train_dataset = with_example_ids(self.train_dataset)
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {name: with_example_ids(ds) for name, ds in self.eval_dataset.items()}

@@ -33,9 +33,16 @@ import torch.nn.functional as F
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from modeling_llada.generation_llada import counter_uniform, mix32
+from modeling_llada.draws_llada import U32, counter_uniform, mix32
+from modeling_llada.mask_id import resolve_mask_token_id
 
-from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, model_mask_id
+from .base import (
+    CPUSafeDefaults,
+    DiffusionNoiseArguments,
+    LLaDARecordMixin,
+    _seed32,
+    resolve_args,
+)
 from .compat import (
     DataCollatorForPreference,
     is_peft_model,
@@ -43,11 +50,10 @@ from .compat import (
     sync_checkpointing_names,
     use_adapter,
 )
-from .objectives import DEFAULT_EPS, weighted_token_losses
+from .objectives import weighted_token_losses
 from .peft_utils import with_llada_defaults
 
 NOISE_SEED = "noise_seed"
-_U32 = 0xFFFFFFFF
 _REJECTED_SALT = 0x7F4A7C15  # rejected responses draw other noise than chosen ones
 _REFERENCE_SALT = 0x5BD1E995  # the reference's own noise when antithetic sampling is off
 _SAMPLE_STRIDE = 0x9E3779B9
@@ -57,7 +63,7 @@ LOSS_TYPES = ("sigmoid", "sft")
 
 
 @dataclass
-class VRPOConfig(CPUSafeDefaults, DPOConfig):
+class VRPOConfig(CPUSafeDefaults, DiffusionNoiseArguments, DPOConfig):
     """[`trl.DPOConfig`] plus VRPO's ELBO estimator settings, with defaults that are safe on a CPU.
 
     Differences from DPOConfig: `bf16` defaults to True only when CUDA is available, activation (gradient)
@@ -84,19 +90,12 @@ class VRPOConfig(CPUSafeDefaults, DPOConfig):
         default=False,
         metadata={"help": "Stratify an ELBO's n timesteps: t_j = (u + j / n) mod 1 (each still uniform)."},
     )
-    mask_eps: float = field(
-        default=DEFAULT_EPS, metadata={"help": "eps of p_mask = (1 - eps) * t + eps; the reference uses 1e-3."}
-    )
-    eval_noise_seed: int = field(
-        default=1234, metadata={"help": "Seed of the fixed noise of evaluations (comparable evaluations)."}
-    )
 
     def __post_init__(self):
         self._resolve_device_defaults()
         if self.elbo_samples < 1:
             raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}; the paper uses 8.")
-        if not 0.0 < self.mask_eps < 1.0:
-            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}; the reference uses 1e-3.")
+        self._check_noise_arguments()
         if self.padding_free:
             raise ValueError("padding_free is not supported for LLaDA: the bidirectional model would attend across "
                              "packed sequences. Set padding_free=False.")
@@ -171,7 +170,8 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
     Logs TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`, `logps/*` (the ELBOs)
     and `preference_score/variance`: the estimator's variance of the preference score, measured on the batch.
     Saves write atomic checkpoints, the training record (a "VRPO" stage after those of the model it started from)
-    and a LLaDA model card in place of TRL's (`LLaDARecordMixin`).
+    and a LLaDA model card in place of TRL's (`LLaDARecordMixin`). The mask id is the model config's, else the
+    tokenizer's mask token, written into the config (`resolve_mask_token_id`).
     """
 
     _tag_names = ["trl", "dpo", "vrpo", "llada"]
@@ -194,10 +194,7 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
 
     def __init__(self, model, ref_model=None, args: VRPOConfig | None = None, data_collator=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
-        if args is None:
-            args = VRPOConfig(output_dir="llada-vrpo")
-        elif not isinstance(args, VRPOConfig):
-            raise TypeError(f"args must be a VRPOConfig, got {type(args).__name__}.")
+        args = resolve_args(args, VRPOConfig, "llada-vrpo")
         if processing_class is None:
             raise ValueError("Pass the tokenizer as processing_class (it tokenizes the data and is saved with the "
                              "model).")
@@ -207,7 +204,9 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         check_preference_dataset(eval_dataset, "eval")
         if isinstance(model, str):
             raise ValueError("Pass a loaded LLaDA model (AutoModel.from_pretrained(...)), not a name.")
-        model_mask_id(model)  # a ValueError when the config has no mask token
+        resolve_mask_token_id(model, processing_class)  # the config's, else the tokenizer's (written into the config)
+        if ref_model is not None and not isinstance(ref_model, str):
+            resolve_mask_token_id(ref_model, processing_class)
         if peft_config is not None:
             peft_config = with_llada_defaults(peft_config)
         elif ref_model is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
@@ -251,7 +250,7 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
     # ---------------------------------------------------------------------------------------------------- noise
     def _response_seeds(self, inputs, *, reference: bool, training: bool) -> torch.Tensor:
         """One 32-bit seed per row of the batch [chosen..., rejected...]."""
-        base = inputs[NOISE_SEED].long() & _U32
+        base = inputs[NOISE_SEED].long() & U32
         if not self.args.precompute_ref_log_probs:  # fresh noise every step; fixed noise for evaluations
             salt = _seed32(self.state.global_step, 11) if training else _seed32(self.args.eval_noise_seed, 13)
             base = mix32(base ^ salt)
@@ -275,7 +274,7 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
             u = (u[:, :1] + samples[None] / n) % 1.0
         eps = self.args.mask_eps
         p_mask = ((1 - eps) * u + eps).float()
-        sample_seeds = mix32((seeds[:, None] + (samples[None] + 1) * _SAMPLE_STRIDE) & _U32).reshape(-1)
+        sample_seeds = mix32((seeds[:, None] + (samples[None] + 1) * _SAMPLE_STRIDE) & U32).reshape(-1)
         positions = torch.arange(length, device=completion.device)[None].expand(rows * n, -1)
         draws = counter_uniform(sample_seeds, 1, positions).view(rows, n, length)
         masked = (draws < p_mask[..., None]) & completion[:, None, :]
@@ -290,7 +289,7 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         rows, n, length = masked.shape
         flat_masked = masked.reshape(rows * n, length)
         targets = ids.repeat_interleave(n, dim=0)
-        noisy = targets.masked_fill(flat_masked, model_mask_id(model))
+        noisy = targets.masked_fill(flat_masked, resolve_mask_token_id(model))
         attention = inputs["attention_mask"].repeat_interleave(n, dim=0)
         attention = None if bool(attention.all()) else attention
         logits = model(input_ids=noisy, attention_mask=attention, logits_to_keep=flat_masked, return_dict=True).logits

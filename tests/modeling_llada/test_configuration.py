@@ -175,3 +175,34 @@ def test_invalid_configs_raise_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message) as info:
         LLaDAConfig(**overrides)
     assert "Invalid LLaDAConfig" in str(info.value)
+
+
+# --- the rules the three configs share (configuration_llada.py holds them) ---------------------------------------
+
+
+def config_classes():
+    from modeling_llada import LLaDA2MoeConfig, LLaDAMoEConfig
+
+    return [LLaDAConfig, LLaDAMoEConfig, LLaDA2MoeConfig]
+
+
+@pytest.mark.parametrize("config_class", config_classes(), ids=lambda cls: cls.__name__)
+def test_every_config_drops_the_default_special_ids_a_small_vocabulary_does_not_hold(config_class):
+    config = config_class(vocab_size=100)  # the real ids are all >= 126080
+    assert (config.mask_token_id, config.eos_token_id, config.pad_token_id, config.bos_token_id) == (None,) * 4
+    assert config_class(vocab_size=100, mask_token_id=99).mask_token_id == 99  # an id given is kept
+
+
+@pytest.mark.parametrize("config_class", config_classes(), ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("name", ["mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"])
+def test_every_config_rejects_a_given_special_id_outside_the_vocabulary_saying_what_to_do(config_class, name):
+    message = (rf"Invalid {config_class.__name__}: `{name}` must be an integer id in \[0, vocab_size=100\), got 120\. "
+               "Set it to the id your tokenizer uses for that token.")
+    with pytest.raises(ValueError, match=message):
+        config_class(vocab_size=100, **{name: 120})
+
+
+@pytest.mark.parametrize("config_class", config_classes(), ids=lambda cls: cls.__name__)
+def test_every_config_rejects_a_mask_id_shared_with_another_special_token(config_class):
+    with pytest.raises(ValueError, match=r"`mask_token_id` \(7\) must differ from `eos_token_id` \(7\); the \[MASK\]"):
+        config_class(vocab_size=100, mask_token_id=7, eos_token_id=7)

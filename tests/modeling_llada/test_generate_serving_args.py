@@ -10,7 +10,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TextIteratorStreamer, pipeline
 
 from modeling_llada import LLaDAGenerateOutput, LLaDAGenerationConfig
-from modeling_llada.generation_llada import stop_string_horizon, tokens_before_stop
+from modeling_llada.answers_llada import stop_string_horizon, tokens_before_stop
 from tests.utils import tiny_chat_tokenizer, tiny_model
 
 EOS, MASK = 61, 60

@@ -424,3 +424,88 @@ def test_sequence_beyond_max_sequence_length_warns(monkeypatch):
     assert messages == []
     model(torch.randint(0, 60, (1, 17)))
     assert len(messages) == 1 and "exceeds max_sequence_length=16" in messages[0]
+
+
+# --- what the three model files share (modeling_llada.py is its one home) ----------------------------------------
+
+
+def family_model(family: str):
+    """A tiny random model of each family (vocab 64: mask 60, eos/pad 61), built from its config."""
+    from modeling_llada import LLaDA2MoeConfig, LLaDA2MoeModelLM, LLaDAMoEConfig, LLaDAMoEModelLM
+
+    torch.manual_seed(0)
+    ids = dict(vocab_size=64, mask_token_id=60, eos_token_id=61, pad_token_id=61, max_position_embeddings=128)
+    if family == "dense":
+        return tiny_model()
+    if family == "moe":
+        config = LLaDAMoEConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, dense_intermediate_size=64,
+                                expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2, moe_layer_freq=[0, 1],
+                                partial_rotary_factor=0.5, bos_token_id=62, **ids)
+        return LLaDAMoEModelLM(config).eval()
+    config = LLaDA2MoeConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                             intermediate_size=64, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                             n_group=1, topk_group=1, **ids)
+    return LLaDA2MoeModelLM(config).eval()
+
+
+FAMILIES = ["dense", "moe", "llada2"]
+
+
+def test_rotary_embeddings_rotate_pairs_of_the_leading_dimensions_by_position_times_frequency():
+    x = torch.randn(1, 2, 3, 8, generator=torch.Generator().manual_seed(0))
+    theta = 10000.0
+    for rotary_dim in (8, 4):  # dense LLaDA rotates the whole head; LLaDA-MoE and LLaDA 2 can rotate a part
+        cos, sin = modeling.rotary_cos_sin(torch.arange(3)[None], rotary_dim, theta)
+        out = modeling.apply_rotary(x, cos, sin)
+        half = rotary_dim // 2
+        expected = x.clone()
+        for p in range(3):  # NeoX pairs (i, i + half) turn by p * theta^(-2i / rotary_dim)
+            for i in range(half):
+                angle = torch.tensor(p * theta ** (-2 * i / rotary_dim))
+                a, b = x[..., p, i], x[..., p, i + half]
+                expected[..., p, i] = a * angle.cos() - b * angle.sin()
+                expected[..., p, i + half] = b * angle.cos() + a * angle.sin()
+        torch.testing.assert_close(out, expected)
+        assert torch.equal(out[..., rotary_dim:], x[..., rotary_dim:])  # the rest passes through untouched
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_switches_its_attention_implementation_after_loading(family):
+    # transformers allows it only for models whose file it judges to use the attention interface
+    model = family_model(family)
+    ids = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(1))
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    eager = model(ids, output_attentions=True)
+    assert eager.attentions[0].shape == (2, 4, 6, 6)  # only eager attention returns the weights
+    model.set_attn_implementation("sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    assert_close_fp32(model(ids).logits, eager.logits)  # another kernel, the same attention
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_takes_its_cache_as_past_key_values_with_one_warning(family):
+    model = family_model(family)
+    ids = torch.randint(0, 60, (1, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids, use_cache=True)
+        assert full.past_key_values is full.cache
+        cache, slice_at = full.cache, {}
+        if family == "llada2":  # a transformers cache: drop the last 4 positions, then append them again
+            cache.crop(-4)
+        else:  # a LLaDA canvas cache: recompute the slice from position 4 inside the cached canvas
+            slice_at = {"cache_position": 4}
+        with pytest.warns(FutureWarning, match="`past_key_values` is deprecated for `forward`. Use `cache` instead."):
+            part = model(ids[:, 4:], past_key_values=cache, **slice_at)
+        assert_close_fp32(part.logits, full.logits[:, 4:])  # no mask: the 4 queries attend to all 8 positions
+        with pytest.raises(ValueError, match="Pass the cache once"):
+            model(ids[:, 4:], cache=cache, past_key_values=cache, **slice_at)
+
+
+@pytest.mark.parametrize("family", ["dense", "moe"])
+def test_canvas_models_refuse_a_cache_of_another_kind(family):
+    from transformers import DynamicCache
+
+    model = family_model(family)
+    with pytest.raises(ValueError, match="must be the LLaDACache .*got DynamicCache"):
+        model(torch.randint(0, 60, (1, 4)), cache=DynamicCache(), cache_position=4)

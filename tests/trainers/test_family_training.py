@@ -25,6 +25,7 @@ from trainers import (
     MaskedDiffusionTrainer,
     block_diffusion_attention_mask,
     lora_target_parameters,
+    resolve_mask_token_id,
     with_llada_defaults,
 )
 
@@ -465,3 +466,80 @@ def test_sft_keeps_the_official_output_router_logits_setting(tmp_path):
     import json
 
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["output_router_logits"] is False
+
+
+# --- the mask id: the model config's, else the tokenizer's mask token ----------------------------------------------
+
+
+def load_official(member: str):
+    """The official-format folder as published: its config stores no mask id."""
+    model = AutoModel.from_pretrained(MOE_DIR if member == "llada_moe" else LLADA2_DIR)
+    assert model.config.mask_token_id is None
+    return model
+
+
+@member_params
+@pytest.mark.parametrize("kind", ["pretrain", "sft"])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_an_official_checkpoint_trains_with_the_tokenizers_mask_token(tmp_path, monkeypatch, member, kind, lora):
+    """`MaskedDiffusionTrainer(model, processing_class=tokenizer)` on a config without a mask id: every batch is
+    corrupted with the tokenizer's mask token, the weights train, and the config keeps the id (saved with it)."""
+    _, ids = MEMBERS[member]
+    model, tokenizer = load_official(member), chat_tokenizer(ids)
+    used = []
+    forward_process = trainer_base.forward_process
+
+    def recording_forward_process(input_ids, mask_token_id, p_mask, **kwargs):
+        used.append(mask_token_id)
+        return forward_process(input_ids, mask_token_id, p_mask, **kwargs)
+
+    monkeypatch.setattr(trainer_base, "forward_process", recording_forward_process)
+    adapters = {"peft_config": LoraConfig(r=4, lora_alpha=8)} if lora else {}
+    if kind == "pretrain":
+        trainer = MaskedDiffusionTrainer(model, pretrain_config(tmp_path, max_steps=2, diffusion_block_size=4),
+                                         train_dataset=token_corpus(), processing_class=tokenizer, **adapters)
+    else:
+        trainer = MaskedDiffusionSFTTrainer(model, sft_config(tmp_path, max_steps=2), train_dataset=pairs_dataset(),
+                                            processing_class=tokenizer, **adapters)
+    trainable = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and (not lora or all("lora_" in name for name in trainable))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert [name for name, p in trainer.model.named_parameters()
+            if name in trainable and not torch.equal(p.detach(), trainable[name])]
+    assert used and set(used) == {ids["mask"]}
+    assert model.config.mask_token_id == ids["mask"]
+    if not lora:
+        trainer.save_model(str(tmp_path / "saved"))
+        import json
+
+        assert json.loads((tmp_path / "saved" / "config.json").read_text())["mask_token_id"] == ids["mask"]
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "sft"])
+def test_without_a_mask_id_in_the_config_or_the_tokenizer_the_error_names_both(tmp_path, kind):
+    model, tokenizer = load_official("llada2"), chat_tokenizer(LLADA2_IDS)
+    tokenizer.mask_token = None
+    both = r"the model config has no mask_token_id and the tokenizer \(processing_class\) has no mask_token"
+    with pytest.raises(ValueError, match=both):
+        if kind == "pretrain":
+            MaskedDiffusionTrainer(model, pretrain_config(tmp_path), train_dataset=token_corpus(),
+                                   processing_class=tokenizer)
+        else:
+            MaskedDiffusionSFTTrainer(model, sft_config(tmp_path), train_dataset=pairs_dataset(),
+                                      processing_class=tokenizer)
+    with pytest.raises(ValueError, match=r"no mask_token_id and no tokenizer was given \(processing_class\)"):
+        MaskedDiffusionTrainer(model, pretrain_config(tmp_path), train_dataset=token_corpus())
+    assert model.config.mask_token_id is None
+
+
+def test_the_config_mask_id_comes_first_and_a_tokenizer_id_outside_the_model_is_refused():
+    model = load_official("llada_moe")
+    model.config.mask_token_id = 151
+    assert resolve_mask_token_id(model, chat_tokenizer(MOE_IDS)) == 151  # the tokenizer's 150 is not used
+    model.config.mask_token_id = None
+    outside = word_tokenizer(vocab_size=200, mask_id=170, eos_id=MOE_IDS["eos"], bos_id=MOE_IDS["bos"])
+    with pytest.raises(ValueError, match=r"mask_token 't170' has id 170, outside the model's 160 embeddings"):
+        resolve_mask_token_id(model, outside)
+    assert model.config.mask_token_id is None

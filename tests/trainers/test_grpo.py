@@ -67,10 +67,17 @@ def test_cpu_defaults_and_d1_defaults():
     (dict(p_mask_prompt=1.0), r"p_mask_prompt must be in \[0, 1\), got 1.0"),
     (dict(p_mask_prompt=-0.1), r"p_mask_prompt must be in \[0, 1\), got -0.1"),
     (dict(temperature=0.0), r"temperature=0 with remasking='low_confidence' makes the num_generations=2"),
-    (dict(block_length=3), r"block_length=3 must be >= 1 and divide max_completion_length=8"),
-    (dict(block_length=4, steps=3), r"steps=3 must be a positive multiple of the number of blocks \(2"),
-    (dict(remasking="best"), r"remasking must be one of"),
-    (dict(kv_cache="full"), r"kv_cache must be one of"),
+    (dict(block_length=3), r"max_completion_length \(8\) must be a multiple of block_length \(3\); e.g. "
+                           r"block_length=2"),
+    (dict(block_length=4, steps=3), r"steps \(3\) must be a multiple of the number of blocks \(2 = "
+                                    r"max_completion_length 8 / block_length 4\)"),
+    (dict(steps=0), r"`steps` must be a positive integer, got 0"),
+    (dict(remasking="best"), r"`remasking` must be one of .*got 'best'"),
+    (dict(kv_cache="full"), r"`kv_cache` must be None or one of .*got 'full'"),
+    (dict(threshold=1.5), r"`threshold` must be in \(0, 1\], got 1.5"),
+    (dict(threshold=0.9, remasking="random"), r"use remasking in \('low_confidence', 'margin'\), not 'random'"),
+    (dict(cfg_scale=-1.0), r"`cfg_scale` must be a finite number >= 0"),
+    (dict(generation_kwargs={"factor": 1.0}, threshold=0.9), r"Set either `threshold` or `factor`"),
     (dict(use_vllm=True), r"use_vllm"),
     (dict(min_p=0.1), r"min_p=0.1"),
     (dict(sync_ref_model=True), r"sync_ref_model=True is not supported"),
@@ -80,13 +87,44 @@ def test_bad_settings_are_refused(tmp_path, overrides, message):
         grpo_config(tmp_path, **overrides)
 
 
+def test_the_rollout_settings_are_checked_by_the_generation_config_of_the_model_family(tmp_path):
+    """The config checks LLaDA's rules; the trainer those of the model's own sampler (LLaDA 2: confidence remasking
+    and the prefix cache only), naming the generation config and the setting."""
+    from transformers import AutoModel
+
+    from tests.trainers.test_family_training import LLADA2_DIR, LLADA2_IDS, chat_tokenizer
+
+    with pytest.raises(ValueError, match=r"^DiffuGRPOConfig's rollouts \(LLaDAGenerationConfig\): `remasking`"):
+        grpo_config(tmp_path, remasking="best")
+    llada2 = AutoModel.from_pretrained(LLADA2_DIR)
+    for overrides, message in ((dict(remasking="margin"), r"`remasking='margin'`: LLaDA 2 commits by confidence only"),
+                               (dict(kv_cache="dual"), r"`kv_cache` must be None or one of \('prefix',\), got 'dual'"),
+                               (dict(cfg_scale=1.0), r"`cfg_scale` \(1.0\): LLaDA 2's sampler has no classifier-free")):
+        args = grpo_config(tmp_path, **overrides)  # LLaDA's sampler takes them
+        with pytest.raises(ValueError, match=r"^DiffuGRPOConfig's rollouts \(LLaDA2GenerationConfig\): " + message):
+            DiffuGRPOTrainer(llada2, reward_funcs=length_reward, args=args, train_dataset=prompt_set(),
+                             processing_class=chat_tokenizer(LLADA2_IDS))
+    trainer = DiffuGRPOTrainer(llada2, reward_funcs=length_reward, args=grpo_config(tmp_path),
+                               train_dataset=prompt_set(), processing_class=chat_tokenizer(LLADA2_IDS))
+    assert trainer.diffusion_generation_kwargs()["mask_token_id"] == LLADA2_IDS["mask"]
+
+
 def test_greedy_proposals_with_random_remasking_are_allowed(tmp_path):
     assert grpo_config(tmp_path, temperature=0.0, remasking="random").temperature == 0.0
 
 
+def test_the_mask_id_comes_from_the_tokenizer_when_the_config_has_none(tmp_path):
+    model = tiny_model(mask_token_id=None)
+    trainer = trainer_for(tmp_path, model=model)
+    assert model.config.mask_token_id == MASK and trainer.diffusion_generation_kwargs()["mask_token_id"] == MASK
+    tokenizer = tiny_chat_tokenizer()
+    tokenizer.mask_token = None
+    with pytest.raises(ValueError, match=r"no mask_token_id and the tokenizer \(processing_class\) has no mask_token"):
+        DiffuGRPOTrainer(tiny_model(mask_token_id=None), reward_funcs=length_reward, args=grpo_config(tmp_path),
+                         train_dataset=prompt_set(), processing_class=tokenizer)
+
+
 def test_bad_models_and_arguments_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="no mask_token_id"):
-        trainer_for(tmp_path, model=tiny_model(mask_token_id=None))
     with pytest.raises(ValueError, match="not a name"):
         DiffuGRPOTrainer("GSAI-ML/LLaDA-8B-Instruct", reward_funcs=length_reward, args=grpo_config(tmp_path))
     with pytest.raises(ValueError, match="Pass reward_funcs"):

@@ -12,16 +12,17 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from llada_cli.evaluate import main  # noqa: E402
 from llada_cli.local_data import EOS, EOT, train_tokenizer  # noqa: E402
-from tests.trainers.test_sft import sft_config  # noqa: E402
-from tests.utils import tiny_chat_tokenizer, tiny_model  # noqa: E402
-from trainers import MaskedDiffusionSFTTrainer  # noqa: E402
-from trainers.lm_eval_llada import (  # noqa: E402
-    LLaDAEvalModel,
-    cut_at_stop_strings,
+from modeling_llada.answers_llada import (  # noqa: E402
+    AnswerText,
     decode_answers,
     end_of_turn_id,
     end_token_ids,
 )
+from tests.modeling_llada.test_answers import CharTokenizer  # noqa: E402
+from tests.trainers.test_sft import sft_config  # noqa: E402
+from tests.utils import tiny_chat_tokenizer, tiny_model  # noqa: E402
+from trainers import MaskedDiffusionSFTTrainer  # noqa: E402
+from trainers.lm_eval_llada import LLaDAEvalModel  # noqa: E402
 
 TASKS = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval_tasks"
 TASK = "toy_chat_sum"
@@ -40,9 +41,14 @@ def llada_tokenizer():
 
 # -- the cutting, without a model ------------------------------------------------------------------------------------
 def test_an_answer_ends_at_the_earliest_stop_string():
-    assert cut_at_stop_strings("7 then\n\nQuestion: more", ["Question:", "\n\n"]) == "7 then"
-    assert cut_at_stop_strings("7 Question: a\n\nb", ["\n\n", "Question:"]) == "7 "
-    assert cut_at_stop_strings("7", ["\n\n"]) == "7" and cut_at_stop_strings("7\n", []) == "7\n"
+    def cut(text, until):
+        answer = AnswerText(CharTokenizer(), [], until)
+        answer.feed([ord(c) for c in text], final=True)
+        return answer.text
+
+    assert cut("7 then\n\nQuestion: more", ["Question:", "\n\n"]) == "7 then"
+    assert cut("7 Question: a\n\nb", ["\n\n", "Question:"]) == "7 "
+    assert cut("7", ["\n\n"]) == "7" and cut("7\n", []) == "7\n"
 
 
 def test_an_answer_ends_at_the_first_eos_or_end_of_turn_id():

@@ -123,7 +123,7 @@ def test_sample_answers_stop_at_the_chat_end_of_turn_token(tmp_path):
 def test_llada_hf_sft_prints_sample_answers_and_warns_about_a_tiny_dataset(tmp_path, capfd, sft_records):
     import json
 
-    from llada_cli.commands import main
+    from llada_cli.main import main
 
     data = tmp_path / "five.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say {w}.", "completion": f" {w}"}) + "\n"

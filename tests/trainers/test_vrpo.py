@@ -389,7 +389,13 @@ def test_on_policy_pairs_are_the_models_own_wrong_samples():
         on_policy_preference_pairs(model, tokenizer, questions, generation, temperature=0.0)
 
 
-def test_a_model_without_a_mask_id_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="no mask_token_id"):
+def test_the_mask_id_comes_from_the_tokenizer_and_without_one_the_model_is_refused(tmp_path):
+    model, reference = tiny_model(mask_token_id=None), tiny_model(1, mask_token_id=None)
+    VRPOTrainer(model, ref_model=reference, args=vrpo_config(tmp_path), train_dataset=pairs_set(),
+                processing_class=tiny_chat_tokenizer())
+    assert model.config.mask_token_id == reference.config.mask_token_id == 60  # the tokenizer's t60
+    tokenizer = tiny_chat_tokenizer()
+    tokenizer.mask_token = None
+    with pytest.raises(ValueError, match=r"no mask_token_id and the tokenizer \(processing_class\) has no mask_token"):
         VRPOTrainer(tiny_model(mask_token_id=None), args=vrpo_config(tmp_path), train_dataset=pairs_set(),
-                    processing_class=tiny_chat_tokenizer())
+                    processing_class=tokenizer)
