@@ -80,11 +80,17 @@ def copy_task_prompts(count: int, digits: int, seed: int):
 
 
 def check_prompt_dataset(dataset, dataset_name: str | None) -> None:
+    from trainers.base import check_no_null_fields
+
     columns = list(getattr(dataset, "column_names", None) or [])
+    where = f"--dataset_name {dataset_name!r}" if dataset_name else "the dataset"
     if columns and "prompt" not in columns:
-        where = f"--dataset_name {dataset_name!r}" if dataset_name else "the dataset"
         raise ValueError(f"{where} has columns {columns}; GRPO needs a `prompt` column (plain text or chat messages). "
                          "Rename yours (dataset.rename_column).")
+    try:
+        check_no_null_fields(dataset, ("prompt",), "train dataset")
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def grpo(argv: list[str] | None = None) -> None:

@@ -139,7 +139,22 @@ def parse_training_args(command: str, parser, argv: list[str] | None) -> tuple:
     *parsed, unknown = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check_output_dir(getattr(parsed[1], "output_dir", None))
     return tuple(parsed)
+
+
+def check_output_dir(output_dir: str | None) -> None:
+    """--output_dir must be a folder or a path where one can be made: neither it nor a folder above it may be an
+    existing file (checked before anything is loaded, instead of an `[Errno 17] File exists` at the first save)."""
+    if not output_dir:
+        return
+    path = Path(output_dir).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is inside {str(part)!r}, which is a file"
+                raise ValueError(f"--output_dir {output_dir!r} {where}; pass a folder (it is created if missing).")
+            return
 
 
 def training_dataset(script_args, default):

@@ -19,8 +19,10 @@ from transformers import GenerationConfig
 # transformers internals this file relies on (inventory: tests/test_upstream_internals.py). Besides these imports:
 # GenerationConfig's `_get_default_generation_params`, its metadata fields (`_from_model_config`, `_commit_hash`,
 # `transformers_version`), `validate(strict)`, `from_pretrained(_from_auto=, _from_pipeline=)` and save / load of a
-# subclass that skips `GenerationConfig.__init__`; PreTrainedModel's `generation_config_class`, `can_generate` (a
-# base class named *GenerationMixin) and the `adjust_generation_fn` hook `from_pretrained` calls.
+# subclass that skips `GenerationConfig.__init__` (overriding `from_dict(config_dict, **kwargs)` and
+# `to_json_string(use_diff, ignore_metadata, keys_to_pop)`, which save_pretrained calls with use_diff=True);
+# PreTrainedModel's `generation_config_class`, `can_generate` (a base class named *GenerationMixin) and the
+# `adjust_generation_fn` hook `from_pretrained` calls.
 from transformers.generation import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 from transformers.generation.streamers import BaseStreamer  # put(ids), end()
 from transformers.utils import ModelOutput, logging
@@ -159,8 +161,10 @@ class LLaDAGenerationConfig(GenerationConfig):
             when B < N). `max_new_tokens` must be a multiple of it. Defaults to `max_new_tokens` (one block).
         max_length (`int`, *optional*): the prompt plus the answer, as in transformers; used when `max_new_tokens` is
             not set (`max_new_tokens` defaults to 128 when neither is).
-        do_sample (`bool`, *optional*): transformers' switch: False is greedy whatever `temperature` says, True samples
-            at `temperature` (1.0 when it is 0). Unset, `temperature > 0` means sampling.
+        do_sample (`bool`, *optional*): transformers' switch: False is greedy whatever `temperature` says (sampling
+            settings then warn, as in transformers), True samples at `temperature` (1.0 when it is 0). Unset,
+            `temperature > 0` means sampling. Saved only when set; a saved `do_sample: false` with no sampling
+            setting beside it (what llada-hf wrote into every generation_config.json before) loads as unset.
         temperature (`float`, defaults to 0.0): 0 proposes the argmax; > 0 samples with float64 Gumbel noise.
         top_k (`int`, *optional*) / top_p (`float`, *optional*): with temperature > 0, restrict sampled proposals to the
             k most likely tokens / the nucleus of probability mass p of the model's distribution (before temperature).
@@ -245,6 +249,16 @@ class LLaDAGenerationConfig(GenerationConfig):
 
         for name in ("max_new_tokens", "max_length", "steps", "block_length", "top_k", "num_return_sequences"):
             positive_int(name, getattr(self, name))
+
+        def token_id(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        for name in ("mask_token_id", "bos_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            ids = value if name == "eos_token_id" and isinstance(value, (list, tuple)) and value else [value]
+            if value is not None and not all(token_id(x) for x in ids):
+                kind = "an integer id >= 0 or a list of them" if name == "eos_token_id" else "an integer id >= 0"
+                raise ValueError(f"`{name}` must be {kind} (or None), got {value!r} ({type(value).__name__}).")
         if self.do_sample not in (None, True, False):
             raise ValueError(f"`do_sample` must be True, False or None, got {self.do_sample!r}.")
         def finite_number(value: Any) -> bool:
@@ -289,6 +303,27 @@ class LLaDAGenerationConfig(GenerationConfig):
                 f"Parallel decoding (threshold/factor) compares confidences in [0, 1]; use remasking in "
                 f"{PARALLEL_REMASKING}, not {self.remasking!r}."
             )
+        self._warn_unused_sampling_settings()
+
+    def _warn_unused_sampling_settings(self) -> None:
+        """Warn, as transformers' GenerationConfig does, when the sampling settings are set but generation is greedy
+        (`do_sample=False`, or `top_k` / `top_p` at temperature 0): they would not be used."""
+        if self.sampling_temperature > 0:
+            return
+        unused = [f"{name}={value!r}" for name, value, is_set in (
+            ("temperature", self.temperature, self.temperature > 0),
+            ("top_k", self.top_k, self.top_k is not None),
+            ("top_p", self.top_p, self.top_p is not None and self.top_p < 1.0),
+        ) if is_set]
+        if not unused:
+            return
+        why = "`do_sample` is False" if self.do_sample is False else "the temperature is 0"
+        logger.warning_once(
+            f"{why}, so generation is greedy and {', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used "
+            "(only sampling uses them). "
+            f"Pass do_sample=True (or leave do_sample unset and set temperature > 0) to sample, or unset "
+            f"{', '.join(u.split('=')[0] for u in unused)}."
+        )
 
     def _validate_schedule(self) -> None:
         """LLaDA's schedule: the answer splits into whole blocks and the steps evenly over them."""
@@ -356,9 +391,32 @@ class LLaDAGenerationConfig(GenerationConfig):
             _from_model_config=True,
         )
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "LLaDAGenerationConfig":
+        """Load a saved config. `do_sample: false` beside no sampling setting (temperature 0 or absent, no top_k /
+        top_p) says nothing beyond the greedy default: every generation_config.json llada-hf saved before it wrote
+        `do_sample` only when set holds it. It loads as unset, so that `generate(temperature=...)` samples (with
+        `do_sample` unset, temperature > 0 means sampling) rather than being overridden by a value no one chose."""
+        if config_dict.get("do_sample") is False and not config_dict.get("temperature") and config_dict.get(
+            "top_k"
+        ) is None and config_dict.get("top_p") in (None, 1.0):
+            config_dict = {key: value for key, value in config_dict.items() if key != "do_sample"}
+            logger.info("generation_config.json: `do_sample: false` with no sampling setting loads as unset "
+                        "(greedy unless a call sets temperature > 0 or do_sample=True).")
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_json_string(self, use_diff: bool = True, ignore_metadata: bool = False,
+                       keys_to_pop: list[str] | None = None) -> str:
+        """As transformers', except that the saved diff holds `do_sample` only when it is set (see `to_diff_dict`):
+        a saved `do_sample: false` would make every later `temperature` a no-op."""
+        if use_diff and self.do_sample is None:
+            keys_to_pop = [*(keys_to_pop or []), "do_sample"]
+        return super().to_json_string(use_diff=use_diff, ignore_metadata=ignore_metadata, keys_to_pop=keys_to_pop)
+
     def to_diff_dict(self) -> dict[str, Any]:
-        """The non-default fields, and always `do_sample`: tools that fill in their own defaults (the text-generation
-        pipeline samples at 0.7 unless the model's config says otherwise) then keep LLaDA's greedy default."""
+        """The non-default fields, and always `do_sample` (the effective one when unset): tools that fill in their own
+        defaults (the text-generation pipeline samples at 0.7 unless the model's config says otherwise) then keep
+        LLaDA's greedy default. The saved json (`to_json_string`) holds `do_sample` only when it is set."""
         defaults = self.__class__().to_dict()
         diff = {
             key: value
@@ -551,7 +609,24 @@ class LLaDAGenerationMixin:
             return config
         # A plain GenerationConfig (from a tool or a user), or another sampler's: the fields it sets that mean the same
         # here carry over (do_sample, temperature, max_new_tokens, ...); one that asks for what diffusion lacks raises.
-        values = config.to_diff_dict() if isinstance(config, LLaDAGenerationConfig) else config.to_dict()
+        if isinstance(config, LLaDAGenerationConfig):
+            values = {**config.to_diff_dict(), "do_sample": config.do_sample}  # unset stays unset
+        else:
+            values = config.to_dict()
+            # transformers keeps a field it does not know as an attribute: a typo would otherwise vanish here.
+            standard = _standard_generation_defaults()
+            unknown = sorted(name for name in values if name not in standard and name not in target._diffusion_fields
+                             and name not in _METADATA_FIELDS and not name.startswith("_"))
+            if unknown:
+                llada2_only = set(unknown) & set(LLADA2_ONLY_SETTINGS)
+                raise ValueError(
+                    f"The GenerationConfig passed to generate() has unknown fields "
+                    f"{[f'{name}={values[name]!r}' for name in unknown]}"
+                    + (" (settings of LLaDA 2.x's block-diffusion sampler, which this model does not use)"
+                       if llada2_only else "")
+                    + f"; {cls.__name__}'s diffusion generation takes {sorted(target._diffusion_fields)}. Fix or "
+                    "remove them."
+                )
         values = {k: v for k, v in values.items() if v is not None and k not in _METADATA_FIELDS}
         reject_unsupported_settings(values, "The GenerationConfig passed to generate()")
         return target(**{k: v for k, v in values.items() if k in target._diffusion_fields})
@@ -604,8 +679,8 @@ class LLaDAGenerationMixin:
         r"""Generate by iterative unmasking (the LLaDA reverse process).
 
         Args:
-            input_ids: (b, P) prompt ids, left-padded when rows differ in length. Mask tokens inside the prompt are
-                filled as well (infilling).
+            input_ids: (b, P) int64 (or int32) prompt ids, left-padded when rows differ in length. Mask tokens inside
+                the prompt are filled as well (infilling).
             attention_mask: (b, P), 1 for tokens and 0 for (left) padding.
             generation_config: base settings; defaults to the model's (`generation_config.json`).
             streamer: receives the prompt, then the answer's tokens in reading order as soon as every position
@@ -834,6 +909,13 @@ class LLaDAGenerationMixin:
             )
         if input_ids is None:
             raise ValueError("generate() needs `input_ids` (the prompt); use a BOS token for unconditional generation.")
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch tensor of token ids, got {type(input_ids).__name__}; pass the "
+                            "tokenizer's output with return_tensors='pt'.")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            # int8 / int16 / uint8 hold few ids and compare wrongly against vocabulary sizes; bool is not ids at all
+            raise ValueError(f"input_ids must be integer ids of dtype torch.int64 (or torch.int32), got dtype "
+                             f"{input_ids.dtype}; convert them with `.long()`.")
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
             if attention_mask is not None and attention_mask.dim() == 1:
@@ -1013,14 +1095,19 @@ class LLaDAGenerationMixin:
         if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
             raise ValueError(f"input_ids must be integer ids of shape (batch, length), got {tuple(input_ids.shape)}.")
         check_block_schedule(gen_length, block_length, steps)
-        limit = getattr(self.config, "max_sequence_length", None)
-        if limit is not None and input_ids.shape[1] + gen_length > limit:
-            raise ValueError(
-                f"prompt length {input_ids.shape[1]} + max_new_tokens {gen_length} = "
-                f"{input_ids.shape[1] + gen_length} exceeds the model's max_sequence_length ({limit}); shorten the "
-                "prompt or lower max_new_tokens."
-            )
+        self._check_context_length(input_ids.shape[1], gen_length)
         self._check_prompt(input_ids, attention_mask, config, eos_ids)
+
+    def _check_context_length(self, prompt_length: int, gen_length: int) -> None:
+        """Every member: the prompt (as passed, padding included) plus the answer must fit the model's positions."""
+        limit = getattr(self.config, "max_sequence_length", None)
+        if limit is not None and prompt_length + gen_length > limit:
+            # the name the member's config.json uses (dense LLaDA: max_sequence_length; MoE / LLaDA 2: the alias)
+            name = "max_sequence_length" if "max_sequence_length" in vars(self.config) else "max_position_embeddings"
+            raise ValueError(
+                f"prompt length {prompt_length} + max_new_tokens {gen_length} = {prompt_length + gen_length} exceeds "
+                f"the model's {name} ({limit}); shorten the prompt or lower max_new_tokens."
+            )
 
     def _check_prompt(
         self,

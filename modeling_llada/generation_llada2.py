@@ -111,15 +111,20 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
         """Blocks are aligned to the prompt, not to the answer: any positive lengths and steps work."""
 
     def validate(self, strict: bool = False, **unused) -> None:
-        super().validate(strict)
+        # LLaDA 2's own rules first: the shared checks' advice (other remasking rules, `factor` instead of
+        # `threshold`) names settings this sampler does not take.
         if self.cfg_scale:
             raise ValueError(f"`cfg_scale` ({self.cfg_scale!r}): LLaDA 2's sampler has no classifier-free guidance; "
                              "leave it at 0.")
         if self.factor is not None:
-            raise ValueError(f"`factor` ({self.factor!r}): LLaDA 2's sampler uses `threshold`; unset `factor`.")
+            raise ValueError(
+                f"`factor={self.factor!r}`: LLaDA 2's sampler does not take `factor`; it commits by `threshold` "
+                f"(default {_LLADA2_DEFAULTS['threshold']}; None keeps the step schedule alone). Unset `factor`."
+            )
         if self.remasking != "low_confidence":
-            raise ValueError(f"`remasking={self.remasking!r}`: LLaDA 2 commits by confidence only; use "
-                             "'low_confidence'.")
+            raise ValueError(f"`remasking={self.remasking!r}`: LLaDA 2 commits by confidence only; the one value it "
+                             "takes is 'low_confidence' (the default).")
+        super().validate(strict)
         value = self.editing_threshold
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
                                   or not math.isfinite(value) or value < 0):
@@ -138,7 +143,9 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
     before it, with token editing) and the first half of its finish. What `generate` takes and returns here:
 
     Args:
-        input_ids: (b, P) prompt ids, left-padded when rows differ in length (`inputs=` works too).
+        input_ids: (b, P) prompt ids, left-padded when rows differ in length (`inputs=` works too). The prompt may
+            not hold the mask token: the answer is written after it block by block, so masks inside it cannot be
+            filled (no infilling, unlike dense LLaDA and LLaDA-MoE) and raise.
         attention_mask: (b, P), 1 for tokens and 0 for (left) padding. A padded row generates what it generates
             alone.
         generation_config: base settings; defaults to the model's (`generation_config.json`).
@@ -192,10 +199,21 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
         if synced_gpus:
             raise ValueError("synced_gpus=True: LLaDA 2's forward passes depend on the prompt (confidence threshold, "
                              "EOS); generate on each rank separately.")
-        self._check_prompt(input_ids, attention_mask, config, eos_ids)
         device = input_ids.device
         mask_id = config.mask_token_id
         gen_length = config.resolved_max_new_tokens(input_ids.shape[1])
+        self._check_context_length(input_ids.shape[1], gen_length)
+        self._check_prompt(input_ids, attention_mask, config, eos_ids)
+        holes = input_ids == mask_id
+        if attention_mask is not None:
+            holes &= attention_mask.bool()
+        holes = int(holes.sum())
+        if holes:  # the block-causal sampler writes only after the prompt: a mask inside it would stay in the output
+            raise ValueError(
+                f"input_ids hold the mask token ({mask_id}) at {holes} prompt position(s): LLaDA 2's block-causal "
+                "sampler only writes after the prompt, so it cannot fill masks inside it (dense LLaDA and LLaDA-MoE "
+                "infill). Remove them, or put the text to write at the end of the prompt."
+            )
         block = config.block_length or _LLADA2_DEFAULTS["block_length"]  # None: the official default
         steps = max(1, min(config.steps or block, gen_length // config.minimal_topk))
         if pad_id is None:

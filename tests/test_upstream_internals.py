@@ -511,6 +511,27 @@ def probe_generation_config_without_init() -> None:
         raise Drift("is now needed to round-trip a subclass's fields through save_pretrained / from_pretrained")
 
 
+def probe_generation_config_json_hooks() -> None:
+    """save_pretrained writes through `to_json_string(use_diff=True)` and from_pretrained reads through `from_dict`:
+    our overrides keep an unset `do_sample` out of the file and read an old file's lone `do_sample: false` as unset."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from modeling_llada.generation_llada import LLaDAGenerationConfig
+
+    with tempfile.TemporaryDirectory() as folder:
+        LLaDAGenerationConfig(steps=4).save_pretrained(folder)
+        saved = json.loads((Path(folder) / "generation_config.json").read_text())
+        if "do_sample" in saved or saved.get("steps") != 4:
+            raise Drift("save_pretrained no longer writes through to_json_string(use_diff=True), which our override "
+                        f"relies on to leave an unset do_sample out of the file (saved: {saved})")
+        (Path(folder) / "generation_config.json").write_text(json.dumps({**saved, "do_sample": False}))
+        if LLaDAGenerationConfig.from_pretrained(folder).do_sample is not None:
+            raise Drift("from_pretrained no longer reads through from_dict(config_dict, **kwargs), which our override "
+                        "relies on to load an old file's lone `do_sample: false` as unset")
+
+
 def probe_logits_processor_list() -> None:
     from transformers.generation import LogitsProcessorList
 
@@ -810,6 +831,14 @@ INTERNALS = [
              "skipped on purpose: to_dict, to_json_string, save_pretrained and from_pretrained work on a subclass "
              "that never ran it",
              behaves(probe_generation_config_without_init)),
+    Internal("transformers.GenerationConfig.to_json_string", (GENERATION,),
+             "save_pretrained writes the file through to_json_string(use_diff=True, ...); overridden as "
+             "to_json_string(use_diff, ignore_metadata, keys_to_pop)",
+             behaves(probe_generation_config_json_hooks)),
+    Internal("transformers.GenerationConfig.from_dict", (GENERATION,),
+             "from_pretrained builds the config through from_dict(config_dict, **kwargs); overridden with that "
+             "signature",
+             overridden_by("modeling_llada.generation_llada:LLaDAGenerationConfig.from_dict")),
     Internal("transformers.GenerationConfig.validate", (GENERATION, GENERATION2),
              "overridden as validate(strict=False, **unused); transformers calls it with keywords",
              overridden_by("modeling_llada.generation_llada:LLaDAGenerationConfig.validate",
@@ -1064,7 +1093,7 @@ INTERNALS = [
     Internal("datasets.config", ("llada_cli/loading.py",),
              "`HF_HUB_OFFLINE`: whether datasets runs offline",
              behaves(lambda: resolve("datasets.config.HF_HUB_OFFLINE"))),
-    Internal("datasets.Dataset._indices", ("hub_cards/cards.py",),
+    Internal("datasets.Dataset._indices", ("hub_cards/cards.py", "trainers/base.py"),
              "None unless an indices mapping (select, shuffle) sits over the Arrow table, whose rows are then not "
              "the dataset's",
              behaves(probe_dataset_indices)),

@@ -181,6 +181,25 @@ def resolve_args(args, config_class, default_output_dir: str):
     return args
 
 
+def check_no_null_fields(dataset, fields, label: str) -> None:
+    """A `ValueError` naming the field and the first row of `dataset` whose value there is null (None, e.g. `null` in
+    a JSON Lines file), for each of `fields` the dataset has; the trainers would otherwise fail deep inside the
+    tokenization. `label` names the dataset ("train dataset"). Only a `Dataset` is checked (an `IterableDataset`'s
+    rows are unknown until read)."""
+    if not isinstance(dataset, Dataset):
+        return
+    for name in fields:
+        if name not in dataset.column_names:
+            continue
+        if getattr(dataset, "_indices", None) is None and dataset.data.column(name).null_count == 0:
+            continue  # the Arrow column says so without reading the rows
+        rows = [index for index, value in enumerate(dataset[name]) if value is None]
+        if rows:
+            more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+            raise ValueError(f"Row {rows[0]}{more} of the {label} has a null {name!r}; every row needs a value there. "
+                             f"Fix or drop those rows (e.g. dataset.filter(lambda row: row[{name!r}] is not None)).")
+
+
 def with_example_ids(dataset: Dataset | None) -> Dataset | None:
     """Number the examples: their corruption is keyed on this id."""
     if dataset is None or EXAMPLE_ID in dataset.column_names:

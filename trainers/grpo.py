@@ -24,6 +24,8 @@ attention mask (TRL's convention) and not scored.
 """
 
 import copy
+import functools
+import inspect
 import re
 from dataclasses import dataclass, field
 
@@ -34,7 +36,7 @@ from modeling_llada.draws_llada import U32, counter_uniform, mix32
 from modeling_llada.generation_llada import KV_CACHE_MODES, REMASKING_STRATEGIES, LLaDAGenerationConfig
 from modeling_llada.mask_id import resolve_mask_token_id, unwrap
 
-from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, resolve_args
+from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, check_no_null_fields, resolve_args
 from .compat import is_peft_model, quiet_upstream_deprecations, sync_checkpointing_names
 from .peft_utils import with_llada_defaults
 from .vrpo import frozen_copy
@@ -161,14 +163,58 @@ class DiffuGRPOConfig(CPUSafeDefaults, GRPOConfig):
             raise ValueError("padding_free is not supported for LLaDA; set padding_free=False.")
 
 
+class RewardFunctionError(ValueError):
+    """A reward function raised: the message names it (its `__name__`), the original exception is the cause."""
+
+
+def _is_async(function) -> bool:
+    while isinstance(function, functools.partial):
+        function = function.func
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(getattr(function, "__call__", None))
+
+
+def named_reward_function(function, name: str):
+    """`function` (sync or async), whose exceptions are re-raised as `RewardFunctionError` naming it, with the
+    original as the cause; TRL reads the wrapper's `__name__` (the same) for its metric names."""
+
+    def failure(error: Exception) -> RewardFunctionError:
+        return RewardFunctionError(f"reward function {name!r} raised {type(error).__name__}: {error}")
+
+    if _is_async(function):
+        async def reward(*args, **kwargs):
+            try:
+                return await function(*args, **kwargs)
+            except Exception as error:
+                raise failure(error) from error
+    else:
+        def reward(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:
+                raise failure(error) from error
+    reward.__name__ = reward.__qualname__ = name
+    reward.__wrapped__ = function
+    return reward
+
+
+def _check_prompts(dataset, name: str) -> None:
+    if isinstance(dataset, dict):
+        for key, entry in dataset.items():
+            _check_prompts(entry, key)
+        return
+    check_no_null_fields(dataset, ("prompt",), f"{name} dataset" if name in ("train", "eval") else
+                         f"eval dataset {name!r}")
+
+
 class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
     """GRPO for a LLaDA model with diffusion rollouts and d1's one-step per-token log-probabilities.
 
     Same arguments as [`trl.GRPOTrainer`] (reward functions: callables, reward models or Hub ids; datasets with a
-    `prompt` column, plain or conversational), with a loaded LLaDA model. The reference (when `beta` > 0) is a frozen
-    copy of `model`; under LoRA (`peft_config`; a `LoraConfig` without `target_modules` gets LLaDA's block
-    projections) the base with the adapter disabled. The mask id is the model config's, else the tokenizer's mask token,
-    written into the config (`resolve_mask_token_id`).
+    `prompt` column, plain or conversational; a null prompt is refused with its row), with a loaded LLaDA model. A
+    reward function that raises stops training with a `RewardFunctionError` naming it (the original is its cause).
+    The reference (when `beta` > 0) is a frozen copy of `model`; under LoRA (`peft_config`; a `LoraConfig` without
+    `target_modules` gets LLaDA's block projections) the base with the adapter disabled. The mask id is the model
+    config's, else the tokenizer's mask token, written into the config (`resolve_mask_token_id`).
     """
 
     _tag_names = ["trl", "grpo", "diffu-grpo", "d1", "llada"]
@@ -187,6 +233,8 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         for name in ("tools", "rollout_func", "environment_factory"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name} is not supported by DiffuGRPOTrainer (single-turn diffusion rollouts).")
+        _check_prompts(train_dataset, "train")
+        _check_prompts(eval_dataset, "eval")
         mask_id = resolve_mask_token_id(model, processing_class)  # the config's, else the tokenizer's
         llada = unwrap(model)
         family = getattr(llada, "generation_config_class", LLaDAGenerationConfig)  # LLaDA 2: LLaDA2GenerationConfig
@@ -208,6 +256,9 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         finally:
             args.beta = beta
         self.beta = beta
+        for index, (function, name) in enumerate(zip(self.reward_funcs, self.reward_func_names)):
+            if callable(function) and not isinstance(function, torch.nn.Module):  # reward models report themselves
+                self.reward_funcs[index] = named_reward_function(function, name)
         if own_reference:
             self.ref_model = self.accelerator.prepare_model(reference, evaluation_mode=True)
         self._mask_id = mask_id
@@ -375,4 +426,4 @@ def exact_match_reward(completions, answer, **kwargs) -> list[float]:
             zip(texts, answer)]
 
 
-__all__ = ["DiffuGRPOConfig", "DiffuGRPOTrainer", "exact_match_reward"]
+__all__ = ["DiffuGRPOConfig", "DiffuGRPOTrainer", "RewardFunctionError", "exact_match_reward"]

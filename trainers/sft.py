@@ -21,6 +21,7 @@ from .base import (
     CPUSafeDefaults,
     DiffusionArguments,
     DiffusionTrainerMixin,
+    check_no_null_fields,
     resolve_args,
     with_example_ids,
 )
@@ -123,6 +124,7 @@ def check_sft_dataset(dataset, name: str = "train", text_field: str = "text") ->
     if not columns and not isinstance(dataset, Dataset):
         return  # an IterableDataset whose features are unknown until read
     if {"prompt", "completion"} <= set(columns) or {"messages", text_field, "input_ids"} & set(columns):
+        check_no_null_fields(dataset, ("prompt", "completion", "messages", text_field), label)
         return
     hint = ""
     if "prompt" in columns:

@@ -24,8 +24,9 @@ policy/reference when antithetic sampling is off): never on how the batch is spl
 and the policy then uses that same stored noise, so antithetic sampling still holds.
 """
 
-import copy
 import contextlib
+import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -41,11 +42,13 @@ from .base import (
     DiffusionNoiseArguments,
     LLaDARecordMixin,
     _seed32,
+    check_no_null_fields,
     resolve_args,
 )
 from .compat import (
     DataCollatorForPreference,
     is_peft_model,
+    logging,
     quiet_upstream_deprecations,
     sync_checkpointing_names,
     use_adapter,
@@ -53,6 +56,7 @@ from .compat import (
 from .objectives import weighted_token_losses
 from .peft_utils import with_llada_defaults
 
+logger = logging.get_logger(__name__)
 NOISE_SEED = "noise_seed"
 _REJECTED_SALT = 0x7F4A7C15  # rejected responses draw other noise than chosen ones
 _REFERENCE_SALT = 0x5BD1E995  # the reference's own noise when antithetic sampling is off
@@ -93,6 +97,10 @@ class VRPOConfig(CPUSafeDefaults, DiffusionNoiseArguments, DPOConfig):
 
     def __post_init__(self):
         self._resolve_device_defaults()
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}: beta=0 trains nothing (every "
+                             "gradient is 0) and beta < 0 trains toward the rejected answers. LLaDA 1.5 and TRL use "
+                             "0.1 (higher keeps the policy closer to the reference).")
         if self.elbo_samples < 1:
             raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}; the paper uses 8.")
         self._check_noise_arguments()
@@ -139,12 +147,73 @@ def check_preference_dataset(dataset, name: str = "train") -> None:
     if not columns and not isinstance(dataset, Dataset):
         return  # an IterableDataset whose features are unknown until read
     if {"chosen", "rejected"} <= set(columns) or {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns):
+        check_no_null_fields(dataset, ("prompt", "chosen", "rejected"), label)
         return
     raise ValueError(
         f"The {label} has columns {columns}; VRPO reads TRL's preference format: 'prompt', 'chosen' and 'rejected' "
         "(plain text or chat messages; without 'prompt', chosen and rejected conversations share their first "
         "turns). Rename your columns (dataset.rename_columns)."
     )
+
+
+def _dataset_label(name: str) -> str:
+    return f"{name} dataset" if name in ("train", "eval") else f"eval dataset {name!r}"
+
+
+def _answer_text(answer) -> str:
+    """The text of an answer: a string, or the contents of its chat messages (text parts included)."""
+    if isinstance(answer, str):
+        return answer
+    if isinstance(answer, (list, tuple)):
+        return "".join(_answer_text(part) for part in answer)
+    if isinstance(answer, dict):  # a message ("content") or a part of one ("text")
+        return _answer_text(answer["content"] if "content" in answer else answer.get("text"))
+    return "" if answer is None else str(answer)
+
+
+def _uninformative_pair(example) -> str | None:
+    """Why a preference pair teaches nothing ("identical", "empty"), or None: with chosen == rejected the two ELBO
+    differences estimate the same quantity and the loss trains on their masking noise alone; with both answers empty
+    (blank text, no message content) there is nothing to prefer either. One empty answer is a real preference (it is
+    scored as its EOS / end of turn, an answer the model can give) and is kept. In tokenized data an answer with no
+    token at all has nothing to score: "empty"."""
+    if "chosen_ids" in example and "chosen" not in example:  # already tokenized
+        chosen, rejected = list(example["chosen_ids"]), list(example["rejected_ids"])
+        return "empty" if not chosen or not rejected else "identical" if chosen == rejected else None
+    chosen, rejected = example["chosen"], example["rejected"]
+    if chosen == rejected:
+        return "identical"
+    return "empty" if not _answer_text(chosen).strip() and not _answer_text(rejected).strip() else None
+
+
+def drop_uninformative_pairs(dataset, name: str = "train"):
+    """`dataset` (a `Dataset`) without the pairs whose chosen and rejected answers are identical or both empty (blank
+    text, or no message content), with a warning that counts them; a `ValueError` when no pair is left.
+    Pairs without a `prompt` column have their shared first turns split off first (TRL's `extract_prompt`)."""
+    if not isinstance(dataset, Dataset) or len(dataset) == 0:
+        return dataset
+    columns = dataset.column_names
+    if "chosen" in columns and "prompt" not in columns:
+        from trl import extract_prompt
+
+        dataset = dataset.map(extract_prompt, desc=f"Extracting prompt from {name} dataset")
+    answers = [c for c in ("chosen", "rejected", "chosen_ids", "rejected_ids") if c in dataset.column_names]
+    reasons = [_uninformative_pair(example) for example in dataset.select_columns(answers)]
+    identical, empty = reasons.count("identical"), reasons.count("empty")
+    if not identical and not empty:
+        return dataset
+    label = _dataset_label(name)
+    found = " and ".join(part for part in (f"{identical} with chosen identical to rejected" if identical else "",
+                                           f"{empty} with both answers empty" if empty else "")
+                         if part)
+    first = next(index for index, reason in enumerate(reasons) if reason)
+    if identical + empty == len(dataset):
+        raise ValueError(f"No pair of the {label} can train VRPO: all {len(dataset)} pairs are uninformative "
+                         f"({found}; e.g. row {first}). A pair needs two different answers, at least one non-empty.")
+    logger.warning(f"Dropped {identical + empty} of {len(dataset)} pairs of the {label} ({found}; first: row "
+                   f"{first}): such a pair trains on masking noise alone. A pair needs two different answers, at "
+                   "least one non-empty.")
+    return dataset.select([index for index, reason in enumerate(reasons) if reason is None])
 
 
 def frozen_copy(model):
@@ -165,6 +234,9 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
     """Preference optimisation of a LLaDA model with VRPO's ELBO estimates in place of log-likelihoods.
 
     Accepts TRL's preference datasets (`prompt`/`chosen`/`rejected`, plain or conversational, or implicit prompts).
+    A null field is refused with its row; pairs whose chosen and rejected answers are identical (or both empty) teach
+    nothing (the loss would train on masking noise alone): they are dropped with a warning that counts them, and
+    a dataset with none left is refused (`drop_uninformative_pairs`), as is one whose prompts all fill `max_length`.
     The reference is `ref_model`, else a frozen copy of `model`; under LoRA (`peft_config`) the base with the adapter
     disabled (no second copy). `peft_config=LoraConfig(...)` without `target_modules` picks LLaDA's block projections.
     Logs TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`, `logps/*` (the ELBOs)
@@ -228,10 +300,12 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """TRL's preparation, then one stored noise seed per example (its VRPO settings included, so reference ELBOs
         cached by `precompute_ref_log_probs` are recomputed when the estimator changes)."""
+        if NOISE_SEED in (getattr(dataset, "column_names", None) or []):
+            return dataset  # prepared already
+        dataset = drop_uninformative_pairs(dataset, dataset_name)
+        raw = dataset
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        columns = getattr(dataset, "column_names", None) or []
-        if NOISE_SEED in columns:
-            return dataset
+        self._check_truncation_drops(raw, dataset, processing_class, args, dataset_name)
         settings = (args.seed, args.elbo_samples, args.optimal_allocation, args.antithetic_sampling,
                     args.stratified_timesteps, round(args.mask_eps * 1e9))
 
@@ -241,6 +315,31 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         if isinstance(dataset, Dataset):  # `IterableDataset.map` takes no `desc`
             return dataset.map(add_seed, with_indices=True, desc=f"Storing noise seeds of the {dataset_name} dataset")
         return dataset.map(add_seed, with_indices=True)
+
+    def _check_truncation_drops(self, raw, prepared, processing_class, args, dataset_name) -> None:
+        """TRL drops the pairs whose prompt alone fills `max_length` (no answer token left): a warning counts them, a
+        `ValueError` says by how much the prompts are too long when that drops every pair (instead of training on
+        zero samples)."""
+        if not (isinstance(raw, Dataset) and isinstance(prepared, Dataset)) or len(prepared) == len(raw):
+            return
+        label, dropped = _dataset_label(dataset_name), len(raw) - len(prepared)
+        if len(prepared) > 0:
+            logger.warning(f"{dropped} of {len(raw)} pairs of the {label} were dropped: their prompt fills "
+                           f"max_length={args.max_length} tokens, leaving no answer token to compare. Raise "
+                           "max_length to keep them.")
+            return
+        unlimited = copy.copy(args)  # the same preparation without the filter, to measure the prompts
+        unlimited.max_length = None
+        full = super()._prepare_dataset(raw, processing_class, unlimited, dataset_name)
+        prompts = [len(ids) for ids in full["prompt_ids"]]
+        longest = max(len(p) + max(len(c), len(r)) for p, c, r in zip(full["prompt_ids"], full["chosen_ids"],
+                                                                         full["rejected_ids"]))
+        raise ValueError(
+            f"All {len(raw)} pairs of the {label} were dropped: max_length={args.max_length} leaves no answer token "
+            f"in any of them, because every prompt fills it (prompt lengths: shortest {min(prompts)}, longest "
+            f"{max(prompts)} tokens). Set max_length to at least {max(prompts) + 1} to keep every pair ({longest} "
+            "keeps every answer whole), or shorten the prompts."
+        )
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -402,4 +501,4 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         return torch.cat(scores)
 
 
-__all__ = ["VRPOCollator", "VRPOConfig", "VRPOTrainer", "check_preference_dataset"]
+__all__ = ["VRPOCollator", "VRPOConfig", "VRPOTrainer", "check_preference_dataset", "drop_uninformative_pairs"]
