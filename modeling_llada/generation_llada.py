@@ -1092,8 +1092,8 @@ class LLaDAGenerationMixin:
         steps: int,
         eos_ids: list[int],
     ) -> None:
-        if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
-            raise ValueError(f"input_ids must be integer ids of shape (batch, length), got {tuple(input_ids.shape)}.")
+        """LLaDA's schedule and context length, then the checks every sampler shares (`_check_prompt`: the shape
+        included)."""
         check_block_schedule(gen_length, block_length, steps)
         self._check_context_length(input_ids.shape[1], gen_length)
         self._check_prompt(input_ids, attention_mask, config, eos_ids)
