@@ -401,6 +401,11 @@ def stage(folder: str | Path, repo_id: str, staging: str | Path, base_model: str
     files = sorted({*names, "README.md"})
     # files of an earlier staging of the same upload may be overwritten; anything else (or a link, which a copy
     # would write through) would pass for part of this upload
+    blocking = next((part for part in (staging, *staging.parents) if part.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        where = "is a file" if blocking == staging else f"is inside {str(blocking)!r}, which is a file"
+        raise ValueError(f"the staging folder {names_of['staging_dir']}={str(staging)!r} {where}; pass an empty or "
+                         "new folder.")
     leftovers = sorted(p.name for p in staging.iterdir() if p.name not in files or p.is_symlink() or not p.is_file()
                        ) if staging.is_dir() else []
     if leftovers:

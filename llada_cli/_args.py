@@ -11,7 +11,9 @@
 """
 
 import argparse
+import os
 import re
+from pathlib import Path
 
 
 def _marked(action: argparse.Action, text: str) -> str | None:
@@ -109,3 +111,22 @@ def add_flag(parser, name: str, **kwargs) -> argparse.Action:
     if not action.required and action.default is None and "default" not in action.help.lower():
         raise ValueError(f"--{name} has no default: its help must say what happens without it ('default: ...')")
     return action
+
+
+def check_output_dir(output_dir: str | None, flag: str = "--output_dir") -> None:
+    """An output folder (`flag`) must be a folder or a path where one can be made: neither it nor a folder above it may
+    be an existing file, and the nearest existing folder must be writable (checked before anything is loaded or
+    trained, instead of an `[Errno 17] File exists` or a permission error at the first save)."""
+    if not output_dir:
+        return
+    path = Path(output_dir).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                kind = "a file" if part.is_file() else "not a folder"
+                where = f"is {kind}" if part == path else f"is inside {str(part)!r}, which is {kind}"
+                raise ValueError(f"{flag} {output_dir!r} {where}; pass a folder (it is created if missing).")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise ValueError(f"{flag} {output_dir!r} cannot be written: no write permission on {str(part)!r}; "
+                                 "pass a folder you can write to.")
+            return

@@ -7,6 +7,7 @@ are imported by `main` after the arguments are parsed, and the task names are ch
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from . import help_cache
@@ -30,6 +31,8 @@ generation speed: tokens/s and forward passes per generated token.
 
 def count_or_fraction(value: str) -> int | float:
     number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a count >= 1 or a fraction in (0, 1), got {value!r}")
     return int(number) if number.is_integer() and number >= 1 else number
 
 
@@ -144,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.log_samples and not args.output:
         raise ValueError("--log_samples writes every example's outputs into --output; pass --output FILE.json too.")
     _require_lm_eval()
+    from trainers.lm_eval_llada import check_eval_settings
+
+    check_eval_settings(args.batch_size, args.mc_num, {"batch_size": "--batch_size", "mc_num": "--mc_num"})
     from .loading import check_adapter_source, check_device, check_llada_checkpoint, check_model_source
 
     device = str(check_device(args.device))

@@ -8,6 +8,7 @@ interrupted. A SIGTERM or SIGHUP ends the command like Ctrl-C, so its temporary 
 """
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -64,8 +65,11 @@ def _eval_results(text: str | None):
     try:
         results = json.loads(text)
     except ValueError as error:
-        raise ValueError(f"--eval-results is not valid JSON ({error}); pass a JSON list of objects with "
-                         "task_type, dataset_type, dataset_name, metric_type, metric_value.") from None
+        shown = text if len(text) <= 200 else text[:197] + "..."
+        hint = (" It names a file: the option takes the JSON text itself (--eval-results \"$(cat FILE)\")."
+                if os.path.isfile(text) else "")
+        raise ValueError(f"--eval-results {shown!r} is not valid JSON ({error}); pass a JSON list of objects with "
+                         f"task_type, dataset_type, dataset_name, metric_type, metric_value.{hint}") from None
     if isinstance(results, dict):
         results = [results]
     if not isinstance(results, list) or not all(isinstance(result, dict) for result in results):

@@ -10,11 +10,12 @@
 """
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
-from ._args import add_flag, new_parser
+from ._args import add_flag, check_output_dir, new_parser
 
 EOT = "<|eot_id|>"
 LOSS_EVERY = 2  # optimizer steps between logged losses (the loss plot smooths them)
@@ -162,6 +163,9 @@ def quickstart(argv: list[str] | None = None) -> dict:
     for name in ("pretrain_steps", "sft_steps", "eval_prompts", "digits"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.sft_learning_rate) and args.sft_learning_rate >= 0):  # 0: the untrained baseline
+        parser.error(f"--sft_learning_rate must be a finite number >= 0, got {args.sft_learning_rate}")
+    check_output_dir(args.output_dir)
 
     import torch
     from datasets import Dataset

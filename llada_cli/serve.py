@@ -19,12 +19,18 @@ on FastAPI's public API, and runs the same on every supported transformers relea
     every chunk also carries the whole canvas, masks shown as `░`, in the extra field `denoising_draft`;
   * bad requests get a 4xx whose OpenAI-style error names the field (`param`), never a 500 (the checks:
     `llada_cli.serve_requests`; the sampler settings are checked by the model's generation config class);
+  * `max_tokens` and `max_completion_tokens` that disagree, a `seed` outside 0..2**32-1 (the seeds the sampler uses
+    exactly) and `chat_template_kwargs` that hold the server's own template arguments are refused; usage is streamed
+    only with `stream_options: {"include_usage": true}`, in a last chunk with no choices, as OpenAI does;
+- no request can stall another: a body over `--max_request_bytes` gets 413 before it is read in full or parsed, a
+  prompt with more characters than can fit the context gets 400 before any tokenizer call, and requests are parsed
+  and tokenized on `TokenizerWorkers`, threads with a tokenizer each (no shared lock);
 - `GenerationRunner`, the engine: requests are served one at a time, in arrival order, on one generation thread
   (each with its own settings and its own stream); a streamed request whose client goes away is stopped at the next
   denoising step. An error that leaves the device unusable (a CUDA error) kills the engine: every request then gets
   a 503 with a one-line reason at once, and `/health` answers 503.
 - `build_app`: the routes, `/v1/models`, `/health`, the `X-Request-ID` header, errors in OpenAI's shape (malformed
-  JSON included).
+  JSON, 404, 405 and FastAPI's own 422 included).
 
 The `--help` of this command is cheap: nothing heavy is imported at module level.
 """
@@ -49,22 +55,31 @@ if TYPE_CHECKING:  # the server imports torch and the model code only when it st
 from .serve_requests import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
+    DEFAULT_MAX_REQUEST_BYTES,
     DIFFUSION_FIELDS,
     RequestError,
     chat_messages,
     check_fields,
+    check_prompt_chars,
     check_setting,
     completion_prompt,
     field_error,
+    prompt_chars,
     sampling_settings,
+    template_kwargs,
 )
 
 DTYPE_CHOICES = ("auto", *DTYPES)
 DRAFT_FIELD = "denoising_draft"  # the extra field of a stream chunk that holds the canvas
 MASK_GLYPH = "░"
-# A fast tokenizer's Rust core refuses concurrent use when one call changes its padding/truncation settings ("Already
-# borrowed"): requests are tokenized on worker threads while the generation thread decodes, so they take turns.
-TOKENIZER_LOCK = threading.Lock()
+# Requests are checked and tokenized on this many worker threads, each with its own copy of the tokenizer (a fast
+# tokenizer's Rust core refuses concurrent use when one call changes its padding/truncation settings, "Already
+# borrowed"), while the generation thread alone decodes with the served one: no lock is shared, so a long prompt
+# delays only its own request.
+PREPARE_WORKERS = 4
+# A body over --max_request_bytes is read on (and dropped, a chunk at a time) up to this many bytes before its 413 is
+# sent, so that the client reads the 413 rather than a reset connection; past it the connection is closed.
+DRAIN_BYTES = 64 * 2**20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
              help="approximate key/value caching (prefix or dual); default: the checkpoint's, else off (exact)")
     add_flag(parser, "remasking", choices=REMASKING_STRATEGIES,
              help="which proposals are committed first; default: the checkpoint's, else low_confidence")
+    add_flag(parser, "max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+             help="requests with a larger body get 413, before it is read in full or parsed (4 MiB: >10x the JSON of "
+                  "a prompt filling a 32k-token context)")
     add_flag(parser, "continuous_batching", action="store_true",
              help="not supported for diffusion models (an error says so); present so that transformers serve's "
                   "flag gets a clear answer")
@@ -217,6 +235,13 @@ class ServedModel:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(device).eval()
+        # The context, and the most characters a prompt that fits it can have (no token covers more characters than
+        # the longest in the vocabulary): longer prompts are refused before any tokenizer call.
+        self.context = getattr(model.config, "max_sequence_length", None) or getattr(model.config,
+                                                                                    "max_position_embeddings", None)
+        longest = max((len(token) for token in self.tokenizer.get_vocab()), default=1)
+        self.max_prompt_chars = self.context * max(longest, 1) if self.context else None
+        self.mask_token = self.tokenizer.convert_ids_to_tokens(model.config.mask_token_id)
 
     def names(self) -> set[str]:
         """The values of a request's `model` that name this model."""
@@ -295,6 +320,35 @@ class GenerationRunner:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+class TokenizerWorkers:
+    """Where requests are checked and tokenized: `workers` threads, each with its own copy of the tokenizer (made when
+    the server starts), so that no request waits for a lock another request holds while it tokenizes."""
+
+    def __init__(self, tokenizer, workers: int = PREPARE_WORKERS):
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
+        copies: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(workers):
+            copies.put(copy.deepcopy(tokenizer))
+        self.local = threading.local()
+
+        def take_copy() -> None:  # each worker thread, once, when it starts
+            self.local.tokenizer = copies.get_nowait()
+
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llada-prepare", initializer=take_copy)
+
+    def tokenizer(self):
+        """This worker thread's own tokenizer."""
+        return self.local.tokenizer
+
+    async def run(self, fn, *args):
+        return await asyncio.wrap_future(self.pool.submit(fn, *args))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 class _Unsupported:
     """The endpoints of OpenAI's API that a diffusion text model does not serve."""
 
@@ -310,9 +364,10 @@ class LLaDAHandler:
     """`/v1/chat/completions` (`chat=True`) and `/v1/completions` for one served model."""
 
     def __init__(self, served: ServedModel, defaults: dict, max_new_tokens: int | None, runner: GenerationRunner,
-                 chat: bool):
+                 chat: bool, workers: TokenizerWorkers | None = None):
         self.served, self.defaults = served, defaults
         self.default_budget, self.runner, self.chat = max_new_tokens, runner, chat
+        self.workers = workers or TokenizerWorkers(served.tokenizer, 1)
 
     # --- request -> job
 
@@ -325,30 +380,33 @@ class LLaDAHandler:
                                     f"{self.served.name!r}", param="model", code="model_not_found")
 
     def _prepare(self, body: dict) -> dict:
+        """On a worker thread, with its own tokenizer: the checks, then the prompt's ids (the cheap character bound
+        first, so that a prompt that cannot fit is refused before it is tokenized)."""
         check_fields(body, CHAT_FIELDS if self.chat else COMPLETION_FIELDS)
         self._check_model(body)
         settings = sampling_settings(body, self.defaults, type(self.served.model.generation_config))
-        model, tokenizer = self.served.model, self.served.tokenizer
+        model, tokenizer = self.served.model, self.workers.tokenizer()
+        prompt_field = "messages" if self.chat else "prompt"
+        check_prompt_chars(prompt_chars(body, self.chat), self.served.max_prompt_chars, prompt_field,
+                           self.served.context)
         if self.chat:
             messages = chat_messages(body)
-            extra = body.get("chat_template_kwargs") or {}
-            if not isinstance(extra, dict):
-                raise field_error("chat_template_kwargs", "must be an object")
+            extra = template_kwargs(body)
             if not getattr(tokenizer, "chat_template", None):
                 raise field_error("messages", "this model's tokenizer has no chat template; use /v1/completions")
             try:
-                with TOKENIZER_LOCK:
-                    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                        return_dict=True, **extra)["input_ids"]
+                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, **extra)["input_ids"]
             except Exception as error:  # noqa: BLE001 (a template that rejects the conversation: the client's)
-                raise field_error("messages", f"the chat template rejects these messages: {error}") from None
+                param = "chat_template_kwargs" if extra else "messages"
+                raise field_error(param, f"the chat template rejects these messages"
+                                         f"{' with these chat_template_kwargs' if extra else ''}: "
+                                         f"{' '.join(str(error).split())}") from None
             if ids and isinstance(ids[0], list):
                 ids = ids[0]
         else:
-            prompt = completion_prompt(body)
-            with TOKENIZER_LOCK:
-                ids = tokenizer(prompt)["input_ids"]
-        return self._new_job(model, tokenizer, list(ids), settings, "messages" if self.chat else "prompt")
+            ids = tokenizer(completion_prompt(body))["input_ids"]
+        return self._new_job(model, tokenizer, list(ids), settings, prompt_field)
 
     def _new_job(self, model, tokenizer, ids: list[int], settings: dict, prompt_field: str) -> dict:
         """The `generate` call: canvas length, block schedule and checked settings."""
@@ -371,6 +429,14 @@ class LLaDAHandler:
             kwargs["num_return_sequences"] = settings["n"]
         limit = getattr(model.config, "max_sequence_length", None) or getattr(model.config,
                                                                              "max_position_embeddings", None)
+        if settings.get("steps_requested") and kwargs["steps"] > canvas:  # a step commits a position at least:
+            # more steps than positions are only wasted work (10**9 of them held the generation thread for minutes)
+            raise field_error("steps", f"{kwargs['steps']} is more than the answer's {canvas} positions "
+                                       f"(max_tokens {budget} in blocks of {block}); use at most {canvas} steps")
+        if limit is not None and canvas > limit:
+            raise field_error(settings.get("budget_field", "max_tokens"),
+                              f"{budget} (an answer of {canvas} positions) exceeds the model's context of {limit} "
+                              f"tokens; lower it")
         if limit is not None and len(ids) + canvas > limit:
             raise field_error(prompt_field, f"the prompt ({len(ids)} tokens) plus the answer budget ({canvas} "
                                             f"positions) exceeds the model's context of {limit} tokens; shorten the "
@@ -386,18 +452,18 @@ class LLaDAHandler:
             param = next((f for f in (*DIFFUSION_FIELDS, "top_p", "temperature", "seed")
                           if re.search(rf"\b{f}\b", message)), "max_tokens")
             raise field_error(param, message) from None
-        with TOKENIZER_LOCK:
-            end_ids = end_token_ids(config.eos_token_id, tokenizer)
-        return {"model": model, "tokenizer": tokenizer, "ids": ids, "kwargs": kwargs, "budget": budget,
+        end_ids = end_token_ids(config.eos_token_id, tokenizer)
+        # decoding happens on the generation thread, with the served tokenizer (which only that thread uses)
+        return {"model": model, "tokenizer": self.served.tokenizer, "ids": ids, "kwargs": kwargs, "budget": budget,
                 "stops": settings["stop"], "n": settings["n"], "stream": settings["stream"],
-                "draft": settings["draft"], "end_ids": end_ids}
+                "draft": settings["draft"], "end_ids": end_ids, "include_usage": settings["include_usage"]}
 
     async def handle_request(self, body: dict, request_id: str):
         from fastapi.responses import JSONResponse, StreamingResponse
 
         try:
             self.runner.check_alive()
-            job = await asyncio.to_thread(self._prepare, body)
+            job = await self.workers.run(self._prepare, body)
         except RequestError as error:
             return JSONResponse(error.body(), status_code=error.status)
         model_id = body.get("model") or self.served.name
@@ -412,10 +478,10 @@ class LLaDAHandler:
     # --- generation (on the generation thread)
 
     def _tracker(self, job: dict) -> AnswerText:
-        """Where each answer ends: the library's one rule, decoding under the server's tokenizer lock."""
+        """Where each answer ends: the library's one rule (decoding on the generation thread only)."""
         from modeling_llada.answers_llada import AnswerText  # loaded with the model already
 
-        return AnswerText(job["tokenizer"], job["end_ids"], job["stops"], job["budget"], lock=TOKENIZER_LOCK)
+        return AnswerText(job["tokenizer"], job["end_ids"], job["stops"], job["budget"])
 
     def _call(self, job: dict, **extra):
         import torch
@@ -466,7 +532,7 @@ class LLaDAHandler:
                 "choices": choices, "usage": self._usage(job, answers)}
 
     def _chunk(self, request_id: str, model_id: str, text: str | None = None, role: str | None = None,
-               finish_reason: str | None = None, usage: dict | None = None, draft: str | None = None) -> str:
+               finish_reason: str | None = None, draft: str | None = None) -> str:
         if self.chat:
             delta = {}
             if role is not None:
@@ -482,16 +548,16 @@ class LLaDAHandler:
             choice[DRAFT_FIELD] = draft
         chunk = {"id": request_id, "object": kind, "created": int(time.time()), "model": model_id,
                  "choices": [choice]}
-        if usage is not None:
-            chunk["usage"] = usage
         return f"data: {json.dumps(chunk)}\n\n"
 
-    def _draft_text(self, tokenizer, mask_id: int):
-        mask_token = tokenizer.convert_ids_to_tokens(mask_id)
+    def _usage_chunk(self, request_id: str, model_id: str, usage: dict) -> str:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return "data: " + json.dumps({"id": request_id, "object": kind, "created": int(time.time()), "model": model_id,
+                                      "choices": [], "usage": usage}) + "\n\n"
 
-        def render(canvas: list[int]) -> str:
-            with TOKENIZER_LOCK:
-                text = tokenizer.decode(canvas, skip_special_tokens=False)
+    def _draft_text(self, tokenizer, mask_token):
+        def render(canvas: list[int]) -> str:  # on the generation thread
+            text = tokenizer.decode(canvas, skip_special_tokens=False)
             return text.replace(mask_token, MASK_GLYPH) if isinstance(mask_token, str) else text
 
         return render
@@ -505,7 +571,7 @@ class LLaDAHandler:
         def emit(item) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        draft = self._draft_text(job["tokenizer"], job["model"].config.mask_token_id) if job["draft"] else None
+        draft = self._draft_text(job["tokenizer"], self.served.mask_token) if job["draft"] else None
         streamer = DraftStreamer(tracker, emit, cancelled, draft) if draft else CommitStreamer(tracker, emit, cancelled)
 
         def work() -> None:
@@ -542,8 +608,9 @@ class LLaDAHandler:
                     yield self._chunk(request_id, model_id, text=value)
                 elif kind == "draft":
                     yield self._chunk(request_id, model_id, text="" if self.chat else None, draft=value)
-            yield self._chunk(request_id, model_id, finish_reason=tracker.finish_reason,
-                              usage=self._usage(job, [tracker]), text=None)
+            yield self._chunk(request_id, model_id, finish_reason=tracker.finish_reason, text=None)
+            if job["include_usage"]:  # OpenAI's stream_options.include_usage: one more chunk, no choices
+                yield self._usage_chunk(request_id, model_id, self._usage(job, [tracker]))
             yield "data: [DONE]\n\n"
         finally:
             # a client that went away (GeneratorExit / CancelledError here): its job stops at its next step
@@ -584,17 +651,21 @@ def build_app(args):
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
     served = ServedModel(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     defaults = {name: getattr(args, name, None) for name in DIFFUSION_FIELDS}
     runner = GenerationRunner()
+    workers = TokenizerWorkers(served.tokenizer)
+    max_bytes = getattr(args, "max_request_bytes", None) or DEFAULT_MAX_REQUEST_BYTES
 
     @asynccontextmanager
     async def lifespan(_app):
         yield
         runner.shutdown()
+        workers.shutdown()
 
     app = FastAPI(title="llada-hf serve", lifespan=lifespan)
     app.state.served, app.state.runner = served, runner
@@ -603,30 +674,86 @@ def build_app(args):
     async def request_error(_request, error: RequestError):
         return JSONResponse(error.body(), status_code=error.status)
 
-    async def http_error(_request, error: HTTPException):  # unknown route, wrong method
-        return JSONResponse(RequestError(error.status_code, str(error.detail)).body(), status_code=error.status_code)
+    async def http_error(request, error: HTTPException):  # unknown route, wrong method
+        message = f"{error.detail}: {request.method} {request.url.path}"
+        return JSONResponse(RequestError(error.status_code, message).body(), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    async def validation_error(_request, error: RequestValidationError):  # FastAPI's own 422
+        problems = error.errors()
+        where = ".".join(str(part) for part in problems[0].get("loc", ())[1:]) if problems else ""
+        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in problems)
+        return JSONResponse(RequestError(422, message or "invalid request", param=where or None).body(),
+                            status_code=422)
 
     async def internal_error(request, error: Exception):  # 500, or 503 when the error killed the engine
         return await request_error(request, runner.failure(error))
 
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)
+
+    def too_large(size: str) -> RequestError:
+        return RequestError(413, f"the request body is {size} bytes, over the server's cap of {max_bytes} bytes "
+                                 "(llada-hf serve --max_request_bytes); send a shorter prompt",
+                            code="request_too_large")
+
+    async def discard_rest(chunks, read: int) -> None:
+        """Reads the rest of a refused body (`chunks`, the request's stream) without keeping it, up to `DRAIN_BYTES`
+        in all, so that the client gets the 413 instead of a connection reset (closing a socket with unread data
+        resets it)."""
+        async for part in chunks:
+            read += len(part)
+            if read > DRAIN_BYTES:
+                return
+
+    async def read_body(request) -> bytes:
+        """The body, refused (413) from its Content-Length, or as soon as what was read passes the cap; nothing past
+        the cap is kept or parsed. A compressed body (a Content-Encoding other than identity) gets 415."""
+        declared = request.headers.get("content-length")
+        chunks = request.stream()
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            await discard_rest(chunks, 0)
+            raise RequestError(415, f"Content-Encoding {encoding!r} is not supported by llada-hf serve; send the "
+                                    "body uncompressed, without a Content-Encoding header",
+                               code="unsupported_content_encoding")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await discard_rest(chunks, 0)
+            raise too_large(declared)
+        parts, size = [], 0
+        async for part in chunks:
+            size += len(part)
+            if size > max_bytes:
+                parts.clear()
+                await discard_rest(chunks, size)
+                raise too_large(f"more than {max_bytes}")
+            parts.append(part)
+        return b"".join(parts)
+
+    def parse(raw: bytes):
+        try:
+            return json.loads(raw)
+        except ValueError as error:  # (UnicodeDecodeError included)
+            raise RequestError(400, f"the request body is not valid JSON ({error}); send a JSON object") from None
+        except RecursionError:  # arrays/objects nested thousands deep
+            raise RequestError(400, "the request body is nested too deeply to parse as JSON; send a JSON object "
+                                    "of OpenAI's fields") from None
 
     def endpoint(handler):
         async def handle(request):
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except ValueError as error:  # (UnicodeDecodeError included)
-                raise RequestError(400, f"the request body is not valid JSON ({error}); send a JSON object") from None
+            raw = await read_body(request)
+            body = await workers.run(parse, raw)  # off the event loop: a large body delays no other request
             return await handler.handle_request(body, request.state.request_id)
 
         handle.__annotations__["request"] = Request  # the class itself: this module's annotations are strings
         return handle
 
-    handlers = {"/v1/chat/completions": LLaDAHandler(served, defaults, args.max_new_tokens, runner, chat=True),
-                "/v1/completions": LLaDAHandler(served, defaults, args.max_new_tokens, runner, chat=False),
+    handlers = {"/v1/chat/completions": LLaDAHandler(served, defaults, args.max_new_tokens, runner, chat=True,
+                                                     workers=workers),
+                "/v1/completions": LLaDAHandler(served, defaults, args.max_new_tokens, runner, chat=False,
+                                                workers=workers),
                 **{path: _Unsupported(path) for path in ("/v1/responses", "/v1/audio/transcriptions",
                                                         "/v1/embeddings")}}
     for path, handler in handlers.items():
@@ -652,6 +779,9 @@ def _check_args(args) -> None:
                          "leave the flag out (requests are then served one at a time).")
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port} is not a port number (1-65535).")
+    if args.max_request_bytes < 1024:
+        raise ValueError(f"--max_request_bytes {args.max_request_bytes}: must be at least 1024 (a request's JSON "
+                         f"needs room); the default is {DEFAULT_MAX_REQUEST_BYTES}.")
     for name in ("max_new_tokens", *DIFFUSION_FIELDS):  # checked as a request's fields are
         value = getattr(args, name)
         if value is not None:

@@ -10,11 +10,12 @@ Importing this module is cheap: TRL, the trainers and the loaders are imported i
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from . import help_cache
-from ._args import TrainingHelpFormatter
+from ._args import TrainingHelpFormatter, check_output_dir
 
 _CONFIG_HELP = ("a YAML file of `setting: value` lines, any of the flags below (plus `env:`, a mapping of "
                 "environment variables to set); flags given on the command line override it; default: none (the "
@@ -140,21 +141,24 @@ def parse_training_args(command: str, parser, argv: list[str] | None) -> tuple:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     check_output_dir(getattr(parsed[1], "output_dir", None))
+    if len(parsed) > 2:
+        check_lora_values(parsed[2])
     return tuple(parsed)
 
 
-def check_output_dir(output_dir: str | None) -> None:
-    """--output_dir must be a folder or a path where one can be made: neither it nor a folder above it may be an
-    existing file (checked before anything is loaded, instead of an `[Errno 17] File exists` at the first save)."""
-    if not output_dir:
+def check_lora_values(model_args) -> None:
+    """With --use_peft: --lora_r a positive count, --lora_alpha a positive number, --lora_dropout in [0, 1) (named as
+    flags, before anything is loaded; PEFT would name its own field `r` after the model is loaded)."""
+    if not getattr(model_args, "use_peft", False):
         return
-    path = Path(output_dir).expanduser()
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                where = "is a file" if part == path else f"is inside {str(part)!r}, which is a file"
-                raise ValueError(f"--output_dir {output_dir!r} {where}; pass a folder (it is created if missing).")
-            return
+    rank, alpha, dropout = (getattr(model_args, name, None) for name in ("lora_r", "lora_alpha", "lora_dropout"))
+    if rank is not None and rank < 1:
+        raise ValueError(f"--lora_r must be a positive integer (the adapters' rank; e.g. 16), got {rank}.")
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"--lora_alpha must be a finite number > 0 (the adapters' scale is alpha / r; e.g. 32), got "
+                         f"{alpha}.")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--lora_dropout must be in [0, 1), got {dropout}.")
 
 
 def training_dataset(script_args, default):

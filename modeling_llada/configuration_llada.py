@@ -152,6 +152,25 @@ def is_lladamoe_config_dict(config_dict: dict) -> bool:
     return "LLaDAMoEModelLM" in architectures or any(name in config_dict for name in moe_fields)
 
 
+def reject_other_family(config_class: type, config_dict: dict, moe: bool | None = None) -> None:
+    """Raise when `config_dict` (a config.json) belongs to another member of the family than `config_class` reads:
+    another `model_type`, or (both say "llada") dense LLaDA against LLaDA-MoE when `moe` says which one is wanted.
+    Without this, the wrong class silently fills in its own defaults for the fields it does not know."""
+    found = config_dict.get("model_type")
+    kind = None
+    if found is not None and found != config_class.model_type:
+        kind = f"model_type {found!r}"
+    elif moe is not None and found == "llada" and is_lladamoe_config_dict(config_dict) != moe:
+        kind = "a LLaDA-MoE config" if not moe else "a dense LLaDA config"
+    if kind is not None:
+        raise ValueError(
+            f"This config.json is {kind}, which {config_class.__name__} does not read (it reads "
+            f"{'LLaDA-MoE' if moe else 'dense LLaDA' if moe is False else repr(config_class.model_type)} configs); "
+            "load the checkpoint with AutoModel.from_pretrained (after `import modeling_llada`), which picks the "
+            "right class."
+        )
+
+
 class LLaDAConfig(PreTrainedConfig):
     r"""Configuration of a LLaDA masked-diffusion language model (arXiv 2502.09992).
 
@@ -262,6 +281,7 @@ class LLaDAConfig(PreTrainedConfig):
         """`PreTrainedConfig.from_dict`, except that an official LLaDA-MoE config (also `model_type: "llada"`, but with
         `architectures: ["LLaDAMoEModelLM"]` and MoE fields) gives an `LLaDAMoEConfig`: that is how `AutoConfig`
         and `AutoModel` tell the two families apart."""
+        reject_other_family(cls, config_dict)  # another model_type; dense against MoE is told apart below
         if cls is LLaDAConfig and is_lladamoe_config_dict(config_dict):
             if cls.moe_config_class is None:
                 raise ValueError(
@@ -269,6 +289,7 @@ class LLaDAConfig(PreTrainedConfig):
                     "`import modeling_llada` first, or load it with LLaDAMoEConfig."
                 )
             return cls.moe_config_class.from_dict(config_dict, **kwargs)
+        reject_other_family(cls, config_dict, moe=None if cls is LLaDAConfig else False)
         return super().from_dict(config_dict, **kwargs)
 
     # -- derived sizes ---------------------------------------------------------------------------------------------

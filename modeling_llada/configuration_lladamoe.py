@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from .configuration_llada import (DenseLLaDANamesMixin, check_dropout, check_finite_positive, check_key_value_heads,
+from .configuration_llada import (reject_other_family, DenseLLaDANamesMixin, check_dropout, check_finite_positive, check_key_value_heads,
                                   check_positive_ints, check_special_token_ids, check_supported,
                                   drop_unheld_default_ids, is_positive_int, reject_rope_scaling)
 
@@ -118,6 +118,12 @@ class LLaDAMoEConfig(DenseLLaDANamesMixin, PreTrainedConfig):
     bos_token_id: int | None = LLADA_MOE_TOKEN_IDS["bos_token_id"]
     eos_token_id: int | list[int] | None = LLADA_MOE_TOKEN_IDS["eos_token_id"]
     tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """`PreTrainedConfig.from_dict`, refusing another member's config.json (see `reject_other_family`)."""
+        reject_other_family(cls, config_dict, moe=True)
+        return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs: Any):
         reject_rope_scaling("LLaDAMoEConfig", "LLaDA-MoE", kwargs)

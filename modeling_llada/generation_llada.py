@@ -10,6 +10,7 @@ This file travels with every checkpoint (trust_remote_code): it imports only tor
 import copy
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,6 +262,12 @@ class LLaDAGenerationConfig(GenerationConfig):
                 raise ValueError(f"`{name}` must be {kind} (or None), got {value!r} ({type(value).__name__}).")
         if self.do_sample not in (None, True, False):
             raise ValueError(f"`do_sample` must be True, False or None, got {self.do_sample!r}.")
+        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "early_exit", "output_history",
+                     "return_dict_in_generate", "progress_bar"):
+            value = getattr(self, name, False)
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
+
         def finite_number(value: Any) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -285,7 +292,7 @@ class LLaDAGenerationConfig(GenerationConfig):
             raise ValueError(
                 f"`stop_strings` must be a non-empty string or a list of non-empty strings, got {self.stop_strings!r}."
             )
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+        if self.top_p is not None and not (finite_number(self.top_p) and 0.0 < self.top_p <= 1.0):
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
         if self.remasking not in REMASKING_STRATEGIES:
             raise ValueError(f"`remasking` must be one of {REMASKING_STRATEGIES}, got {self.remasking!r}.")
@@ -294,9 +301,9 @@ class LLaDAGenerationConfig(GenerationConfig):
             raise ValueError(f"`kv_cache` must be None or one of {self._kv_cache_modes}, got {self.kv_cache!r}.")
         if self.threshold is not None and self.factor is not None:
             raise ValueError("Set either `threshold` or `factor` for parallel decoding, not both.")
-        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+        if self.threshold is not None and not (finite_number(self.threshold) and 0.0 < self.threshold <= 1.0):
             raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}; Fast-dLLM uses 0.9.")
-        if self.factor is not None and not self.factor > 0:
+        if self.factor is not None and not (finite_number(self.factor) and self.factor > 0):
             raise ValueError(f"`factor` must be > 0, got {self.factor!r}.")
         if (self.threshold is not None or self.factor is not None) and self.remasking not in PARALLEL_REMASKING:
             raise ValueError(
@@ -590,7 +597,14 @@ class LLaDAGenerationMixin:
                 _from_auto=from_auto_class,
                 _from_pipeline=from_pipeline,
             )
-        except OSError:
+        except OSError as error:
+            local = os.path.join(str(pretrained_model_name_or_path), subfolder or "", "generation_config.json")
+            if os.path.isfile(local) or "valid JSON" in str(error):
+                # a file that is there but cannot be read must not fall back to the defaults silently
+                raise ValueError(
+                    f"The generation_config.json of {pretrained_model_name_or_path} cannot be read: {error} Fix or "
+                    "delete the file, or pass `generation_config=LLaDAGenerationConfig(...)` to from_pretrained."
+                ) from error
             logger.info("No generation_config.json found; using LLaDA's default generation settings.")
         except ValueError as error:
             raise ValueError(
@@ -634,9 +648,20 @@ class LLaDAGenerationMixin:
     def _resolve_generation_config(
         self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]
     ) -> LLaDAGenerationConfig:
+        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+            raise TypeError(
+                f"generation_config must be a transformers GenerationConfig, got a {type(generation_config).__name__} "
+                f"({generation_config!r}); pass GenerationConfig(...) or the settings as keyword arguments."
+            )
         base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
         config = copy.deepcopy(self._as_llada_generation_config(base or self.generation_config_class()))
-        unused = config.update(**apply_official_aliases(kwargs))
+        kwargs = apply_official_aliases(kwargs)
+        if kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is not None:
+            logger.warning(  # as transformers' generate warns
+                f"Both `max_new_tokens` (={kwargs['max_new_tokens']}) and `max_length` (={kwargs['max_length']}) are "
+                "set; `max_new_tokens` takes precedence and `max_length` is not used. Pass only one of them."
+            )
+        unused = config.update(**kwargs)
         llada2_only = sorted(set(unused) & set(LLADA2_ONLY_SETTINGS))
         if llada2_only:
             raise ValueError(
@@ -707,6 +732,12 @@ class LLaDAGenerationMixin:
         >>> model.generate(ids, max_new_tokens=8)
         ```
         """
+        for processor in logits_processor or []:
+            if not callable(processor):
+                raise TypeError(
+                    f"logits_processor must hold transformers LogitsProcessors (callables of (input_ids, scores)), got "
+                    f"{processor!r} ({type(processor).__name__})."
+                )
         state = self._start_denoising(
             *self._prepare_generate(input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs),
             streamer=streamer, logits_processor=logits_processor, tokenizer=tokenizer,
@@ -1119,6 +1150,8 @@ class LLaDAGenerationMixin:
         """The checks every sampler shares: ids and special ids inside the vocabulary, a left-padding mask."""
         if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
             raise ValueError(f"input_ids must be integer ids of shape (batch, length), got {tuple(input_ids.shape)}.")
+        if input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}); pass at least one prompt.")
         vocab = self.get_input_embeddings().weight.shape[0]
         for name, value in (("mask_token_id", config.mask_token_id), *(("eos_token_id", e) for e in eos_ids)):
             if not 0 <= value < vocab:
@@ -1132,14 +1165,23 @@ class LLaDAGenerationMixin:
                 )
             keep = attention_mask.bool()
             checks += [
+                ((attention_mask != 0) & (attention_mask != 1)).any(),  # not a 0/1 mask
                 (keep[:, :-1] & ~keep[:, 1:]).any(),  # a token followed by padding: right padding
                 ((~keep) & (input_ids == config.mask_token_id)).any(),  # padding that reads as a mask token
                 (~keep).all(-1).any(),  # an empty row
             ]
         flags = torch.stack(checks).tolist()  # one host sync for all input checks
         if flags[0]:
-            raise ValueError(f"input_ids contain ids outside the vocabulary [0, {vocab}); check the tokenizer.")
+            rows, cols = torch.nonzero((input_ids < 0) | (input_ids >= vocab), as_tuple=True)
+            raise ValueError(
+                f"input_ids hold id {input_ids[rows[0], cols[0]].item()} (row {rows[0].item()}, position "
+                f"{cols[0].item()}), outside the model's vocabulary [0, {vocab}); check the tokenizer."
+            )
         if attention_mask is not None:
+            if flags[1]:
+                bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)][0].item()
+                raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), got {bad!r}.")
+            flags = flags[:1] + flags[2:]
             if flags[1]:
                 raise ValueError(
                     "attention_mask shows right padding (a 0 after a 1). LLaDA appends the answer after the prompt, "
@@ -1152,7 +1194,8 @@ class LLaDAGenerationMixin:
                     "tokenizer.pad_token = tokenizer.eos_token."
                 )
             if flags[3]:
-                raise ValueError("attention_mask has a row with no tokens (all zeros); every prompt needs a token.")
+                row = (~keep).all(-1).nonzero()[0].item()
+                raise ValueError(f"attention_mask row {row} has no tokens (all zeros); every prompt needs a token.")
 
 
 __all__ = [

@@ -39,6 +39,7 @@ from .generation_llada import (
     LLaDAGenerationConfig,
     LLaDAGenerationMixin,
     DenoisingState,
+    logger,  # the shared logger (its warnings read as generation's)
     num_transfer_tokens,
     select_top_k,
 )
@@ -130,6 +131,13 @@ class LLaDA2GenerationConfig(LLaDAGenerationConfig):
                                   or not math.isfinite(value) or value < 0):
             raise ValueError(f"`editing_threshold` must be None (no token editing, LLaDA 2.0) or a finite number >= 0 "
                              f"(LLaDA 2.1 uses 0.9), got {value!r}.")
+        if value is not None and value >= 1:
+            # accepted (the official 2.1 loop runs, as with 1.01 in its recorded cases), but no token is ever edited
+            logger.warning_once(
+                f"`editing_threshold={value!r}` is at least 1, so no token is ever edited (a token is rewritten only "
+                "when its probability exceeds the threshold, and probabilities are at most 1). Use a value in [0, 1) "
+                "(LLaDA 2.1 uses 0.9) to edit, or None for LLaDA 2.0 decoding."
+            )
         for name, low in (("max_post_steps", 0), ("num_to_transfer", 1), ("minimal_topk", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -144,8 +152,9 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
 
     Args:
         input_ids: (b, P) prompt ids, left-padded when rows differ in length (`inputs=` works too). The prompt may
-            not hold the mask token: the answer is written after it block by block, so masks inside it cannot be
-            filled (no infilling, unlike dense LLaDA and LLaDA-MoE) and raise.
+            hold the mask token (infilling, as in dense LLaDA and LLaDA-MoE): denoising then starts at the first
+            block holding one, and each hole is filled seeing the blocks before it and its own block (block-causal:
+            the prompt text in later blocks is not seen).
         attention_mask: (b, P), 1 for tokens and 0 for (left) padding. A padded row generates what it generates
             alone.
         generation_config: base settings; defaults to the model's (`generation_config.json`).
@@ -204,16 +213,6 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
         gen_length = config.resolved_max_new_tokens(input_ids.shape[1])
         self._check_context_length(input_ids.shape[1], gen_length)
         self._check_prompt(input_ids, attention_mask, config, eos_ids)
-        holes = input_ids == mask_id
-        if attention_mask is not None:
-            holes &= attention_mask.bool()
-        holes = int(holes.sum())
-        if holes:  # the block-causal sampler writes only after the prompt: a mask inside it would stay in the output
-            raise ValueError(
-                f"input_ids hold the mask token ({mask_id}) at {holes} prompt position(s): LLaDA 2's block-causal "
-                "sampler only writes after the prompt, so it cannot fill masks inside it (dense LLaDA and LLaDA-MoE "
-                "infill). Remove them, or put the text to write at the end of the prompt."
-            )
         block = config.block_length or _LLADA2_DEFAULTS["block_length"]  # None: the official default
         steps = max(1, min(config.steps or block, gen_length // config.minimal_topk))
         if pad_id is None:
@@ -225,7 +224,13 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
         pads = prompt_length - lengths
         full_blocks = lengths // block
         blocks_to_generate = (lengths % block + gen_length + block - 1) // block
-        first_block, num_blocks = (int(x) for x in torch.stack([full_blocks.max(), blocks_to_generate.max()]).tolist())
+        # Infilling: a mask inside a prompt is filled in its own block, which sees the blocks before it and itself
+        # (block-causal); denoising starts at the earliest block holding one (<= 0 blocks before the first answer's).
+        from_first_token = torch.arange(prompt_length, device=device)[None] - pads[:, None]
+        holes = (input_ids == mask_id) & (from_first_token >= 0)
+        back = torch.where(holes, from_first_token.div(block, rounding_mode="floor") - full_blocks[:, None], 0)
+        first_block, num_blocks, back, has_holes = (int(x) for x in torch.stack(
+            [full_blocks.max(), blocks_to_generate.max(), back.min(), holes.any().long()]).tolist())
         offsets = (first_block - full_blocks) * block
         width = (first_block + num_blocks) * block
         columns = torch.arange(width, device=device)
@@ -254,7 +259,11 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
         state.cache = DynamicCache() if config.kv_cache else None
         state.schedule = num_transfer_tokens(torch.full((batch,), block, device=device), steps)  # (b, steps)
         state.row_steps = torch.zeros(batch, dtype=torch.long, device=device)
-        state.index, state.last_index, state.in_block = first_block, first_block + num_blocks, None
+        state.index, state.last_index, state.in_block = first_block + back, first_block + num_blocks, None
+        # (b, P) the canvas column of each prompt position (padding: -1), read back only when the prompt had holes
+        state.prompt_columns = (
+            torch.where(from_first_token >= 0, offsets[:, None] + from_first_token, -1) if has_holes else None
+        )
         if streamer is not None:
             state.stream = StreamState(streamer, self._answer_view(state), prompt_length, mask_id, state.eos_tensor,
                                        tokenizer, stops)
@@ -274,6 +283,8 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
                     return False
                 state.in_block = slice(state.index * state.block, (state.index + 1) * state.block)
                 state.editable = ~state.is_prompt[:, state.in_block]
+                # a block of prompt text only (before the answer, when an earlier one held a hole) needs no pass
+                state.running &= (canvas[:, state.in_block] == mask_id).any(-1) | state.editable.any(-1)
                 state.block_steps = torch.zeros_like(state.row_steps)
                 state.post_steps = torch.zeros_like(state.row_steps)
             in_block = state.in_block
@@ -351,14 +362,24 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
         unwritten = state.answer_region & (state.canvas == state.config.mask_token_id) & state.finished[:, None]
         state.canvas = state.canvas.masked_fill(unwritten, state.pad_id)
         commit_step = state.commit_step.masked_fill(unwritten, max(state.step - 1, 0))
-        steps_taken = torch.cat([commit_step.new_full((commit_step.shape[0], state.prompt_length), -1),
+        steps_taken = torch.cat([self._prompt_view(state, commit_step, -1),
                                  commit_step.gather(1, state.answer_columns)], dim=1)
         return self._answers(state, self._answer_view(state), steps_taken)
 
     @staticmethod
     def _answer_view(state: DenoisingState) -> torch.Tensor:
-        """(b, P + N): the prompt as given, then each row's answer positions of the canvas."""
-        return torch.cat([state.input_ids, state.canvas.gather(1, state.answer_columns)], dim=1)
+        """(b, P + N): the prompt (its holes filled), then each row's answer positions of the canvas."""
+        return torch.cat([LLaDA2GenerationMixin._prompt_view(state, state.canvas, state.input_ids),
+                          state.canvas.gather(1, state.answer_columns)], dim=1)
+
+    @staticmethod
+    def _prompt_view(state: DenoisingState, canvas: torch.Tensor, padding) -> torch.Tensor:
+        """(b, P): `canvas` (b, W) read at the prompt's columns; `padding` (a tensor (b, P) or a number) elsewhere and
+        everywhere when the prompt had no holes (nothing in it changed)."""
+        if state.prompt_columns is None:
+            return padding if torch.is_tensor(padding) else canvas.new_full(state.input_ids.shape, padding)
+        read = canvas.gather(1, state.prompt_columns.clamp_min(0))
+        return torch.where(state.prompt_columns >= 0, read, padding)
 
     @staticmethod
     def _eos_closed(canvas, answer_region, columns, mask_id, eos_tensor) -> torch.Tensor:

@@ -54,6 +54,9 @@ class LikelihoodEstimate:
 
 def _as_list(ids, name: str) -> list[int]:
     """Token ids as a list of ints; floats, booleans and other non-integers are refused, never truncated."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be token ids (a list or 1-D tensor of ints), got a string {ids[:20]!r}; "
+                        "tokenize it first.")
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
             raise ValueError(f"Pass 1-D token id sequences (one prompt, one answer), got {name} of shape "
@@ -174,6 +177,9 @@ class LLaDALikelihoodMixin:
         single = answer_ids is not None
         pairs = [(prompt_ids, answer_ids)] if single else list(prompt_ids)
         pairs = [(_as_list(p, "prompt_ids"), _as_list(a, "answer_ids")) for p, a in pairs]
+        for name, value in (("mc_num", mc_num), ("batch_size", batch_size)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}).")
         if mc_num < 1 or batch_size < 1:
             raise ValueError(f"mc_num and batch_size must be >= 1, got {mc_num} and {batch_size}.")
         if not math.isfinite(cfg_scale) or cfg_scale < 0:
@@ -190,9 +196,10 @@ class LLaDALikelihoodMixin:
                              "(model.config.mask_token_id = ...) before estimating likelihoods.")
         vocab = self.get_input_embeddings().weight.shape[0]
         limit = getattr(self.config, "max_sequence_length", None)
-        for prompt, answer in pairs:
+        for index, (prompt, answer) in enumerate(pairs):
             if not answer:
-                raise ValueError("Every answer needs at least one token.")
+                raise ValueError(f"answer_ids{'' if single else f' of pair {index}'} is empty; every answer needs at "
+                                 "least one token.")
             if self.config.mask_token_id in answer or self.config.mask_token_id in prompt:
                 raise ValueError(f"Prompt and answer must not contain the mask token id ({self.config.mask_token_id}).")
             outside = sorted({i for i in prompt + answer if not 0 <= i < vocab})

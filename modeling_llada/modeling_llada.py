@@ -577,6 +577,17 @@ class LLaDAPreTrainedModel(LLaDAPreTrainedMixin, PreTrainedModel):
     _no_split_modules = ["LLaDABlock"]
     code_auto_map = AUTO_MAP
 
+    def __init__(self, config: LLaDAConfig, *inputs, **kwargs):
+        # `LLaDAConfig.from_dict` turns an official LLaDA-MoE config.json (also model_type "llada") into an
+        # LLaDAMoEConfig: this class would then read fields that config does not have.
+        if not any(base.__name__ == "LLaDAConfig" for base in type(config).__mro__):  # (a trust_remote_code copy too)
+            raise ValueError(
+                f"{type(self).__name__} builds dense LLaDA from a LLaDAConfig, got a {type(config).__name__} (another "
+                "member of the family); load the checkpoint with AutoModel.from_pretrained (after `import "
+                "modeling_llada`), which picks the right class."
+            )
+        super().__init__(config, *inputs, **kwargs)
+
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, **kw):
         """Resize embedding and head; keeps `vocab_size` and `embedding_size` consistent with the new matrices."""
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kw)

@@ -77,12 +77,6 @@ TABLE = [
      r"500 \+ max_new_tokens 20 = 520 exceeds the model's max_position_embeddings \(512\)"),
     ("too long: moe", lambda: moe().generate(long_prompt(500), max_new_tokens=32, mask_token_id=150), ValueError,
      r"prompt length 500 \+ max_new_tokens 32 = 532 exceeds the model's max_position_embeddings \(512\)"),
-    # A mask inside a LLaDA 2 prompt cannot be filled by its block-causal sampler: refused, not left in the output.
-    ("mask in prompt: llada2", lambda: generate2(input_ids=torch.tensor([[1, 155, 3, 4]])), ValueError,
-     r"mask token \(155\) at 1 prompt position.*cannot fill"),
-    ("mask in prompt: llada2 batch", lambda: llada2().generate(
-        torch.tensor([[128, 5, 155], [7, 155, 155]]), attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]),
-        max_new_tokens=8, mask_token_id=155), ValueError, r"mask token \(155\) at 3 prompt position"),
     # Ids: the dtype is named; string or bool special ids are refused naming the field.
     *[(f"ids dtype {dtype}", lambda dtype=dtype: generate(input_ids=IDS.to(dtype)), ValueError,
        rf"input_ids must be integer ids of dtype torch.int64 \(or torch.int32\), got dtype {dtype}")
@@ -106,6 +100,41 @@ TABLE = [
      r"^(?!.*factor).*'low_confidence'"),
     ("llada2 factor", lambda: generate2(factor=0.5), ValueError,
      r"^(?!.*not both)`factor=0.5`: LLaDA 2's sampler does not take `factor`; it commits by `threshold`"),
+    # Switches are booleans, numbers are numbers: a string is refused naming the field, on every member.
+    *[(f"switch {name}='yes'", lambda name=name: generate(**{name: "yes"}), ValueError,
+       rf"`{name}` must be True or False, got 'yes' \(str\)")
+      for name in ("early_exit", "logits_eos_inf", "confidence_eos_eot_inf", "output_history", "progress_bar")],
+    ("switch on llada2", lambda: generate2(return_dict_in_generate=1), ValueError,
+     r"`return_dict_in_generate` must be True or False, got 1 \(int\)"),
+    *[(f"{name} a string", lambda name=name: generate(**{name: "0.5", "temperature": 1.0}), ValueError,
+       rf"`{name}` must be .*got '0.5'") for name in ("top_p", "threshold", "factor")],
+    ("generation_config a dict", lambda: generate(generation_config={"steps": 4}), TypeError,
+     r"generation_config must be a transformers GenerationConfig, got a dict"),
+    # Ids and masks: the offending value, row and position are named.
+    ("id beyond vocab", lambda: generate(input_ids=torch.tensor([[1, 2, 64]])), ValueError,
+     r"input_ids hold id 64 \(row 0, position 2\), outside the model's vocabulary \[0, 64\)"),
+    ("negative id: llada2", lambda: generate2(input_ids=torch.tensor([[1, 2], [3, -5]])), ValueError,
+     r"input_ids hold id -5 \(row 1, position 1\)"),
+    ("no rows", lambda: generate(input_ids=torch.zeros(0, 4, dtype=torch.long)), ValueError,
+     r"input_ids has no rows \(shape \(0, 4\)\)"),
+    ("attention_mask not 0/1", lambda: generate(attention_mask=torch.tensor([[1, 2, 1, 1]])), ValueError,
+     r"attention_mask must hold only 0 \(padding\) and 1 \(token\), got 2"),
+    ("attention_mask empty row", lambda: generate(input_ids=torch.tensor([[1, 2], [61, 61], [3, 4]]),
+                                                  attention_mask=torch.tensor([[1, 1], [0, 0], [1, 1]])), ValueError,
+     r"attention_mask row 1 has no tokens"),
+    ("logits_processor not callable", lambda: generate(logits_processor=[5]), TypeError,
+     r"logits_processor must hold .*got 5 \(int\)"),
+    ("logits_processor not callable: llada2", lambda: generate2(logits_processor=["ban"]), TypeError,
+     r"logits_processor must hold .*got 'ban' \(str\)"),
+    # The likelihood API names the argument and the value.
+    ("likelihood mc_num a string", lambda: model().log_likelihood([1, 2], [3], mc_num="8"), TypeError,
+     r"mc_num must be a positive integer, got '8' \(str\)"),
+    ("likelihood batch_size a float", lambda: model().log_likelihood([1, 2], [3], batch_size=2.0), TypeError,
+     r"batch_size must be a positive integer, got 2.0"),
+    ("likelihood text", lambda: model().log_likelihood("hello", [3]), TypeError,
+     r"prompt_ids must be token ids .*got a string 'hello'"),
+    ("likelihood empty answer in a list", lambda: model().log_likelihood([([1], [2]), ([1], [])]), ValueError,
+     r"answer_ids of pair 1 is empty"),
 ]
 
 
@@ -205,3 +234,65 @@ def test_int32_ids_generate_what_int64_ids_do():
 def test_dense_llada_fills_a_mask_inside_the_prompt():
     out = generate(input_ids=torch.tensor([[1, 60, 3, 4]]))
     assert not (out == 60).any()
+
+
+# --- masks inside the prompt: every member fills them (LLaDA 2: in their block, block-causal) ---------------------
+
+HOLED = torch.tensor([[5, 155, 7, 8, 9, 10, 11, 12, 13, 14]])  # a hole in block 0 of 4; the answer starts in block 2
+BLOCKS = dict(max_new_tokens=8, block_length=4, steps=4)
+
+
+@pytest.mark.parametrize("kv_cache", ["prefix", None])
+def test_llada2_fills_a_mask_in_an_early_prompt_block_from_that_block_alone(kv_cache):
+    out = generate2(input_ids=HOLED, kv_cache=kv_cache, return_dict_in_generate=True, **BLOCKS)
+    assert not (out.sequences == 155).any()
+    kept = HOLED[0] != 155
+    assert torch.equal(out.sequences[0, :10][kept], HOLED[0][kept])
+    # Block-causal: block 0 sees only itself, so the (greedy, single) hole gets the argmax of one forward pass over
+    # the first 4 tokens, the mask id excluded; and it is written at the first step.
+    with torch.no_grad():
+        logits = llada2()(HOLED[:, :4]).logits[0, 1].clone()
+    logits[155] = -torch.inf
+    assert out.sequences[0, 1] == logits.argmax()
+    assert out.commit_step[0, 1] == 0 and (out.commit_step[0, :10][kept] == -1).all()
+    # Once filled, the rest is what the filled prompt generates.
+    filled = HOLED.clone()
+    filled[0, 1] = out.sequences[0, 1]
+    assert torch.equal(out.sequences, generate2(input_ids=filled, kv_cache=kv_cache, **BLOCKS))
+
+
+def test_llada2_fills_holes_in_a_padded_batch_as_each_row_alone():
+    ids = torch.tensor([[128, 128, 128, 2, 155, 4, 5, 6, 155], [5, 155, 7, 8, 9, 10, 11, 12, 13]])
+    attention_mask = (ids != 128).long()
+    batch = generate2(input_ids=ids, attention_mask=attention_mask, **BLOCKS)
+    assert not (batch == 155).any()
+    for row, pad in enumerate((3, 0)):
+        alone = generate2(input_ids=ids[row:row + 1, pad:], **BLOCKS)
+        assert torch.equal(batch[row, pad:], alone[0])
+
+
+def test_llada2_token_editing_fills_a_hole_and_never_edits_the_prompt():
+    out = generate2(input_ids=HOLED, editing_threshold=0.0, **BLOCKS)
+    kept = HOLED[0] != 155
+    assert not (out == 155).any() and torch.equal(out[0, :10][kept], HOLED[0][kept])
+
+
+def test_max_length_beside_max_new_tokens_warns_as_transformers_does_and_max_new_tokens_wins(caplog):
+    with caplog.at_level("WARNING"):
+        out = generate(max_length=30)
+    assert "Both `max_new_tokens` (=8) and `max_length` (=30) are set; `max_new_tokens` takes precedence" in caplog.text
+    assert out.shape == (1, 12) and torch.equal(out, generate())
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert generate(max_new_tokens=None, steps=None, max_length=12).shape == (1, 12)  # alone: no warning
+    assert "Both" not in caplog.text
+
+
+def test_llada2_editing_threshold_of_1_or_more_warns_that_nothing_is_edited(caplog):
+    with caplog.at_level("WARNING"):
+        generate2(editing_threshold=0.5)
+    assert "no token is ever edited" not in caplog.text
+    with caplog.at_level("WARNING"):
+        out = generate2(editing_threshold=1.5)
+    assert "`editing_threshold=1.5` is at least 1, so no token is ever edited" in caplog.text
+    assert not (out == 155).any()  # still generates (the official 2.1 loop, as the fixture's 1.01 case)

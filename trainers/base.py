@@ -192,12 +192,45 @@ def check_no_null_fields(dataset, fields, label: str) -> None:
         if name not in dataset.column_names:
             continue
         if getattr(dataset, "_indices", None) is None and dataset.data.column(name).null_count == 0:
+            _check_no_null_message_fields(dataset.data.column(name), name, label)
             continue  # the Arrow column says so without reading the rows
         rows = [index for index, value in enumerate(dataset[name]) if value is None]
         if rows:
             more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
             raise ValueError(f"Row {rows[0]}{more} of the {label} has a null {name!r}; every row needs a value there. "
                              f"Fix or drop those rows (e.g. dataset.filter(lambda row: row[{name!r}] is not None)).")
+        _check_no_null_message_fields(dataset.select_columns([name]).flatten_indices().data.column(name), name, label)
+
+
+def _check_no_null_message_fields(column, name: str, label: str) -> None:
+    """For a column of chat conversations (an Arrow list of message structs): a `ValueError` naming the first row and
+    message whose "role" or "content" is null or missing (chat templates would render it as an empty turn, or fail
+    deep inside). Read column-wise by Arrow, no loop over rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(kind.value_type):
+        return
+    keys = [key for key in ("role", "content") if kind.value_type.get_field_index(key) >= 0]
+    if not keys:
+        return
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    messages = pc.list_flatten(column)
+    rows = pc.list_parent_indices(column)  # per message: its row (ascending)
+    for key in keys:
+        values = pc.struct_field(messages, key)
+        if values.null_count == 0:
+            continue
+        nulls = pc.indices_nonzero(pc.is_null(values)).to_pylist()
+        first = nulls[0]
+        row = rows[first].as_py()
+        within = first - pc.index(rows, row).as_py()
+        more = f" (and {len(nulls) - 1} more messages)" if len(nulls) > 1 else ""
+        what = "a 'content' (a string; '' for an empty turn)" if key == "content" else "a 'role' ('user', ...)"
+        raise ValueError(f"Row {row} of the {label} has a message with a null or missing {key!r}: {name}[{within}]"
+                         f"{more}; every message needs {what}. Fix or drop those rows.")
 
 
 def with_example_ids(dataset: Dataset | None) -> Dataset | None:

@@ -164,6 +164,10 @@ def newest_complete_checkpoint(output_dir: str, with_optimizer: bool = True) -> 
 
 def require_complete_checkpoint(path: str, with_optimizer: bool = True) -> None:
     """Raise ValueError naming what `path` lacks when training cannot resume from it."""
+    if not os.path.isdir(path):
+        what = "is a file, not a checkpoint folder" if os.path.exists(path) else "does not exist"
+        raise ValueError(f"resume_from_checkpoint={path!r} {what}; pass a checkpoint folder (e.g. "
+                         "output_dir/checkpoint-500), or True for the newest complete checkpoint of output_dir.")
     missing = missing_checkpoint_parts(path, with_optimizer)
     if missing:
         hint = (" A checkpoint saved with save_only_model=True holds no optimizer state: to start a new optimizer "

@@ -24,12 +24,16 @@ attention mask (TRL's convention) and not scored.
 """
 
 import copy
+import difflib
 import functools
 import inspect
+import math
+import numbers
 import re
 from dataclasses import dataclass, field
 
 import torch
+from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from modeling_llada.draws_llada import U32, counter_uniform, mix32
@@ -124,8 +128,17 @@ class DiffuGRPOConfig(CPUSafeDefaults, GRPOConfig):
         validated there. A `ValueError` names the setting as this config calls it."""
         config = copy.deepcopy(generation_config) if generation_config is not None else LLaDAGenerationConfig()
         extra = self.generation_kwargs or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"generation_kwargs must be a dict of model.generate settings, got "
+                             f"{type(extra).__name__} {extra!r:.80}.")
         try:
-            config.update(**{**self.rollout_settings(), **extra})
+            unknown = config.update(**{**self.rollout_settings(), **extra})
+            if unknown:
+                name = next(iter(unknown))
+                close = difflib.get_close_matches(name, list(config.to_dict()), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else "; see model.generation_config for its settings."
+                raise ValueError(f"generation_kwargs has {name!r}, which is not a setting of model.generate "
+                                 f"({type(config).__name__}){hint}")
             config.validate()
         except ValueError as error:
             message = str(error)
@@ -134,6 +147,9 @@ class DiffuGRPOConfig(CPUSafeDefaults, GRPOConfig):
             raise ValueError(f"DiffuGRPOConfig's rollouts ({type(config).__name__}): {message}") from None
 
     def _check_diffusion_settings(self) -> None:
+        if not isinstance(self.num_generations, int) or self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 (GRPO compares the completions of a prompt with each "
+                             f"other), got {self.num_generations!r}; d1 uses 6.")
         if not 0.0 <= self.p_mask_prompt < 1.0:
             raise ValueError(f"p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}; d1 uses 0.15 (0 never masks "
                              "the prompt).")
@@ -183,18 +199,60 @@ def named_reward_function(function, name: str):
     if _is_async(function):
         async def reward(*args, **kwargs):
             try:
-                return await function(*args, **kwargs)
+                result = await function(*args, **kwargs)
             except Exception as error:
                 raise failure(error) from error
+            return _checked_rewards(result, name)
     else:
         def reward(*args, **kwargs):
             try:
-                return function(*args, **kwargs)
+                result = function(*args, **kwargs)
             except Exception as error:
                 raise failure(error) from error
+            return _checked_rewards(result, name)
     reward.__name__ = reward.__qualname__ = name
     reward.__wrapped__ = function
     return reward
+
+
+def _checked_rewards(rewards, name: str):
+    """`rewards` as returned by reward function `name`, if each is a real number or None (TRL's "not applicable");
+    a `RewardFunctionError` naming the function, the completion and the value otherwise (a NaN would be read as "not
+    applicable" and a string fails deep inside TRL). TRL itself checks the count."""
+    if isinstance(rewards, (str, bytes)) or not hasattr(rewards, "__iter__"):
+        raise RewardFunctionError(f"reward function {name!r} returned {type(rewards).__name__} {rewards!r:.80}; it "
+                                  "must return a list with one float (or None: not applicable) per completion.")
+    for index, value in enumerate(rewards):
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
+            raise RewardFunctionError(f"reward function {name!r} returned {type(value).__name__} {value!r:.80} for "
+                                      f"completion {index}; rewards must be numbers (or None: not applicable).")
+        if not math.isfinite(value):
+            raise RewardFunctionError(f"reward function {name!r} returned {value} for completion {index}; rewards "
+                                      "must be finite numbers (return None where a reward does not apply).")
+    return rewards
+
+
+def _check_reward_funcs(reward_funcs) -> None:
+    """Each reward function is a callable, a reward model or a Hub id / path (TRL's three kinds)."""
+    for index, function in enumerate(reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]):
+        if not (callable(function) or isinstance(function, (str, torch.nn.Module))):
+            where = f"reward_funcs[{index}]" if isinstance(reward_funcs, (list, tuple)) else "reward_funcs"
+            raise ValueError(f"{where} is {type(function).__name__} {function!r:.80}; pass a function (prompts, "
+                             "completions, **columns) -> list of floats, a reward model, or its Hub id or path.")
+
+
+def _check_chat_template(dataset, tokenizer) -> None:
+    """Conversational prompts need the tokenizer's chat template (TRL applies it only when rolling out)."""
+    if not isinstance(dataset, Dataset) or len(dataset) == 0 or "prompt" not in dataset.column_names:
+        return
+    if isinstance(dataset[0]["prompt"], list) and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("The train dataset's prompts are conversations (lists of messages), but the tokenizer "
+                         "(processing_class) has no chat_template to render them; set tokenizer.chat_template or "
+                         "pass plain-text prompts.")
 
 
 def _check_prompts(dataset, name: str) -> None:
@@ -233,8 +291,10 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         for name in ("tools", "rollout_func", "environment_factory"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name} is not supported by DiffuGRPOTrainer (single-turn diffusion rollouts).")
+        _check_reward_funcs(reward_funcs)
         _check_prompts(train_dataset, "train")
         _check_prompts(eval_dataset, "eval")
+        _check_chat_template(train_dataset, processing_class)
         mask_id = resolve_mask_token_id(model, processing_class)  # the config's, else the tokenizer's
         llada = unwrap(model)
         family = getattr(llada, "generation_config_class", LLaDAGenerationConfig)  # LLaDA 2: LLaDA2GenerationConfig

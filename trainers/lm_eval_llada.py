@@ -67,6 +67,19 @@ def _settings_key(settings) -> str:
     return json.dumps(settings or {}, sort_keys=True, default=str)
 
 
+def check_eval_settings(batch_size=16, mc_num=128, names: dict | None = None) -> None:
+    """`batch_size` (a positive count or "auto") and `mc_num` (a positive count) of [`LLaDAEvalModel`]; a
+    `ValueError` naming the setting as the caller calls it (`names`, e.g. {"mc_num": "--mc_num"}) otherwise."""
+    names = names or {}
+    for name, value, auto in (("batch_size", batch_size, True), ("mc_num", mc_num, False)):
+        parsed = _parse(value) if isinstance(value, str) else value
+        if auto and parsed == "auto":
+            continue
+        if isinstance(parsed, bool) or not isinstance(parsed, int) or parsed < 1:
+            accepted = 'a positive integer or "auto"' if auto else "a positive integer"
+            raise ValueError(f"{names.get(name, name)} must be {accepted}, got {value!r}.")
+
+
 @register_model("llada")
 class LLaDAEvalModel(LM):
     """LLaDA for lm-evaluation-harness.
@@ -83,6 +96,7 @@ class LLaDAEvalModel(LM):
                  device: str | None = None, batch_size: int | str = 16, mc_num: int = 128, cfg_scale: float = 0.0,
                  seed: int = 0, max_new_tokens: int | None = None, trust_remote_code: bool = False, **generation):
         super().__init__()
+        check_eval_settings(batch_size, mc_num)
         from transformers import AutoModel
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -19,6 +19,7 @@ from .base import (
     DeviceDefaults,
     DiffusionArguments,
     DiffusionTrainerMixin,
+    check_no_null_fields,
     resolve_args,
     with_example_ids,
 )
@@ -68,6 +69,7 @@ def check_pretraining_dataset(dataset, text_field: str = "text", name: str = "tr
             "(dataset_text_field) nor tokenized 'input_ids'; set dataset_text_field to the column holding your text "
             f"(e.g. dataset_text_field='{columns[0]}')."
         )
+    check_no_null_fields(dataset, (text_field, "input_ids"), f"{name} dataset")
 
 
 def pack_dataset(

@@ -142,8 +142,17 @@ def check_sft_dataset(dataset, name: str = "train", text_field: str = "text") ->
     )
 
 
-def split_last_assistant_turn(dataset: Dataset) -> Dataset:
+def split_last_assistant_turn(dataset: Dataset, name: str = "train") -> Dataset:
     """Conversational `messages` -> `prompt` (all earlier turns) + `completion` (the last assistant turn)."""
+    if isinstance(dataset, Dataset):  # name the first row that has no answer, before anything is mapped
+        for index, messages in enumerate(dataset["messages"]):
+            if not messages or messages[-1]["role"] != "assistant":
+                ending = repr(messages[-1]["role"]) if messages else "nothing (no messages)"
+                raise ValueError(
+                    f"Row {index} of the {_dataset_label(name)} has a conversation ending with {ending}; every "
+                    "'messages' conversation must end with an assistant turn (the response LLaDA learns). Fix or "
+                    "drop that row."
+                )
 
     def split(example):
         messages = example["messages"]
@@ -181,10 +190,12 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
         check_sft_dataset(train_dataset, "train", args.dataset_text_field)
         check_sft_dataset(eval_dataset, "eval", args.dataset_text_field)
 
-        def convert(ds):
+        def convert(ds, name):
             if isinstance(ds, dict):
-                return {name: convert(entry) for name, entry in ds.items()}
-            return split_last_assistant_turn(ds) if ds is not None and "messages" in (ds.column_names or []) else ds
+                return {key: convert(entry, key) for key, entry in ds.items()}
+            if ds is not None and "messages" in (ds.column_names or []):
+                return split_last_assistant_turn(ds, name)
+            return ds
 
         eos = processing_class.eos_token_id
         if eos is None:
@@ -200,8 +211,8 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
             super().__init__(
                 model=model,
                 args=args,
-                train_dataset=convert(train_dataset),
-                eval_dataset=convert(eval_dataset),
+                train_dataset=convert(train_dataset, "train"),
+                eval_dataset=convert(eval_dataset, "eval"),
                 processing_class=processing_class,
                 data_collator=data_collator or DiffusionSFTCollator(eos, args.train_on_padding),
                 peft_config=(with_llada_defaults(peft_config, None if isinstance(model, str) else model)

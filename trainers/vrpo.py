@@ -216,6 +216,41 @@ def drop_uninformative_pairs(dataset, name: str = "train"):
     return dataset.select([index for index, reason in enumerate(reasons) if reason is None])
 
 
+def _truncated(prompt_ids, answer_ids, max_length: int, truncation_mode: str):
+    """What the collator trains on for one answer: the ids of prompt + answer and its answer mask, truncated as
+    `DataCollatorForPreference` truncates them."""
+    ids, answer = list(prompt_ids) + list(answer_ids), [0] * len(prompt_ids) + [1] * len(answer_ids)
+    cut = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+    return ids[cut], answer[cut]
+
+
+def drop_pairs_identical_after_truncation(dataset, max_length: int, truncation_mode: str, name: str = "train"):
+    """A tokenized `dataset` without the pairs whose chosen and rejected answers differ only beyond `max_length`
+    (after the collator's truncation both rows are the same sequence: the loss would train on masking noise alone),
+    with a warning that counts them; a `ValueError` when no pair is left."""
+    if not isinstance(dataset, Dataset) or len(dataset) == 0:
+        return dataset
+    rows = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+    same = [
+        _truncated(row["prompt_ids"], row["chosen_ids"], max_length, truncation_mode)
+        == _truncated(row["prompt_ids"], row["rejected_ids"], max_length, truncation_mode)
+        for row in rows
+    ]
+    count = sum(same)
+    if not count:
+        return dataset
+    label, first = _dataset_label(name), same.index(True)
+    why = (f"their chosen and rejected answers differ only after the first max_length={max_length} tokens of prompt + "
+           f"answer (truncation_mode={truncation_mode!r}), so both are trained as the same sequence (first: row "
+           f"{first})")
+    if count == len(dataset):
+        raise ValueError(f"No pair of the {label} can train VRPO: in all {count} pairs {why}. Raise max_length "
+                         "(or use truncation_mode='keep_end' when the answers differ at their ends).")
+    logger.warning(f"Dropped {count} of {len(dataset)} pairs of the {label}: {why}; such a pair trains on masking "
+                   "noise alone. Raise max_length to keep them.")
+    return dataset.select([index for index, is_same in enumerate(same) if not is_same])
+
+
 def frozen_copy(model):
     """A frozen deep copy of `model` that runs its own weights.
 
@@ -306,6 +341,9 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         raw = dataset
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         self._check_truncation_drops(raw, dataset, processing_class, args, dataset_name)
+        if args.max_length is not None:  # pairs that differ only beyond max_length are identical as trained
+            dataset = drop_pairs_identical_after_truncation(dataset, args.max_length, args.truncation_mode,
+                                                            dataset_name)
         settings = (args.seed, args.elbo_samples, args.optimal_allocation, args.antithetic_sampling,
                     args.stratified_timesteps, round(args.mask_eps * 1e9))
 
@@ -501,4 +539,7 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         return torch.cat(scores)
 
 
-__all__ = ["VRPOCollator", "VRPOConfig", "VRPOTrainer", "check_preference_dataset", "drop_uninformative_pairs"]
+__all__ = [
+    "VRPOCollator", "VRPOConfig", "VRPOTrainer", "check_preference_dataset", "drop_pairs_identical_after_truncation",
+    "drop_uninformative_pairs",
+]
