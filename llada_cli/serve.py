@@ -25,10 +25,12 @@ on FastAPI's public API, and runs the same on every supported transformers relea
 - no request can stall another: a body over `--max_request_bytes` gets 413 before it is read in full or parsed, a
   prompt with more characters than can fit the context gets 400 before any tokenizer call, and requests are parsed
   and tokenized on `TokenizerWorkers`, threads with a tokenizer each (no shared lock);
-- `GenerationRunner`, the engine: requests are served one at a time, in arrival order, on one generation thread
-  (each with its own settings and its own stream); a streamed request whose client goes away is stopped at the next
-  denoising step. An error that leaves the device unusable (a CUDA error) kills the engine: every request then gets
-  a 503 with a one-line reason at once, and `/health` answers 503.
+- `BatchingEngine` (`llada_cli.serve_engine`): continuous batching. Requests join the running batch between
+  denoising steps (up to `--max_batch_size` sequences; past `--max_queue` waiting ones, 429) and leave as soon as
+  their answer is complete or their client has gone; requests that can share a forward pass do (dense LLaDA and
+  LLaDA-MoE without a cache or CFG), the others step interleaved. Each answer is the one `generate` gives alone. An
+  error that leaves the device unusable (a CUDA error) kills the engine: every request then gets a 503 with a
+  one-line reason at once, and `/health` answers 503.
 - `build_app`: the routes, `/v1/models`, `/health`, the `X-Request-ID` header, errors in OpenAI's shape (malformed
   JSON, 404, 405 and FastAPI's own 422 included).
 
@@ -42,7 +44,6 @@ import asyncio
 import copy
 import json
 import os
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ from .sampler_settings import DTYPES, KV_CACHE_MODES, REMASKING_STRATEGIES
 if TYPE_CHECKING:  # the server imports torch and the model code only when it starts
     from modeling_llada.answers_llada import AnswerText
 
+from .serve_engine import BatchingEngine, EngineJob
 from .serve_requests import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
@@ -70,6 +72,9 @@ from .serve_requests import (
 )
 
 DTYPE_CHOICES = ("auto", *DTYPES)
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_QUEUE = 256
+DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
 DRAFT_FIELD = "denoising_draft"  # the extra field of a stream chunk that holds the canvas
 MASK_GLYPH = "░"
 # Requests are checked and tokenized on this many worker threads, each with its own copy of the tokenizer (a fast
@@ -123,9 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
              help="requests with a larger body get 413, before it is read in full or parsed (4 MiB: >10x the JSON of "
                   "a prompt filling a 32k-token context)")
+    add_flag(parser, "max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE, metavar="N",
+             help="continuous batching: the most sequences denoised together; requests join and leave between "
+                  "denoising steps (1: one request at a time)")
+    add_flag(parser, "max_queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
+             help="the most requests waiting to start; past it requests get 429 with Retry-After")
     add_flag(parser, "continuous_batching", action="store_true",
-             help="not supported for diffusion models (an error says so); present so that transformers serve's "
-                  "flag gets a clear answer")
+             help="accepted for transformers serve's flag: llada-hf serve always batches continuously (see "
+                  "--max_batch_size)")
     add_flag(parser, "log_level", default="warning", choices=("debug", "info", "warning", "error"),
              help="log level of the server")
     return parser
@@ -135,30 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
 # From committed tokens to the answer
 
 
-class _Abort(Exception):
-    """Raised in the streamer to end `generate` early: the answer is complete, or its client has gone."""
-
-
 class CommitStreamer:
     """A transformers streamer for LLaDA's `generate`: `put` gets the prompt, then committed tokens in reading order.
-    Feeds an `AnswerText` and hands text to `emit` (a thread-safe callback); ends `generate` (raising `_Abort`)
-    once the answer is complete or `cancelled` is set."""
+    Feeds an `AnswerText` and hands text to `emit` (a thread-safe callback); once the answer is complete or
+    `cancelled` is set it takes nothing more (the engine then lets the request leave at the next step)."""
 
     def __init__(self, tracker: AnswerText, emit, cancelled: threading.Event):
         self.tracker, self.emit, self.cancelled = tracker, emit, cancelled
         self.first = True
 
     def put(self, value) -> None:
-        if self.cancelled.is_set():
-            raise _Abort()
         if self.first:
             self.first = False
+            return
+        if self.cancelled.is_set() or self.tracker.done:
             return
         delta = self.tracker.feed(value.reshape(-1).tolist())
         if delta:
             self.emit(("text", delta))
-        if self.tracker.done:
-            raise _Abort()
 
     def end(self) -> None:
         pass
@@ -172,8 +176,8 @@ class DraftStreamer(CommitStreamer):
         self.render = render
 
     def put_draft(self, canvas) -> None:
-        if self.cancelled.is_set():
-            raise _Abort()
+        if self.cancelled.is_set() or self.tracker.done:
+            return
         self.emit(("draft", self.render(canvas.reshape(-1).tolist())))
 
 
@@ -257,69 +261,6 @@ class ServedModel:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": owner, "status": {"value": "loaded"}}
 
 
-# Errors that leave the device unusable: every later kernel fails the same way, so no request can succeed after one.
-_FATAL_MARKERS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error", "device-side assert",
-                  "NCCL error", "HIP error", "illegal memory access")
-
-
-def is_fatal(error: BaseException) -> bool:
-    """Whether `error` means the model's engine is dead (the device is in an unrecoverable state)."""
-    text = str(error)
-    return any(marker in text for marker in _FATAL_MARKERS)
-
-
-class GenerationRunner:
-    """The model's engine: one generation thread on which jobs run one at a time, in arrival order (each with its own
-    settings and stream). An error that leaves the device unusable (`is_fatal`) kills the engine: from then on every
-    request, those already waiting included, gets a 503 with a one-line reason at once, and `/health` answers 503;
-    any other error fails its own request only (500, one line)."""
-
-    def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llada-generate")
-        self.dead: str | None = None  # why the engine died
-
-    def dead_error(self) -> RequestError:
-        return RequestError(503, f"the model's engine died ({self.dead}); restart llada-hf serve",
-                            code="engine_dead")
-
-    def check_alive(self) -> None:
-        if self.dead is not None:
-            raise self.dead_error()
-
-    def failure(self, error: Exception) -> RequestError:
-        """The answer to a request whose generation raised `error` (not a `RequestError`); marks the engine dead when
-        the error is fatal."""
-        line = f"{type(error).__name__}: {' '.join(str(error).split())}"
-        if is_fatal(error):
-            if self.dead is None:
-                self.dead = line
-                print(f"llada-hf serve: the model's engine died: {line}", file=sys.stderr, flush=True)
-            return self.dead_error()
-        return RequestError(500, f"generation failed: {line}", code="generation_failed")
-
-    def _guarded(self, fn, *args):
-        self.check_alive()  # a job that waited while the engine died
-        try:
-            return fn(*args)
-        except RequestError:
-            raise
-        except Exception as error:  # noqa: BLE001 (answered in one line; the server lives on unless it is fatal)
-            raise self.failure(error) from None
-
-    def submit(self, fn, *args):
-        """Queues `fn(*args)`, which reports its own errors (a stream's work)."""
-        return self.pool.submit(fn, *args)
-
-    async def run(self, fn, *args):
-        """Runs `fn(*args)` in turn and returns its result; its errors come back as `RequestError`s."""
-        return await asyncio.wrap_future(self.pool.submit(self._guarded, fn, *args))
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
 class TokenizerWorkers:
     """Where requests are checked and tokenized: `workers` threads, each with its own copy of the tokenizer (made when
     the server starts), so that no request waits for a lock another request holds while it tokenizes."""
@@ -363,10 +304,10 @@ class _Unsupported:
 class LLaDAHandler:
     """`/v1/chat/completions` (`chat=True`) and `/v1/completions` for one served model."""
 
-    def __init__(self, served: ServedModel, defaults: dict, max_new_tokens: int | None, runner: GenerationRunner,
+    def __init__(self, served: ServedModel, defaults: dict, max_new_tokens: int | None, engine: BatchingEngine,
                  chat: bool, workers: TokenizerWorkers | None = None):
         self.served, self.defaults = served, defaults
-        self.default_budget, self.runner, self.chat = max_new_tokens, runner, chat
+        self.default_budget, self.engine, self.chat = max_new_tokens, engine, chat
         self.workers = workers or TokenizerWorkers(served.tokenizer, 1)
 
     # --- request -> job
@@ -458,58 +399,85 @@ class LLaDAHandler:
                 "stops": settings["stop"], "n": settings["n"], "stream": settings["stream"],
                 "draft": settings["draft"], "end_ids": end_ids, "include_usage": settings["include_usage"]}
 
-    async def handle_request(self, body: dict, request_id: str):
+    async def handle_request(self, body: dict, request_id: str, is_disconnected=None):
+        """`is_disconnected`: an async callable that says the client has gone (a non-streamed request then leaves the
+        engine at its next step, as a streamed one does when its stream is closed)."""
         from fastapi.responses import JSONResponse, StreamingResponse
 
         try:
-            self.runner.check_alive()
+            self.engine.check_alive()
             job = await self.workers.run(self._prepare, body)
+            model_id = body.get("model") or self.served.name
+            if job["stream"]:
+                events = self._stream_job(job)  # queued now: a full queue is a 429, not a broken stream
+                return StreamingResponse(self._stream(job, events, request_id, model_id),
+                                         media_type="text/event-stream")
+            answers = await self._generate_all(job, is_disconnected)
         except RequestError as error:
-            return JSONResponse(error.body(), status_code=error.status)
-        model_id = body.get("model") or self.served.name
-        if job["stream"]:
-            return StreamingResponse(self._stream(job, request_id, model_id), media_type="text/event-stream")
-        try:
-            answers = await self.runner.run(self._generate_all, job)
-        except RequestError as error:
-            return JSONResponse(error.body(), status_code=error.status)
+            return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
         return JSONResponse(self._response(request_id, model_id, job, answers))
 
-    # --- generation (on the generation thread)
+    # --- generation: jobs for the engine; their answers are decoded on the engine thread
 
     def _tracker(self, job: dict) -> AnswerText:
-        """Where each answer ends: the library's one rule (decoding on the generation thread only)."""
+        """Where each answer ends: the library's one rule (decoding on the engine thread only)."""
         from modeling_llada.answers_llada import AnswerText  # loaded with the model already
 
         return AnswerText(job["tokenizer"], job["end_ids"], job["stops"], job["budget"])
 
-    def _call(self, job: dict, **extra):
+    def _inputs(self, job: dict, streamer=None) -> dict:
+        """`model.start_denoising`'s arguments for `job`: what `generate` would get."""
         import torch
 
-        model = job["model"]
-        ids = torch.tensor([job["ids"]], device=model.device)
-        try:
-            return model.generate(ids, attention_mask=torch.ones_like(ids), **job["kwargs"], **extra)
-        except ValueError as error:  # a setting generate refuses: the request's
-            raise field_error("max_tokens", " ".join(str(error).split())) from None
+        ids = torch.tensor([job["ids"]], device=job["model"].device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "streamer": streamer, **job["kwargs"]}
 
-    def _generate_all(self, job: dict) -> list[AnswerText]:
-        if job["n"] == 1:  # through the streamer: stops as soon as the answer is complete
+    def _request_error(self, error: BaseException) -> RequestError:
+        """What a request whose generation raised `error` is answered: a setting `generate` refuses is the
+        request's (400); anything else the engine's (500, or 503 when it killed the engine)."""
+        if isinstance(error, RequestError):
+            return error
+        if isinstance(error, ValueError):
+            return field_error("max_tokens", " ".join(str(error).split()))
+        return self.engine.failure(error)
+
+    async def _run(self, engine_job: EngineJob, is_disconnected=None) -> None:
+        """Queue `engine_job` and wait for it to leave; a request whose client goes away (`is_disconnected`, or its
+        coroutine cancelled) cancels its job, which leaves the batch at the next step."""
+        future = asyncio.wrap_future(self.engine.submit(engine_job))
+        try:
+            while not (await asyncio.wait({future}, timeout=DISCONNECT_POLL_S))[0]:
+                if is_disconnected is not None and not engine_job.cancelled.is_set() and await is_disconnected():
+                    engine_job.cancelled.set()
+            await future
+        except Exception as error:  # noqa: BLE001
+            raise self._request_error(error) from None
+        finally:
+            engine_job.cancelled.set()  # a no-op once it has left
+
+    async def _generate_all(self, job: dict, is_disconnected=None) -> list[AnswerText]:
+        if job["n"] == 1:  # through the streamer: leaves as soon as the answer is complete
             tracker = self._tracker(job)
             streamer = CommitStreamer(tracker, lambda item: None, threading.Event())
-            try:  # the streamer has fed the tracker every generated token by the time generate returns
-                self._call(job, streamer=streamer)
-            except _Abort:
-                pass
-            tracker.finish()
+
+            def finish(result, error) -> None:  # on the engine thread
+                if error is None:
+                    tracker.finish()
+
+            await self._run(EngineJob(self._inputs(job, streamer), rows=1, complete=lambda: tracker.done,
+                                      on_end=finish), is_disconnected)
             return [tracker]
-        out = self._call(job)
         trackers = []
-        for row in out[:, len(job["ids"]):].tolist():
-            tracker = self._tracker(job)
-            tracker.feed(row)
-            tracker.finish()
-            trackers.append(tracker)
+
+        def answers(result, error) -> None:  # on the engine thread
+            if error is None:
+                for row in result[:, len(job["ids"]):].tolist():
+                    tracker = self._tracker(job)
+                    tracker.feed(row)
+                    tracker.finish()
+                    trackers.append(tracker)
+
+        await self._run(EngineJob(self._inputs(job), rows=job["n"], on_end=answers), is_disconnected)
         return trackers
 
     # --- responses
@@ -562,39 +530,33 @@ class LLaDAHandler:
 
         return render
 
-    async def _stream(self, job: dict, request_id: str, model_id: str):
+    def _stream_job(self, job: dict):
+        """Queue a streamed request's job (a full queue raises its 429 here); returns what `_stream` reads."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
         tracker = self._tracker(job)
 
-        def emit(item) -> None:
+        def emit(item) -> None:  # from the engine thread
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        def finish(result, error) -> None:  # on the engine thread
+            if error is not None:
+                emit(("error", self._request_error(error).body()))
+            elif not engine_job.cancelled.is_set():
+                rest = tracker.finish()
+                if rest:
+                    emit(("text", rest))
+            emit(("end", None))
+
+        engine_job = EngineJob(self._inputs(job), rows=1, complete=lambda: tracker.done, on_end=finish)
         draft = self._draft_text(job["tokenizer"], self.served.mask_token) if job["draft"] else None
-        streamer = DraftStreamer(tracker, emit, cancelled, draft) if draft else CommitStreamer(tracker, emit, cancelled)
+        engine_job.inputs["streamer"] = (DraftStreamer(tracker, emit, engine_job.cancelled, draft) if draft
+                                         else CommitStreamer(tracker, emit, engine_job.cancelled))
+        self.engine.submit(engine_job)
+        return engine_job, queue, tracker
 
-        def work() -> None:
-            try:
-                if cancelled.is_set():  # its client left while it waited
-                    return
-                self.runner.check_alive()  # the engine died while it waited
-                try:
-                    self._call(job, streamer=streamer)
-                except _Abort:
-                    pass
-                if not cancelled.is_set():
-                    rest = tracker.finish()
-                    if rest:
-                        emit(("text", rest))
-            except RequestError as error:
-                emit(("error", error.body()))
-            except Exception as error:  # noqa: BLE001 (reported in the stream; the server lives on unless it is fatal)
-                emit(("error", self.runner.failure(error).body()))
-            finally:
-                emit(("end", None))
-
-        future = self.runner.submit(work)
+    async def _stream(self, job: dict, events, request_id: str, model_id: str):
+        engine_job, queue, tracker = events
         try:
             yield self._chunk(request_id, model_id, role="assistant", text="" if self.chat else None)
             while True:
@@ -613,9 +575,8 @@ class LLaDAHandler:
                 yield self._usage_chunk(request_id, model_id, self._usage(job, [tracker]))
             yield "data: [DONE]\n\n"
         finally:
-            # a client that went away (GeneratorExit / CancelledError here): its job stops at its next step
-            cancelled.set()
-            del future
+            # a client that went away (GeneratorExit / CancelledError here): its job leaves at the next step
+            engine_job.cancelled.set()
 
 
 class _RequestId:
@@ -657,22 +618,23 @@ def build_app(args):
 
     served = ServedModel(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     defaults = {name: getattr(args, name, None) for name in DIFFUSION_FIELDS}
-    runner = GenerationRunner()
+    engine = BatchingEngine(served.model, max_batch_size=getattr(args, "max_batch_size", None) or
+                            DEFAULT_MAX_BATCH_SIZE, max_queue=getattr(args, "max_queue", None) or DEFAULT_MAX_QUEUE)
     workers = TokenizerWorkers(served.tokenizer)
     max_bytes = getattr(args, "max_request_bytes", None) or DEFAULT_MAX_REQUEST_BYTES
 
     @asynccontextmanager
     async def lifespan(_app):
         yield
-        runner.shutdown()
+        engine.shutdown()
         workers.shutdown()
 
     app = FastAPI(title="llada-hf serve", lifespan=lifespan)
-    app.state.served, app.state.runner = served, runner
+    app.state.served, app.state.engine = served, engine
     app.add_middleware(_RequestId)
 
     async def request_error(_request, error: RequestError):
-        return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     async def http_error(request, error: HTTPException):  # unknown route, wrong method
         message = f"{error.detail}: {request.method} {request.url.path}"
@@ -687,7 +649,7 @@ def build_app(args):
                             status_code=422)
 
     async def internal_error(request, error: Exception):  # 500, or 503 when the error killed the engine
-        return await request_error(request, runner.failure(error))
+        return await request_error(request, engine.failure(error))
 
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(HTTPException, http_error)
@@ -745,14 +707,14 @@ def build_app(args):
         async def handle(request):
             raw = await read_body(request)
             body = await workers.run(parse, raw)  # off the event loop: a large body delays no other request
-            return await handler.handle_request(body, request.state.request_id)
+            return await handler.handle_request(body, request.state.request_id, request.is_disconnected)
 
         handle.__annotations__["request"] = Request  # the class itself: this module's annotations are strings
         return handle
 
-    handlers = {"/v1/chat/completions": LLaDAHandler(served, defaults, args.max_new_tokens, runner, chat=True,
+    handlers = {"/v1/chat/completions": LLaDAHandler(served, defaults, args.max_new_tokens, engine, chat=True,
                                                      workers=workers),
-                "/v1/completions": LLaDAHandler(served, defaults, args.max_new_tokens, runner, chat=False,
+                "/v1/completions": LLaDAHandler(served, defaults, args.max_new_tokens, engine, chat=False,
                                                 workers=workers),
                 **{path: _Unsupported(path) for path in ("/v1/responses", "/v1/audio/transcriptions",
                                                         "/v1/embeddings")}}
@@ -765,18 +727,18 @@ def build_app(args):
 
     @app.get("/health")
     def health():
-        if runner.dead is not None:
-            return JSONResponse({"status": "unhealthy", "reason": runner.dead}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        if engine.dead is not None:
+            return JSONResponse({"status": "unhealthy", "reason": engine.dead}, status_code=503)
+        return JSONResponse({"status": "ok", **engine.load()})
 
     return app
 
 
 def _check_args(args) -> None:
-    if args.continuous_batching:
-        raise ValueError("--continuous_batching is not supported: transformers' continuous batching decodes "
-                         "autoregressively (paged KV cache, one token per step), which a diffusion model cannot use; "
-                         "leave the flag out (requests are then served one at a time).")
+    for name in ("max_batch_size", "max_queue"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name} {value}: must be at least 1.")
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port} is not a port number (1-65535).")
     if args.max_request_bytes < 1024:

@@ -54,9 +54,10 @@ _DEFAULT_VALUES = {"response_format": ({"type": "text"},), "modalities": (["text
 class RequestError(Exception):
     """A request the server will not run: answered with `status` and an OpenAI-style error naming `param`."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
     def body(self) -> dict:
         kind = "server_error" if self.status >= 500 else "not_found_error" if self.status == 404 \

@@ -732,19 +732,99 @@ class LLaDAGenerationMixin:
         >>> model.generate(ids, max_new_tokens=8)
         ```
         """
+        state = self.start_denoising(input_ids, attention_mask, generation_config, streamer, logits_processor,
+                                     stopping_criteria, tokenizer, **kwargs)
+        while self._denoising_step(state):
+            pass
+        return self._finish_denoising(state)
+
+    # --- the step API: `generate` is `start_denoising`, then steps until the state is over, then `finish_denoising`.
+    # An engine that serves many requests (llada-hf serve) holds one state per request and steps them together with
+    # `denoising_steps`: each state keeps its own settings, canvas and draws, so it ends as it would alone.
+
+    def start_denoising(self, input_ids=None, attention_mask=None, generation_config=None, streamer=None,
+                        logits_processor=None, stopping_criteria=None, tokenizer=None, **kwargs) -> "DenoisingState":
+        """What `generate` does before its first step: the settings resolved and checked, the canvas laid out. Takes
+        `generate`'s arguments; returns the state that `denoising_steps` advances and `finish_denoising` ends."""
         for processor in logits_processor or []:
             if not callable(processor):
                 raise TypeError(
                     f"logits_processor must hold transformers LogitsProcessors (callables of (input_ids, scores)), got "
                     f"{processor!r} ({type(processor).__name__})."
                 )
-        state = self._start_denoising(
+        return self._start_denoising(
             *self._prepare_generate(input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs),
             streamer=streamer, logits_processor=logits_processor, tokenizer=tokenizer,
         )
-        while self._denoising_step(state):
-            pass
+
+    def denoising_steps(self, states: list["DenoisingState"]) -> list[bool]:
+        """One denoising step of each of `states` (from `start_denoising`, on this model). The states whose forward
+        passes can be batched (`_shares_forward`: dense LLaDA and LLaDA-MoE without a key/value cache or CFG) run in
+        shared forward passes, one per group of similar canvas widths (`_forward_groups`), their rows left-padded to
+        one length with their own positions; the others step one after the other. Returns, per state, False once it
+        is over (then call `finish_denoising`)."""
+        running, together = [], []
+        for state in states:
+            if self._shares_forward(state):
+                opened = self._open_step(state)
+                if opened:
+                    together.append(state)
+                running.append(opened)
+            else:
+                running.append(self._denoising_step(state))
+        for group in self._forward_groups(together):
+            for state, logits in zip(group, self._shared_window_logits(group)):
+                self._commit_step(state, logits)
+        return running
+
+    @staticmethod
+    def _forward_groups(states: list["DenoisingState"]) -> list[list["DenoisingState"]]:
+        """`states` in groups that share a forward pass: canvases of similar widths (the narrowest at least 3/4 of
+        the widest), so that padding wastes at most a quarter of a group's compute."""
+        groups: list[list[DenoisingState]] = []
+        for state in sorted(states, key=lambda state: -state.canvas.shape[1]):
+            if groups and 4 * state.canvas.shape[1] >= 3 * groups[-1][0].canvas.shape[1]:
+                groups[-1].append(state)
+            else:
+                groups.append([state])
+        return groups
+
+    def finish_denoising(self, state: "DenoisingState") -> torch.LongTensor | LLaDAGenerateOutput:
+        """What `generate` returns, for a state that `denoising_steps` reported over."""
         return self._finish_denoising(state)
+
+    @staticmethod
+    def _shares_forward(state: "DenoisingState") -> bool:
+        return state.config.kv_cache is None and not state.config.cfg_scale > 0
+
+    def _shared_window_logits(self, states: list["DenoisingState"]) -> list[torch.Tensor]:
+        """One forward pass for the open windows of `states`: each state's logits (b_i, W_i, V), as its own forward
+        would give them (rows left-padded to the longest canvas, masked, at their own positions)."""
+        if len(states) == 1:
+            state = states[0]
+            return [self._window_logits(state.canvas, state.attention_mask, state.window, state.prompt_positions,
+                                        0.0, mask_token_id=state.config.mask_token_id)[0]]
+        width = max(state.canvas.shape[1] for state in states)
+        rows, masks, positions, windows = [], [], [], []
+        for state in states:
+            batch, length = state.canvas.shape
+            pad = width - length
+            mask = state.attention_mask if state.attention_mask is not None else state.canvas.new_ones(batch, length)
+            rows.append(torch.nn.functional.pad(state.canvas, (pad, 0), value=state.pad_id or 0))
+            masks.append(torch.nn.functional.pad(mask, (pad, 0), value=0))
+            positions.append(torch.nn.functional.pad(state.relative_positions.clamp_min(0).expand(batch, -1),
+                                                     (pad, 0), value=0))
+            windows.append((pad + state.window.start, pad + state.window.stop))
+        first, last = min(start for start, _ in windows), max(stop for _, stop in windows)
+        logits = self(torch.cat(rows), attention_mask=torch.cat(masks), position_ids=torch.cat(positions),
+                      logits_to_keep=torch.arange(first, last, device=rows[0].device), validate_inputs=False,
+                      return_dict=True).logits
+        out, row = [], 0
+        for state, (start, stop) in zip(states, windows):
+            batch = state.canvas.shape[0]
+            out.append(logits[row:row + batch, start - first:stop - first])
+            row += batch
+        return out
 
     # --- the sampler: a start, a step function, a finish. LLaDA 2's sampler overrides the three with its own.
 
@@ -806,6 +886,18 @@ class LLaDAGenerationMixin:
     def _denoising_step(self, state: "DenoisingState") -> bool:
         """One forward pass over the current block's window and the commits it allows; opens and closes blocks as
         needed. Returns False, without a forward, once generation is over."""
+        if not self._open_step(state):
+            return False
+        logits, state.cache = self._window_logits(
+            state.canvas, state.attention_mask, state.window, state.prompt_positions, state.config.cfg_scale,
+            state.config.kv_cache, state.cache, mask_token_id=state.config.mask_token_id,
+        )
+        self._commit_step(state, logits)
+        return True
+
+    def _open_step(self, state: "DenoisingState") -> bool:
+        """Before a step's forward pass: close the block that is over and open the next one (`state.window`). False
+        once generation is over."""
         config, canvas = state.config, state.canvas
         mask_id, prompt_length = config.mask_token_id, state.prompt_length
         while True:
@@ -837,15 +929,18 @@ class LLaDAGenerationMixin:
             state.window, state.block = None, state.block + 1
             if config.early_exit and bool(state.finished.all()):
                 state.block = state.num_blocks
+        return True
 
+    def _commit_step(self, state: "DenoisingState", logits: torch.Tensor) -> None:
+        """After a step's forward pass: from the window's logits (b, W, V), the proposals and the commits."""
+        config, canvas, window = state.config, state.canvas, state.window
+        mask_id, prompt_length = config.mask_token_id, state.prompt_length
         state.forwards += (~state.finished).long()
         noise = None
         if state.seeds is not None:
             noise = (state.seeds, state.step, state.relative_positions[:, window].expand(canvas.shape[0], -1))
-        proposal, scores, state.cache = self._denoising_scores(
-            canvas, state.attention_mask, window, state.prompt_positions, config, state.processors, state.warpers,
-            state.eos_tensor, noise, state.cache,
-        )
+        proposal, scores = self._scores(logits, canvas, window, config, state.processors, state.warpers,
+                                        state.eos_tensor, noise)
         if state.parallel:
             transfer = select_parallel(scores, config.threshold, config.factor)
         else:
@@ -859,7 +954,6 @@ class LLaDAGenerationMixin:
             )
         state.block_step += 1
         self._after_step(state, canvas)
-        return True
 
     def _after_step(self, state: "DenoisingState", view: torch.Tensor | None, stream: bool = True) -> None:
         """Bookkeeping after a forward pass: the history and the streamer (`stream`) get `view`, the (b, P + N)
@@ -989,6 +1083,10 @@ class LLaDAGenerationMixin:
             canvas, attention_mask, window, prompt_positions, config.cfg_scale, config.kv_cache, cache,
             mask_token_id=config.mask_token_id,
         )
+        return (*self._scores(logits, canvas, window, config, processors, warpers, eos_tensor, noise), cache)
+
+    def _scores(self, logits, canvas, window, config, processors, warpers, eos_tensor, noise):
+        """Proposals (b, W) for the window and their commit scores (-inf where not committable), from its logits."""
         # The mask token and the rows that pad the embedding beyond the tokenizer's vocabulary are never a clean
         # token: proposing one would leave a [MASK] (or an undecodable id) in the answer.
         logits[..., config.mask_token_id] = -torch.inf
@@ -1012,7 +1110,7 @@ class LLaDAGenerationMixin:
         if config.confidence_eos_eot_inf and eos_tensor.numel():
             confidence = confidence - _EOS_CONFIDENCE_OFFSET * torch.isin(proposal, eos_tensor)
         masked = canvas[:, window] == config.mask_token_id
-        return proposal, confidence.masked_fill(~masked, -torch.inf), cache
+        return proposal, confidence.masked_fill(~masked, -torch.inf)
 
     def _window_logits(
         self,

@@ -184,6 +184,10 @@ class LLaDA2GenerationMixin(LLaDAGenerationMixin):
 
     generation_config_class = LLaDA2GenerationConfig
 
+    @staticmethod
+    def _shares_forward(state: DenoisingState) -> bool:
+        return False  # each state's block-causal pass runs against its own block cache: `denoising_steps` interleaves
+
     def _prepare_generate(self, input_ids, attention_mask, generation_config, stopping_criteria, tokenizer, kwargs):
         if "use_cache" in kwargs:  # the official sampler's switch for the block cache
             use_cache = kwargs.pop("use_cache")

@@ -52,10 +52,14 @@ def test_bad_sampler_flags_are_one_line_errors(capsys):
     assert err.startswith("llada-hf serve: --threshold 1.5: `threshold` must be in (0, 1]")
 
 
-def test_continuous_batching_is_a_clear_error(capsys):
-    assert main(["serve", "some/model", "--continuous_batching"]) == 2
-    err = capsys.readouterr().err
-    assert "--continuous_batching is not supported" in err and "diffusion" in err
+def test_batching_flags_are_checked_and_continuous_batching_is_accepted(capsys):
+    for flag in ("--max_batch_size", "--max_queue"):
+        assert main(["serve", "some/model", flag, "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"llada-hf serve: {flag} 0: must be at least 1") and len(err.splitlines()) == 1
+    args = serve.build_parser().parse_args(["some/model", "--continuous_batching"])
+    serve._check_args(args)  # accepted: the server always batches continuously
+    assert (args.max_batch_size, args.max_queue) == (serve.DEFAULT_MAX_BATCH_SIZE, serve.DEFAULT_MAX_QUEUE)
 
 
 @pytest.mark.parametrize("body, param, status", [
@@ -373,7 +377,7 @@ def test_an_error_in_generate_fails_its_request_only(app_client, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("something odd\nover two lines")
 
-    monkeypatch.setattr(model, "generate", broken)
+    monkeypatch.setattr(model, "denoising_steps", broken)
     failed = chat(app_client)
     assert failed.status_code == 500
     error = failed.json()["error"]
@@ -383,35 +387,66 @@ def test_an_error_in_generate_fails_its_request_only(app_client, monkeypatch):
     assert app_client.get("/health").status_code == 200
 
 
-def test_a_client_that_leaves_mid_stream_frees_its_work(app_client, monkeypatch):
-    """A streamed request whose client goes away is stopped at its next denoising step, and the request queued
-    behind it is then answered. The app runs under uvicorn (a real socket, so the client can leave), and its
-    `generate` is an endless denoising loop that only the server's cancellation can stop (ordering, not time)."""
+def test_a_full_queue_answers_429_with_retry_after_streamed_or_not(app_client, monkeypatch):
+    engine = app_client.app_state.engine
+    monkeypatch.setattr(engine, "max_queue", 0)  # every request finds the queue full
+    for body in ({}, {"stream": True}):
+        reply = chat(app_client, **body)
+        assert reply.status_code == 429 and reply.headers["retry-after"] == "1", reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "queue_full" and "--max_queue 0" in error["message"]
+    monkeypatch.undo()
+    assert chat(app_client).status_code == 200
+    health = app_client.get("/health").json()
+    assert health["status"] == "ok" and health["running"] == health["waiting"] == 0
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "not streamed"])
+def test_a_client_that_leaves_frees_its_work(app_client, monkeypatch, stream):
+    """A request whose client goes away leaves the engine at its next denoising step, streamed or not. The app runs
+    under uvicorn (a real socket, so the client can leave), and that request's sampler is endless (20000 steps, ~100
+    s): only the server's cancellation can end it (state, not time, is asserted)."""
+    import http.client
     import threading
 
     import torch
     import uvicorn
 
     model = app_client.app_state.served.model
-    original = model.generate
+    engine = app_client.app_state.engine
+    start, steps = model.start_denoising, model.denoising_steps
     log, endless_started = [], threading.Event()
 
-    def endless(input_ids, streamer=None, **kwargs):
-        if not hasattr(streamer, "put_draft"):  # the request queued behind: a real answer
-            return original(input_ids, streamer=streamer, **kwargs)
-        streamer.put(input_ids)
-        canvas = torch.full((1, 8), model.config.mask_token_id)
-        endless_started.set()
-        try:
-            for _ in range(20000):  # ~100 s of draft steps, unless the client's leaving stops it first
-                streamer.put_draft(canvas)
-                time.sleep(0.005)
-        except serve._Abort:
-            log.append("stopped")
-            raise
-        log.append("ran to the end")
+    class Endless:
+        count = 0
 
-    monkeypatch.setattr(model, "generate", endless)
+    def start_denoising(streamer=None, **kwargs):
+        if kwargs.get("seed") != 4242:  # the next request: a real answer
+            return start(streamer=streamer, **kwargs)
+        streamer.put(kwargs["input_ids"])
+        Endless.streamer = streamer
+        return Endless()
+
+    def denoising_steps(states):
+        real = [state for state in states if not isinstance(state, Endless)]
+        going = iter(steps(real) if real else [])
+        result = []
+        for state in states:
+            if isinstance(state, Endless):
+                state.count += 1
+                if stream:
+                    Endless.streamer.put_draft(torch.full((1, 8), model.config.mask_token_id))
+                endless_started.set()
+                time.sleep(0.005)
+                result.append(state.count < 20000)
+                if state.count == 20000:
+                    log.append("ran to the end")
+            else:
+                result.append(next(going))
+        return result
+
+    monkeypatch.setattr(model, "start_denoising", start_denoising)
+    monkeypatch.setattr(model, "denoising_steps", denoising_steps)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app_client.app, host="127.0.0.1", port=port, log_level="error",
                                            lifespan="off"))
@@ -423,27 +458,33 @@ def test_a_client_that_leaves_mid_stream_frees_its_work(app_client, monkeypatch)
                 break
             time.sleep(0.05)
         assert server.started
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/chat/completions", method="POST",
-            headers={"Content-Type": "application/json"},
-            data=json.dumps({"stream": True, "stream_denoising_draft": True,
-                             "messages": [{"role": "user", "content": "t5 t6 t7"}]}).encode())
-        response = urllib.request.urlopen(request, timeout=60)
-        assert response.readline().startswith(b"data: ")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        body = {"seed": 4242, "messages": [{"role": "user", "content": "t5 t6 t7"}]}
+        if stream:
+            body.update(stream=True, stream_denoising_draft=True)
+        connection.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                           headers={"Content-Type": "application/json"})
+        if stream:
+            response = connection.getresponse()
+            assert response.readline().startswith(b"data: ")
         assert endless_started.wait(60)
-        response.close()  # the client leaves mid-stream
+        connection.close()  # the client leaves (mid-stream, or while waiting for its answer)
         with urllib.request.urlopen(urllib.request.Request(
                 f"http://127.0.0.1:{port}/v1/chat/completions", method="POST",
                 headers={"Content-Type": "application/json"},
                 data=json.dumps({"messages": [{"role": "user", "content": "t5 t6 t7"}]}).encode()),
                 timeout=120) as queued:
             answer = json.loads(queued.read())
-        log.append("next answered")
+        for _ in range(1200):  # the endless request leaves at its next step once the server sees the client gone
+            if engine.load()["running"] == 0:
+                log.append("stopped")
+                break
+            time.sleep(0.05)
     finally:
         server.should_exit = True
         thread.join(60)
     assert answer["choices"][0]["finish_reason"] in ("stop", "length")
-    assert log == ["stopped", "next answered"]
+    assert log == ["stopped"] and Endless.count < 20000
 
 
 def test_a_dead_engine_answers_503_with_one_line_never_a_hang(app_client, monkeypatch):
@@ -461,7 +502,7 @@ def test_a_dead_engine_answers_503_with_one_line_never_a_hang(app_client, monkey
         assert release.wait(60)
         raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
 
-    monkeypatch.setattr(model, "generate", crashing)
+    monkeypatch.setattr(model, "denoising_steps", crashing)
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(chat, app_client)
         assert started.wait(60)
