@@ -1061,32 +1061,12 @@ class LLaDAGenerationMixin:
             )
         return config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus
 
-    def _denoising_scores(
-        self,
-        canvas: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        window: slice,
-        prompt_positions: torch.Tensor,
-        config: LLaDAGenerationConfig,
-        processors: LogitsProcessorList,
-        warpers: LogitsProcessorList,
-        eos_tensor: torch.Tensor,
-        noise: tuple[torch.Tensor, int, torch.Tensor] | None = None,
-        cache=None,
-    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """One forward pass: proposals (b, W) for the window, their commit scores (-inf where not committable), and
-        the key/value cache (with `kv_cache`; None starts a refresh).
+    def _scores(self, logits, canvas, window, config, processors, warpers, eos_tensor, noise=None):
+        """Proposals (b, W) for the window and their commit scores (-inf where not committable), from its logits
+        (`_window_logits`).
 
         noise: (row seeds, step, relative positions of the window) for the counter RNG when sampling is random.
         """
-        logits, cache = self._window_logits(
-            canvas, attention_mask, window, prompt_positions, config.cfg_scale, config.kv_cache, cache,
-            mask_token_id=config.mask_token_id,
-        )
-        return (*self._scores(logits, canvas, window, config, processors, warpers, eos_tensor, noise), cache)
-
-    def _scores(self, logits, canvas, window, config, processors, warpers, eos_tensor, noise):
-        """Proposals (b, W) for the window and their commit scores (-inf where not committable), from its logits."""
         # The mask token and the rows that pad the embedding beyond the tokenizer's vocabulary are never a clean
         # token: proposing one would leave a [MASK] (or an undecodable id) in the answer.
         logits[..., config.mask_token_id] = -torch.inf

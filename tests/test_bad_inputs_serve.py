@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from llada_cli import serve, serve_requests
+from tests.test_serve import llada2_test_client
 
 MAX_BYTES = 4096  # the server's --max_request_bytes here
 USER = [{"role": "user", "content": "t5 t6 t7"}]
@@ -21,24 +22,8 @@ USER = [{"role": "user", "content": "t5 t6 t7"}]
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
-    import shutil
-
-    from fastapi.testclient import TestClient
-
-    from tests.trainers.test_family_training import LLADA2_DIR, LLADA2_IDS, chat_tokenizer
-
-    folder = tmp_path_factory.mktemp("served") / "llada2"
-    shutil.copytree(LLADA2_DIR, folder)
-    chat_tokenizer(LLADA2_IDS).save_pretrained(folder)
-    args = serve.build_parser().parse_args([str(folder), "--device", "cpu", "--max_new_tokens", "4",
-                                            "--block_length", "4", "--steps", "4",
-                                            "--max_request_bytes", str(MAX_BYTES)])
-    built = serve.build_app(args)
-    with TestClient(built) as client:
-        client.app_state = built.state
-        yield client
+    yield from llada2_test_client(tmp_path_factory, "--max_new_tokens", "4", "--block_length", "4", "--steps", "4",
+                                  "--max_request_bytes", str(MAX_BYTES))
 
 
 def post(client, path="/v1/chat/completions", **body):

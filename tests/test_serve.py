@@ -327,9 +327,9 @@ def test_serves_without_remote_code_too(trained_model):
 # ------------------------------------------------------------------------------------- the app in process (no port)
 
 
-@pytest.fixture(scope="module")
-def app_client(tmp_path_factory):
-    """The app on the official-format LLaDA 2 fixture (its own tokenizer added), through FastAPI's test client."""
+def llada2_test_client(tmp_path_factory, *flags: str):
+    """`serve`'s app on the official-format LLaDA 2 fixture (its own tokenizer added), started with `flags`, through
+    FastAPI's test client (a generator: the client, `app_state` set, until the caller is done)."""
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
     import shutil
@@ -341,12 +341,16 @@ def app_client(tmp_path_factory):
     folder = tmp_path_factory.mktemp("served") / "llada2"
     shutil.copytree(LLADA2_DIR, folder)
     chat_tokenizer(LLADA2_IDS).save_pretrained(folder)
-    args = serve.build_parser().parse_args([str(folder), "--device", "cpu", "--max_new_tokens", "8",
-                                            "--block_length", "4", "--steps", "4"])
-    app = serve.build_app(args)
+    app = serve.build_app(serve.build_parser().parse_args([str(folder), "--device", "cpu", *flags]))
     with TestClient(app) as client:
         client.app_state = app.state
         yield client
+
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    """The app on the official-format LLaDA 2 fixture, through FastAPI's test client."""
+    yield from llada2_test_client(tmp_path_factory, "--max_new_tokens", "8", "--block_length", "4", "--steps", "4")
 
 
 def chat(client, **body):
