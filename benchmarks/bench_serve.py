@@ -4,11 +4,11 @@
 
 --model is a LLaDA folder with a chat template; without it the quickstart's tiny model is trained first (about two
 minutes on a CPU, offline). Two servers are started here, one after the other: `--max_batch_size 16` (the default)
-and `--max_batch_size 1` (one request at a time). Each runs, with exact decoding (one token per step) and with
-threshold decoding:
-- 1, 4, 8 and 16 concurrent clients, each sending `--requests-per-client` streamed chat requests of mixed answer
-  lengths (max_tokens 8, 16, 32, 64 in turn, blocks of 8): requests/s, answer tokens/s, latency p50/p95 and the time
-  to the first streamed text;
+and `--max_batch_size 1` (one request at a time). Each runs three workloads: exact decoding (one token per step) with
+every answer 32 tokens (the issue's setting: max_tokens 32, blocks of 8, 32 steps), exact decoding with mixed answer lengths
+(max_tokens 8, 16, 32, 64 in turn, blocks of 8) and threshold decoding with mixed lengths; for each:
+- 1, 4, 8 and 16 concurrent clients, each sending `--requests-per-client` streamed chat requests: requests/s, answer
+  tokens/s, latency p50/p95 and the time to the first streamed text;
 - a late short request (max_tokens 8) sent while a burst of 8 long ones (max_tokens 64 in one block) runs: its
   latency, and whether it finished before the burst did;
 - 64 clients at once: how many were answered, refused with 429, lost, or failed with a 5xx.
@@ -94,7 +94,8 @@ def streamed(url: str, model: str, index: int, settings: dict) -> dict:
 
 
 def settings_for(index: int, decoding: dict) -> dict:
-    length = LENGTHS[index % len(LENGTHS)]
+    lengths = decoding.get("lengths", LENGTHS)
+    length = lengths[index % len(lengths)]
     extra = {"steps": length} if decoding.get("exact") else {"threshold": decoding["threshold"]}
     return {"max_tokens": length, "block_length": 8, **extra}
 
@@ -143,7 +144,7 @@ def late_short(url: str, model: str, decoding: dict) -> dict:
     def long_request(i: int) -> None:
         # one block of 64: the quickstart model's answer (a few tokens) is complete only after ~60 steps, so these
         # really run long (with blocks of 8 they would end at their EOS after a block)
-        settings = {**settings_for(3, decoding), "max_tokens": 64, "block_length": 64}
+        settings = {**settings_for(0, {**decoding, "lengths": (64,)}), "block_length": 64}
         burst.append(streamed(url, model, 100 + i, settings))
         ends.append(time.perf_counter())
 
@@ -152,7 +153,7 @@ def late_short(url: str, model: str, decoding: dict) -> dict:
     for thread in threads:
         thread.start()
     time.sleep(0.05)
-    short = streamed(url, model, 200, settings_for(0, decoding))
+    short = streamed(url, model, 200, settings_for(0, {**decoding, "lengths": (8,)}))
     short_end = time.perf_counter()
     for thread in threads:
         thread.join()
@@ -200,6 +201,31 @@ def measure(model: str, work: Path, batch: int, clients: list[int], per_client: 
     return out
 
 
+def library_ceiling(model_path: str, clients: list[int], repeats: int = 3) -> dict:
+    """What batching can give on this machine at all: in-process batched `model.generate` (no server, no HTTP) on the
+    issue's setting (32 tokens, blocks of 8, 32 steps), requests/s at each batch size against batch 1."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import modeling_llada  # noqa: F401 (registers the LLaDA classes with the Auto classes)
+
+    model, tokenizer = AutoModel.from_pretrained(model_path).eval(), AutoTokenizer.from_pretrained(model_path)
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt(i)}], add_generation_prompt=True,
+                                           tokenize=False) for i in range(max(clients))]
+    tokenizer.padding_side = "left"
+    settings = dict(max_new_tokens=32, steps=32, block_length=8, temperature=0.0)
+    out = {}
+    with torch.no_grad():
+        for batch in [1, *clients]:
+            inputs = tokenizer(texts[:batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            model.generate(**inputs, **settings)  # warm-up
+            started = time.perf_counter()
+            for _ in range(repeats):
+                model.generate(**inputs, **settings)
+            out[batch] = batch * repeats / (time.perf_counter() - started)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a LLaDA folder or Hub id with a chat template; default: train the "
@@ -218,13 +244,15 @@ def main() -> None:
                        check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         model = str(work / "qs" / "hub")
     clients = [int(c) for c in args.clients.split(",")]
-    decodings = [("exact", {"exact": True}), (f"threshold {args.threshold}", {"threshold": args.threshold})]
+    # the issue's setting first (every answer 32 tokens in blocks of 8, 32 steps), then mixed answer lengths
+    decodings = [("exact, 32 tokens", {"exact": True, "lengths": (32,)}), ("exact, mixed", {"exact": True}),
+                 (f"threshold {args.threshold}, mixed", {"threshold": args.threshold})]
     batched = measure(model, work, 16, clients, args.requests_per_client, decodings)
     single = measure(model, work, 1, clients, args.requests_per_client, decodings)
     import torch
 
-    print(f"model={model} requests/client={args.requests_per_client} max_tokens {'/'.join(map(str, LENGTHS))} "
-          f"(mixed) blocks of 8, streamed; torch threads={torch.get_num_threads()}")
+    print(f"model={model} requests/client={args.requests_per_client}, blocks of 8, streamed; mixed: max_tokens "
+          f"{'/'.join(map(str, LENGTHS))} in turn; torch threads={torch.get_num_threads()}")
     print("| decoding | clients | batching | req/s | tok/s | p50 ms | p95 ms | first text ms | x 1 client | "
           "x unbatched | differ |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -243,6 +271,9 @@ def main() -> None:
                   f"{late['burst'] * 1000:.0f} ms, finished first: {late['before']}")
     for label, runs in (("on", batched), ("off", single)):
         print(f"64 clients at once (batching {label}): {runs['flood']}")
+    ceiling = library_ceiling(model, clients)
+    print("in-process batched model.generate, exact, 32 tokens (the ceiling batching can reach here): " + ", ".join(
+        f"batch {batch} {rps:.1f} req/s ({rps / ceiling[1]:.2f}x)" for batch, rps in ceiling.items()))
 
 
 if __name__ == "__main__":

@@ -761,8 +761,9 @@ class LLaDAGenerationMixin:
         """One denoising step of each of `states` (from `start_denoising`, on this model). The states whose forward
         passes can be batched (`_shares_forward`: dense LLaDA and LLaDA-MoE without a key/value cache or CFG) run in
         shared forward passes, one per group of similar canvas widths (`_forward_groups`), their rows left-padded to
-        one length with their own positions; the others step one after the other. Returns, per state, False once it
-        is over (then call `finish_denoising`)."""
+        one length with their own positions, and those whose sampler settings agree (`_commit_key`) then choose their
+        commits together; the others step one after the other. Returns, per state, False once it is over (then call
+        `finish_denoising`)."""
         running, together = [], []
         for state in states:
             if self._shares_forward(state):
@@ -773,8 +774,7 @@ class LLaDAGenerationMixin:
             else:
                 running.append(self._denoising_step(state))
         for group in self._forward_groups(together):
-            for state, logits in zip(group, self._shared_window_logits(group)):
-                self._commit_step(state, logits)
+            self._commit_steps(group, self._shared_window_logits(group))
         return running
 
     @staticmethod
@@ -797,34 +797,114 @@ class LLaDAGenerationMixin:
     def _shares_forward(state: "DenoisingState") -> bool:
         return state.config.kv_cache is None and not state.config.cfg_scale > 0
 
-    def _shared_window_logits(self, states: list["DenoisingState"]) -> list[torch.Tensor]:
-        """One forward pass for the open windows of `states`: each state's logits (b_i, W_i, V), as its own forward
-        would give them (rows left-padded to the longest canvas, masked, at their own positions)."""
+    def _shared_window_logits(self, states: list["DenoisingState"]) -> torch.Tensor:
+        """One forward pass for the open windows of `states`: logits (R, W, V) for their R rows in order, row r's
+        window in columns [0, its width) (W the widest window; the columns after a narrower window are zeros), as
+        each state's own forward would give them (rows left-padded to the longest canvas, masked, at their own
+        positions). The output head runs on the windows' positions only."""
         if len(states) == 1:
             state = states[0]
-            return [self._window_logits(state.canvas, state.attention_mask, state.window, state.prompt_positions,
-                                        0.0, mask_token_id=state.config.mask_token_id)[0]]
-        width = max(state.canvas.shape[1] for state in states)
-        rows, masks, positions, windows = [], [], [], []
+            return self._window_logits(state.canvas, state.attention_mask, state.window, state.prompt_positions,
+                                       0.0, mask_token_id=state.config.mask_token_id)[0]
+        length = max(state.canvas.shape[1] for state in states)
+        device = states[0].canvas.device
+        rows, masks, positions, starts, widths = [], [], [], [], []
         for state in states:
-            batch, length = state.canvas.shape
-            pad = width - length
-            mask = state.attention_mask if state.attention_mask is not None else state.canvas.new_ones(batch, length)
+            batch, width = state.canvas.shape
+            pad = length - width
+            mask = state.attention_mask if state.attention_mask is not None else state.canvas.new_ones(batch, width)
             rows.append(torch.nn.functional.pad(state.canvas, (pad, 0), value=state.pad_id or 0))
             masks.append(torch.nn.functional.pad(mask, (pad, 0), value=0))
             positions.append(torch.nn.functional.pad(state.relative_positions.clamp_min(0).expand(batch, -1),
                                                      (pad, 0), value=0))
-            windows.append((pad + state.window.start, pad + state.window.stop))
-        first, last = min(start for start, _ in windows), max(stop for _, stop in windows)
-        logits = self(torch.cat(rows), attention_mask=torch.cat(masks), position_ids=torch.cat(positions),
-                      logits_to_keep=torch.arange(first, last, device=rows[0].device), validate_inputs=False,
-                      return_dict=True).logits
-        out, row = [], 0
-        for state, (start, stop) in zip(states, windows):
-            batch = state.canvas.shape[0]
-            out.append(logits[row:row + batch, start - first:stop - first])
-            row += batch
-        return out
+            starts.append(pad + state.window.start)
+            widths.append(state.window.stop - state.window.start)
+        batches = torch.tensor([state.canvas.shape[0] for state in states], device=device)
+        row_starts = torch.tensor(starts, device=device).repeat_interleave(batches)[:, None]
+        row_widths = torch.tensor(widths, device=device).repeat_interleave(batches)[:, None]
+        offset = torch.arange(length, device=device)[None] - row_starts
+        # a boolean logits_to_keep: logits (total window positions, V), row by row, each row's window in order
+        flat = self(torch.cat(rows), attention_mask=torch.cat(masks), position_ids=torch.cat(positions),
+                    logits_to_keep=(offset >= 0) & (offset < row_widths), validate_inputs=False,
+                    return_dict=True).logits
+        if min(widths) == max(widths):
+            return flat.view(-1, widths[0], flat.shape[-1])
+        filled = torch.arange(max(widths), device=device)[None] < row_widths
+        logits = flat.new_zeros(*filled.shape, flat.shape[-1])
+        logits[filled] = flat
+        return logits
+
+    @staticmethod
+    def _commit_key(state: "DenoisingState"):
+        """States with equal keys choose their commits in one go (`_commit_steps`): the same kind of sampler (their
+        temperatures, thresholds, factors and schedules may differ, row by row). None: the state commits alone
+        (logits processors or top-k / top-p warpers, which act on a whole batch)."""
+        config = state.config
+        if state.processors or state.warpers:
+            return None
+        return (config.temperature > 0, config.remasking, state.parallel, config.threshold is not None,
+                config.logits_eos_inf, config.confidence_eos_eot_inf, state.eos_ids, config.mask_token_id)
+
+    def _commit_steps(self, states: list["DenoisingState"], logits: torch.Tensor) -> None:
+        """After a shared forward pass: the commits of `states` from their logits (`_shared_window_logits`), those
+        with the same `_commit_key` chosen together (one set of operations for all their rows)."""
+        together: dict[Any, list[tuple[DenoisingState, slice]]] = {}
+        row = 0
+        for state in states:
+            rows = slice(row, row + state.canvas.shape[0])
+            row = rows.stop
+            together.setdefault(state.commit_key if state.commit_key is not None else id(state), []).append(
+                (state, rows))
+        for members in together.values():
+            if len(members) == 1:
+                state, rows = members[0]
+                self._commit_step(state, logits[rows, : state.window.stop - state.window.start])
+            else:
+                self._commit_rows([state for state, _ in members],
+                                  torch.cat([logits[rows] for _, rows in members]) if len(together) > 1 else logits)
+
+    def _commit_rows(self, states: list["DenoisingState"], logits: torch.Tensor) -> None:
+        """`_commit_step` for several states with one `_commit_key`, from their stacked window logits (R, W, V): each
+        row is scored and selected with its own state's temperature, draws (seed, step, positions), schedule,
+        threshold or factor, exactly as alone; the narrower windows' extra columns are never committable."""
+        first, config = states[0], states[0].config
+        device = logits.device
+        widths = [state.window.stop - state.window.start for state in states]
+        width = max(widths)
+        batches = torch.tensor([state.canvas.shape[0] for state in states], device=device)
+
+        def per_row(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(batches)[:, None]
+
+        def padded(tensors, value):
+            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+
+        window_ids = padded([state.canvas[:, state.window] for state in states], -1)  # -1: never a mask
+        for state in states:
+            state.forwards += (~state.finished).long()
+        noise = temperature = None
+        if first.seeds is not None:
+            steps = per_row([state.step for state in states], torch.long)
+            noise = (torch.cat([state.seeds for state in states]), steps,
+                     padded([state.relative_positions[:, state.window].expand(state.canvas.shape[0], -1)
+                             for state in states], 0))
+        if config.temperature > 0:
+            temperature = per_row([state.config.temperature for state in states], torch.float64)[..., None]
+        proposal, scores = self._scores(logits, window_ids, config, first.eos_tensor, noise, temperature)
+        if first.parallel:
+            threshold = factor = None
+            if config.threshold is not None:
+                threshold = per_row([state.config.threshold for state in states], torch.float64)
+            else:
+                factor = per_row([state.config.factor for state in states], torch.float64)
+            transfer = select_parallel(scores, threshold, factor)
+        else:
+            transfer = select_top_k(scores, torch.cat([state.schedule[:, state.block_step] for state in states]))
+        row = 0
+        for state, columns in zip(states, widths):
+            rows = slice(row, row + state.canvas.shape[0])
+            row = rows.stop
+            self._apply_commits(state, transfer[rows, :columns], proposal[rows, :columns])
 
     # --- the sampler: a start, a step function, a finish. LLaDA 2's sampler overrides the three with its own.
 
@@ -878,6 +958,8 @@ class LLaDAGenerationMixin:
         state.num_blocks, state.block_length = gen_length // block_length, block_length
         state.steps_per_block = steps // state.num_blocks
         state.parallel = parallel
+        state.eos_ids = tuple(eos_ids)
+        state.commit_key = self._commit_key(state)
         state.block, state.window = 0, None
         if streamer is not None:
             state.stream = StreamState(streamer, canvas, prompt_length, mask_id, state.eos_tensor, tokenizer, stops)
@@ -934,23 +1016,28 @@ class LLaDAGenerationMixin:
     def _commit_step(self, state: "DenoisingState", logits: torch.Tensor) -> None:
         """After a step's forward pass: from the window's logits (b, W, V), the proposals and the commits."""
         config, canvas, window = state.config, state.canvas, state.window
-        mask_id, prompt_length = config.mask_token_id, state.prompt_length
         state.forwards += (~state.finished).long()
         noise = None
         if state.seeds is not None:
             noise = (state.seeds, state.step, state.relative_positions[:, window].expand(canvas.shape[0], -1))
-        proposal, scores = self._scores(logits, canvas, window, config, state.processors, state.warpers,
-                                        state.eos_tensor, noise)
+        proposal, scores = self._scores(logits, canvas[:, window], config, state.eos_tensor, noise,
+                                        processors=state.processors, warpers=state.warpers, canvas=canvas)
         if state.parallel:
             transfer = select_parallel(scores, config.threshold, config.factor)
         else:
             transfer = select_top_k(scores, state.schedule[:, state.block_step])
+        self._apply_commits(state, transfer, proposal)
+
+    def _apply_commits(self, state: "DenoisingState", transfer: torch.Tensor, proposal: torch.Tensor) -> None:
+        """Write a step's commits (`transfer`, (b, W) over the window) into the state: its canvas, commit steps and
+        counters, the rows its EOS finishes (early exit), then `_after_step`."""
+        config, canvas, window = state.config, state.canvas, state.window
         canvas[:, window] = torch.where(transfer, proposal, canvas[:, window])
         state.commit_step[:, window].masked_fill_(transfer, state.step)
         state.sampled += transfer.sum(-1)
         if config.early_exit and state.eos_tensor.numel():
             state.finished |= finish_rows_at_eos(
-                canvas, state.commit_step, prompt_length, mask_id, state.eos_tensor, state.step
+                canvas, state.commit_step, state.prompt_length, config.mask_token_id, state.eos_tensor, state.step
             )
         state.block_step += 1
         self._after_step(state, canvas)
@@ -1061,11 +1148,15 @@ class LLaDAGenerationMixin:
             )
         return config, input_ids, attention_mask, eos_ids, stops, pad_id, synced_gpus
 
-    def _scores(self, logits, canvas, window, config, processors, warpers, eos_tensor, noise=None):
-        """Proposals (b, W) for the window and their commit scores (-inf where not committable), from its logits
-        (`_window_logits`).
+    def _scores(self, logits, window_ids, config, eos_tensor, noise=None, temperature=None, processors=None,
+                warpers=None, canvas=None):
+        """Proposals (b, W) for a window and their commit scores (-inf where not committable), from its logits
+        (`_window_logits`); `window_ids`: the window's current ids (only mask positions are committable).
 
-        noise: (row seeds, step, relative positions of the window) for the counter RNG when sampling is random.
+        noise: (row seeds, step, relative positions of the window) for the counter RNG when sampling is random; the
+        step may be a (b, 1) tensor, one per row. temperature: a (b, 1, 1) tensor of per-row temperatures instead of
+        `config.temperature` (rows of several requests scored together). processors (which see `canvas`, the whole
+        (b, L) canvas, as their input ids) and warpers: the request's logits processors and top-k / top-p.
         """
         # The mask token and the rows that pad the embedding beyond the tokenizer's vocabulary are never a clean
         # token: proposing one would leave a [MASK] (or an undecodable id) in the answer.
@@ -1079,7 +1170,8 @@ class LLaDAGenerationMixin:
                 sampling_logits = warpers(None, logits.reshape(batch * width, vocab).clone()).view(batch, width, vocab)
             # Gumbel-max in float64, as the reference: argmax(l / T + g) == argmax(exp(l) / (-log u) ** T).
             uniform = counter_uniform(*noise, lanes=vocab)
-            proposal = (sampling_logits.double() / config.temperature - torch.log(-torch.log(uniform))).argmax(-1)
+            tempered = sampling_logits.double() / (config.temperature if temperature is None else temperature)
+            proposal = (tempered - torch.log(-torch.log(uniform))).argmax(-1)
         else:
             proposal = logits.argmax(-1)
         if config.remasking == "random":
@@ -1089,7 +1181,7 @@ class LLaDAGenerationMixin:
             confidence = proposal_confidence(logits, proposal, config.remasking).double()
         if config.confidence_eos_eot_inf and eos_tensor.numel():
             confidence = confidence - _EOS_CONFIDENCE_OFFSET * torch.isin(proposal, eos_tensor)
-        masked = canvas[:, window] == config.mask_token_id
+        masked = window_ids == config.mask_token_id
         return proposal, confidence.masked_fill(~masked, -torch.inf)
 
     def _window_logits(

@@ -125,6 +125,103 @@ def test_rows_with_different_block_length_steps_and_threshold_share_one_forward(
     assert committed[0] == 1 and committed[1] == 4 and committed[2] >= 1
 
 
+def test_the_output_head_of_a_shared_pass_runs_on_each_rows_window_only():
+    """Rows at different blocks have windows at different columns: the head (hidden -> vocabulary logits, the
+    largest activation of a real model) sees each row's window positions, not the union of the windows."""
+    model = member("dense")
+    requests = [(ids(1, 2, 3), dict(max_new_tokens=16, steps=16, block_length=4)),
+                (ids(4, 5, 6, 7), dict(max_new_tokens=16, steps=4, block_length=16, num_return_sequences=2))]
+    states = [model.start_denoising(prompt, **settings("dense", kwargs)) for prompt, kwargs in requests]
+    for _ in range(9):  # the first request moves to its third block (columns 11-14); the second stays in its only one
+        model.denoising_steps(states[:1])
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    try:
+        model.denoising_steps(states)
+    finally:
+        handle.remove()
+    assert states[0].window == slice(11, 15) and states[1].window == slice(4, 20)
+    # 36 positions, not 3 rows x the 16 columns of the union
+    assert [shape[:-1] for shape in seen] == [(1 * 4 + 2 * 16,)]
+
+
+# Requests whose samplers are of one kind (`_commit_key`) but whose values differ row by row: block lengths, steps and
+# window widths (the canvases within 3/4 of each other's width, so they share forwards); temperatures and seeds;
+# thresholds; factors; random remasking; n > 1; prompts of different lengths.
+SAME_KIND = {
+    "exact greedy": [(ids(1, 2, 3), dict(max_new_tokens=16, steps=16, block_length=4)),
+                     (ids(4, 5, 6, 7, 8), dict(max_new_tokens=16, steps=8, block_length=16)),
+                     (ids(9, 10), dict(max_new_tokens=16, steps=8, block_length=8))],
+    "sampling": [(ids(1, 2, 3), dict(max_new_tokens=12, steps=12, block_length=4, temperature=0.7, seed=3)),
+                 (ids(4, 5), dict(max_new_tokens=12, steps=6, block_length=12, temperature=1.3, seed=9,
+                                  num_return_sequences=2)),
+                 (ids(6, 7, 8, 9), dict(max_new_tokens=12, steps=12, block_length=6, temperature=1.0, seed=3))],
+    "threshold": [(ids(1, 2, 3), dict(max_new_tokens=16, block_length=4, threshold=0.2)),
+                  (ids(4, 5, 6, 7), dict(max_new_tokens=16, block_length=8, threshold=0.05)),
+                  (ids(8, 9), dict(max_new_tokens=16, block_length=16, threshold=0.6))],
+    "factor": [(ids(1, 2, 3), dict(max_new_tokens=16, block_length=8, factor=1.0)),
+               (ids(4, 5), dict(max_new_tokens=16, block_length=16, factor=3.0))],
+    "random remasking": [(ids(1, 2), dict(max_new_tokens=8, steps=8, block_length=4, remasking="random", seed=1)),
+                         (ids(3, 4, 5), dict(max_new_tokens=8, steps=4, block_length=8, remasking="random", seed=2,
+                                             temperature=0.0))],
+}
+
+
+@pytest.mark.parametrize("name", ["dense", "moe"])
+@pytest.mark.parametrize("kind", sorted(SAME_KIND))
+def test_rows_of_one_sampler_kind_commit_together_and_each_equals_lone_generate(name, kind, monkeypatch):
+    """Their commits are chosen in one set of operations (`_commit_rows`), each row with its own temperature, draws,
+    schedule, threshold or factor: every answer (and its commit steps) equals the request's lone `generate`."""
+    model, requests = member(name), SAME_KIND[kind]
+    alone = [model.generate(prompt, return_dict_in_generate=True, **settings(name, kwargs))
+             for prompt, kwargs in requests]
+    together = []
+    original = type(model)._commit_rows
+    monkeypatch.setattr(type(model), "_commit_rows", lambda self, states, logits: (
+        together.append(len(states)), original(self, states, logits))[-1])
+    states = [model.start_denoising(prompt, return_dict_in_generate=True, **settings(name, kwargs))
+              for prompt, kwargs in requests]
+    assert len({state.commit_key for state in states}) == 1
+    results, running = {}, []
+    for tick in range(10_000):  # request i joins at step i: rows at different steps (draws), blocks and windows
+        if tick < len(states):
+            running.append(tick)
+        if not running:
+            break
+        going = model.denoising_steps([states[i] for i in running])
+        for index, still in zip(list(running), going):
+            if not still:
+                results[index] = model.finish_denoising(states[index])
+                running.remove(index)
+    assert together and max(together) == len(requests)  # the shared commit ran, over every request
+    for index, expected in enumerate(alone):
+        assert torch.equal(results[index].sequences, expected.sequences), (kind, index)
+        assert torch.equal(results[index].commit_step, expected.commit_step), (kind, index)
+    # the requests' answers or commit orders differ from each other: equality with the right one is informative
+    assert len({repr((out.sequences[0, -12:].tolist(), out.commit_step[0, -12:].tolist())) for out in alone}) == len(
+        alone)
+
+
+def test_a_logits_processor_commits_its_own_rows():
+    """A request with logits processors (or top-k / top-p) has no commit key: it commits alone, as generate."""
+    from transformers import LogitsProcessorList, NoBadWordsLogitsProcessor
+
+    model = member("dense")
+    banned = LogitsProcessorList([NoBadWordsLogitsProcessor([[7], [9]], eos_token_id=1)])
+    plain = dict(max_new_tokens=8, steps=8, block_length=4)
+    alone = [model.generate(ids(1, 2, 3), logits_processor=banned, **settings("dense", plain)),
+             model.generate(ids(4, 5), top_k=3, temperature=1.0, seed=2, **settings("dense", plain)),
+             model.generate(ids(6, 7, 8), **settings("dense", plain))]
+    states = [model.start_denoising(ids(1, 2, 3), logits_processor=banned, **settings("dense", plain)),
+              model.start_denoising(ids(4, 5), top_k=3, temperature=1.0, seed=2, **settings("dense", plain)),
+              model.start_denoising(ids(6, 7, 8), **settings("dense", plain))]
+    assert states[0].commit_key is None and states[1].commit_key is None and states[2].commit_key is not None
+    while any(model.denoising_steps(states)):
+        pass
+    for state, expected in zip(states, alone):
+        assert torch.equal(model.finish_denoising(state), expected)
+
+
 def test_canvases_of_very_different_widths_run_in_separate_forwards():
     """Padding a 10-position canvas to 68 would waste most of the pass: widths within 3/4 of each other share."""
     model = member("dense")
