@@ -276,6 +276,102 @@ def starting_model(model) -> str | None:
     return getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None) or None
 
 
+def base_quantization(model) -> dict[str, Any] | None:
+    """How the base of a (possibly PEFT-wrapped) model was quantized by bitsandbytes, read from its
+    `config.quantization_config`: {"bits": 4, "quant_type": "nf4" / "fp4", "nested": bool, "compute_dtype": ...} or
+    {"bits": 8}; None for an unquantized model."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    if config is None:
+        return None
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    four = bool(values.get("load_in_4bit") or getattr(model, "is_loaded_in_4bit", False))
+    eight = bool(values.get("load_in_8bit") or getattr(model, "is_loaded_in_8bit", False))
+    if four:
+        return {"bits": 4, "method": "bitsandbytes", "quant_type": values.get("bnb_4bit_quant_type"),
+                "nested": bool(values.get("bnb_4bit_use_double_quant")),
+                "compute_dtype": str(values.get("bnb_4bit_compute_dtype")).replace("torch.", "")}
+    if eight:
+        return {"bits": 8, "method": "bitsandbytes"}
+    return {"method": str(values.get("quant_method"))}
+
+
+def _quantization_text(quantization: dict[str, Any]) -> str:
+    if quantization.get("bits") == 4:
+        nested = ", nested (double) quantization" if quantization.get("nested") else ""
+        return (f"4-bit {quantization.get('quant_type')} (bitsandbytes){nested}, compute dtype "
+                f"{quantization.get('compute_dtype')}; the adapter trained on the frozen quantized base (QLoRA)")
+    if quantization.get("bits") == 8:
+        return "8-bit (bitsandbytes LLM.int8); the adapter trained on the frozen quantized base"
+    return f"quantized ({quantization.get('method')})"
+
+
+def quantization_summary(settings) -> dict | None:
+    """{"bits": 4, "quant_type": "nf4" | "fp4", "nested": bool} or {"bits": 8} from a bitsandbytes quantization as a
+    `BitsAndBytesConfig` (or its dict) or TRL's `ModelConfig` fields spell it; None for no quantization. A training
+    record's `quantization` (the same keys, plus "method" and "compute_dtype"; {"method": ...} alone for another
+    quantization method) is returned as it is."""
+    if settings is None or settings is False:
+        return None
+    if hasattr(settings, "to_dict"):
+        settings = settings.to_dict()
+    if not isinstance(settings, dict):
+        return None
+    if settings.get("bits") in (4, 8) or (settings.get("method") and "load_in_4bit" not in settings):
+        return dict(settings)  # the training record's form (`hub_cards.cards.base_quantization`)
+    if settings.get("load_in_8bit") or settings.get("_load_in_8bit"):
+        return {"bits": 8}
+    if settings.get("load_in_4bit") or settings.get("_load_in_4bit"):
+        nested = settings.get("bnb_4bit_use_double_quant", settings.get("use_bnb_nested_quant", False))
+        return {"bits": 4, "quant_type": str(settings.get("bnb_4bit_quant_type") or "fp4"), "nested": bool(nested)}
+    return None
+
+
+def quantization_text(summary: dict | None) -> str:
+    """How cards and messages name a quantization: "4-bit (nf4, nested)", "4-bit (fp4)", "8-bit (LLM.int8)",
+    "gptq-quantized"."""
+    if not summary:
+        return "full precision"
+    if summary.get("bits") == 8:
+        return "8-bit (LLM.int8)"
+    if summary.get("bits") != 4:
+        return f"{summary.get('method') or 'an unrecognised'}-quantized"
+    return f"4-bit ({summary.get('quant_type') or 'fp4'}{', nested' if summary.get('nested') else ''})"
+
+
+def quantized_base_text(summary: dict) -> str:
+    """"a 4-bit (nf4) quantized base", "an 8-bit (LLM.int8) quantized base", "a gptq-quantized base"."""
+    if summary.get("bits") not in (4, 8):
+        return f"a {quantization_text(summary)} base"
+    return f"{'an' if summary.get('bits') == 8 else 'a'} {quantization_text(summary)} quantized base"
+
+
+def quantized_adapter_note(summary: dict) -> str:
+    """What an adapter's card says of a quantized training base."""
+    if summary.get("bits") not in (4, 8):
+        return (f"This adapter was trained on {quantized_base_text(summary)}. To reproduce its training, load the "
+                "base quantized the same way; to use it, it loads on the base at any precision.")
+    return (f"This adapter was trained on {quantized_base_text(summary)} (QLoRA, bitsandbytes). To "
+            "reproduce its training, load the base quantized the same way (`llada-hf sft --use_peft "
+            + ("--load_in_8bit" if summary.get("bits") == 8 else
+               f"--load_in_4bit --bnb_4bit_quant_type {summary.get('quant_type') or 'fp4'}"
+               + (" --use_bnb_nested_quant" if summary.get("nested") else ""))
+            + "`); to use it, it loads on the base at any precision (bf16, fp32, or quantized), and "
+            "`merge_and_unload()` on a full-precision base gives a model that needs no bitsandbytes.")
+
+
+def merged_note(merge: dict) -> str:
+    """What a merged model's card says of the base it was merged into (and the adapter's quantized training)."""
+    trained = merge.get("adapter_quantization")
+    dtype = merge.get("base_dtype")
+    into = "the full-precision base" + (f" ({dtype})" if dtype else "")
+    if trained:
+        return (f"The adapter was trained on {quantized_base_text(trained)} (QLoRA); it was merged into {into}, "
+                "never into quantized weights: this model loads without bitsandbytes.")
+    return f"The adapter was merged into {into}."
+
+
 def earlier_stages(model) -> list[dict[str, Any]]:
     """The stages recorded with the model a trainer starts from (its folder's, or its cached Hub repository's,
     `llada_training.json`); empty for a fresh model or one without a record."""
@@ -360,6 +456,7 @@ def training_record(trainer, dataset_names: list[str] | None = None,
         "train_loss": train_loss,
         "eval_loss": eval_losses[-1] if eval_losses else None,
         "lora": lora,
+        **({"quantization": quantization} if (quantization := base_quantization(trainer.model)) else {}),
         "dataset": {
             "names": [dataset_hub_id(name) or local_label(name) for name in names],
             "hub_ids": [name for name in names if dataset_hub_id(name)],
@@ -485,6 +582,8 @@ def _stage_markdown(stage: dict[str, Any]) -> list[str]:
         lines.append("- hyper-parameters: " + ", ".join(f"{k} = {v}" for k, v in stage["hyperparameters"].items()))
     if stage.get("lora"):
         lines.append("- LoRA: " + ", ".join(f"{k} = {v}" for k, v in stage["lora"].items()))
+    if stage.get("quantization"):
+        lines.append(f"- base quantization: {_quantization_text(stage['quantization'])}")
     return lines
 
 
@@ -526,8 +625,10 @@ def _eval_markdown(eval_results: list[dict[str, Any]] | None) -> list[str]:
 
 def training_markdown(record: dict[str, Any] | None, *, generation_config: dict[str, Any] | None = None,
                       eval_results: list[dict[str, Any]] | None = None, what: str = "these weights",
-                      family: str = "llada") -> str:
-    """The card's Training section: every stage, the merge (if any), the sampler settings and the evaluation."""
+                      family: str = "llada", adapter: bool = False) -> str:
+    """The card's Training section: every stage, the merge (if any; with the quantization the adapter trained on),
+    the sampler settings and the evaluation. `adapter`: the card of an adapter, which says how to reproduce a
+    training on a quantized base."""
     stages = record_stages(record)
     lines = []
     if not stages:
@@ -543,7 +644,10 @@ def training_markdown(record: dict[str, Any] | None, *, generation_config: dict[
     if merge:
         base = _model_text(merge.get("base_model")) or "its base model"
         lines += ["### Merge", "", f"After the last stage, its LoRA adapter was folded (`merge_and_unload`) into the "
-                  f"weights of the base model, {base}: this repository is a complete model, loaded without PEFT.", ""]
+                  f"weights of the base model, {base}: this repository is a complete model, loaded without PEFT. "
+                  + merged_note(merge), ""]
+    elif adapter and stages and stages[-1].get("quantization"):
+        lines += [quantized_adapter_note(stages[-1]["quantization"]), ""]
     lines += ["### Sampler settings", "", *_sampler_markdown(generation_config, family), ""]
     lines += _eval_markdown(eval_results)
     return "\n".join(lines).rstrip() + "\n"
@@ -628,7 +732,8 @@ def _render(
         training=training,
         training_section=training_markdown(
             training, generation_config=generation_config, eval_results=eval_results,
-            what="this adapter" if template == "adapter_card.md" else "these weights", family=family),
+            what="this adapter" if template == "adapter_card.md" else "these weights", family=family,
+            adapter=template == "adapter_card.md"),
         datasets=datasets,
         versions=versions(),
         **template_values,

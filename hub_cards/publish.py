@@ -19,6 +19,12 @@ local folder is never looked up on the Hub. Published as an adapter, it must be 
 resolve a path of this machine. Messages name the settings as the caller spells them: the Python arguments
 (`base_model=`) by default, the command line's flags (`--base-model`) through `setting_names`.
 
+A QLoRA adapter (trained on a 4-bit or 8-bit bitsandbytes base) merges into the full-precision base, never into
+quantized weights: a base saved quantized (`quantization_config` in its config.json) is refused, and the merged
+folder loads without bitsandbytes. The quantization the adapter was trained on (`adapter_quantization`) is stated in
+the merged record (`record["merge"]`) and in the card; an adapter published as it is says in its card that training
+is reproduced on the base quantized the same way, and that it loads on the base at any precision.
+
 Temporary folders (`llada-publish-<pid>-*` in `tempfile.gettempdir()`: the staging folder, the merged model) are
 removed before `publish` returns or raises. One left by a process that was killed outright (SIGKILL, out of memory)
 is removed by the next `publish` on the machine, once that process is gone.
@@ -31,8 +37,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cards import (TRAINING_RECORD, card_for_folder, check_dataset_ids, local_label, looks_like_a_path,
-                    model_hub_id)
+from .cards import (TRAINING_RECORD, card_for_folder, check_dataset_ids, local_label, looks_like_a_path, model_hub_id,
+                    quantization_summary)
 
 CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "generation_llada.py", "likelihood_llada.py",
               "answers_llada.py", "draws_llada.py")
@@ -132,6 +138,52 @@ def _read_record(folder: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def _base_config(source: str | None) -> dict:
+    """The config.json of a base model (a local folder, or a Hub id in the local cache); {} when it cannot be read
+    without a download."""
+    if not source:
+        return {}
+    path = Path(source).expanduser() / "config.json"
+    if not path.is_file():
+        hub_id = model_hub_id(source)
+        if hub_id is None:
+            return {}
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(hub_id, "config.json")
+        if not isinstance(cached, str):
+            return {}
+        path = Path(cached)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def adapter_quantization(folder: str | Path, base_source: str | None = None) -> dict | None:
+    """The quantization of the base the adapter in `folder` was trained on (`quantization_summary`), None when it was
+    trained on an unquantized base or nothing says.
+
+    Read from the last stage of the adapter's training record (its `quantization` field, written by training with
+    `--load_in_4bit` / `--load_in_8bit`), else from `quantization_config` in the adapter_config.json, else from
+    `quantization_config` in the config.json of the base (`base_source`, default the adapter's
+    base_model_name_or_path) when that base was saved quantized."""
+    folder = Path(folder)
+    stages = _read_record(folder).get("stages")
+    if isinstance(stages, list) and stages and isinstance(stages[-1], dict) and "quantization" in stages[-1]:
+        return quantization_summary(stages[-1]["quantization"])
+    try:
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        adapter = {}
+    adapter = adapter if isinstance(adapter, dict) else {}
+    if adapter.get("quantization_config"):
+        return quantization_summary(adapter["quantization_config"])
+    return quantization_summary(_base_config(base_source or adapter.get("base_model_name_or_path"))
+                                .get("quantization_config"))
+
+
 def resolve_base_model(folder: str | Path, base_model: str | None = None, *, merge: bool = False,
                        setting_names: dict | None = None) -> BaseModel:
     """The base model of the adapter in `folder`, checked without loading or downloading anything.
@@ -214,6 +266,7 @@ class PublishResult:
     card: str = ""
     url: str | None = None  # the commit URL, when uploaded
     left_out: list[str] = field(default_factory=list)  # names in the folder not on the allow-list ("name/": a folder)
+    merge: dict | None = None  # merge=True: the merge record (base, its dtype, the quantization the adapter trained on)
 
 
 def folder_kind(folder: Path) -> str:
@@ -446,6 +499,12 @@ def merge_adapter(folder: str | Path, output: str | Path, base_model: str | Base
     it is checked (`resolve_base_model`) before anything is loaded, and a folder is never looked up on the Hub.
     The base loads with this package's LLaDA classes (`trust_remote_code=False`: no downloaded code runs), so the
     merged folder carries this package's code files.
+
+    The base always loads unquantized, in the dtype it was saved in, whatever the adapter was trained on (a QLoRA
+    adapter of a 4-bit or 8-bit base included): a base saved quantized (`quantization_config` in its config.json)
+    raises `BaseModelError`, since folding into quantized weights would round the adapter away; the merged
+    config.json carries no `quantization_config`, so the folder loads without bitsandbytes. `record["merge"]` names
+    the base, its dtype, and the quantization the adapter was trained on (`adapter_quantization`).
     """
     from peft import PeftModel
     from transformers import AutoModel, AutoTokenizer
@@ -457,21 +516,41 @@ def merge_adapter(folder: str | Path, output: str | Path, base_model: str | Base
     base = base_model if isinstance(base_model, BaseModel) else resolve_base_model(
         folder, base_model, merge=True, setting_names=setting_names)
     shown = _shown(names, "base_model", base.source)
+    trained_on = adapter_quantization(folder)
+    saved_quantized = _base_config(base.source).get("quantization_config")
+    if saved_quantized:
+        method = saved_quantized.get("quant_method", "a quantization") if isinstance(saved_quantized, dict) else \
+            "a quantization"
+        raise BaseModelError(f"{shown} is saved quantized ({method}: quantization_config in its config.json), and an "
+                             "adapter merges into full-precision weights only (folding it into quantized ones would "
+                             f"round it away); pass {_flag(names, 'base_model')} with the unquantized base the "
+                             "adapter was trained from (a model folder or Hub id).")
     try:
         model = AutoModel.from_pretrained(base.source, trust_remote_code=trust_remote_code)
     except OSError as error:  # unreadable weights, a download that failed: what failed, then why
         raise OSError(f"{shown}: could not load the base model: {' '.join(str(error).split())}") from error
+    quantized = sorted({type(module).__name__ for module in model.modules()
+                        if type(module).__module__.startswith("bitsandbytes")})
+    if quantized or getattr(model, "hf_quantizer", None) is not None:  # never merge into quantized weights
+        raise BaseModelError(f"{shown} loaded quantized ({', '.join(quantized) or 'a quantizer'}); an adapter "
+                             f"merges into full-precision weights only: pass {_flag(names, 'base_model')} with the "
+                             "unquantized base.")
     from .compat import quiet_upstream_deprecations
 
     with quiet_upstream_deprecations():
         merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    if hasattr(merged.config, "quantization_config"):  # a merged model is full precision, whatever trained it
+        del merged.config.quantization_config
     merged.save_pretrained(output)
     if (folder / "generation_config.json").is_file():  # the adapter's sampler settings win over the base's
         shutil.copyfile(folder / "generation_config.json", output / "generation_config.json")
     tokenizer_source = folder if any((folder / n).exists() for n in TOKENIZER_FILES) else base.source
     AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(output)
     record = _read_record(folder) or {"format": 2, "stages": []}
-    record["merge"] = {"base_model": base.reference(), "adapter": local_label(str(folder))}
+    dtype = str(next(merged.parameters()).dtype).removeprefix("torch.")
+    record["merge"] = {"base_model": base.reference(), "adapter": local_label(str(folder)),
+                       "merged_into": "merged into the full-precision base", "base_dtype": dtype,
+                       "adapter_quantization": trained_on}
     (output / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return output
 
@@ -556,9 +635,11 @@ def publish(
     try:
         staging = Path(staging_dir) if staging_dir is not None else Path(scratch.name) / "staged"
         if merge:
-            folder = merge_adapter(folder, Path(scratch.name) / "merged", base)
+            folder = merge_adapter(folder, Path(scratch.name) / "merged", base, setting_names=setting_names)
         result = stage(folder, repo_id, staging, base_model=base.hub_id if merge else base_model,
                        setting_names=setting_names, **card_options)
+        if merge:
+            result.merge = _read_record(folder).get("merge")
         if not dry_run:
             result.url = _upload(result, repo_id, private=private, token=token, commit_message=commit_message)
     finally:

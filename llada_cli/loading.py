@@ -163,7 +163,7 @@ def check_tokenizer_source(path: str, setting: str = "--tokenizer_name_or_path",
                   "a tokenizer folder or a Hub id")
 
 
-def check_llada_checkpoint(name: str, setting: str = "--model_name_or_path") -> None:
+def check_llada_checkpoint(name: str, setting: str = "--model_name_or_path", revision: str | None = None) -> None:
     """Check that the checkpoint `name` (a folder or Hub id that `check_model_source` accepted) is a LLaDA model:
     `model_type` "llada" (LLaDA, LLaDA-MoE) or "llada2_moe" (LLaDA 2.x) in its config.json. A LoRA adapter folder (no
     config.json) is left to its base's loading."""
@@ -176,7 +176,7 @@ def check_llada_checkpoint(name: str, setting: str = "--model_name_or_path") -> 
         from huggingface_hub import hf_hub_download
 
         try:
-            file = Path(hf_hub_download(name, "config.json"))
+            file = Path(hf_hub_download(name, "config.json", revision=revision))
         except OSError as error:  # not found on the Hub, no network, gated: the reason, after what was asked for
             raise OSError(f"{setting} {name!r}: could not fetch its config.json from the Hub: {_one_line(error)}") \
                 from error
@@ -205,11 +205,18 @@ def load_model(
     trust_remote_code: bool = False,
     seed: int = 0,
     setting: str = "--model_name_or_path",
+    *,
+    revision: str | None = None,
+    quantization_config=None,
 ) -> LLaDAModelLM:
     """A preset name builds a fresh model sized for `tokenizer`; anything else (a LLaDA folder or Hub id) loads with
-    `AutoModel`. `setting` names the source in error messages."""
+    `AutoModel`, at `revision` (a Hub branch, tag or commit) and quantized by `quantization_config` (a transformers
+    `BitsAndBytesConfig`) when given. `setting` names the source in error messages."""
     torch_dtype = resolve_dtype(dtype)
     if model_name_or_path in PRESETS:
+        if quantization_config is not None:  # the CLI refuses this earlier, naming its flags
+            raise ValueError(f"{setting} {model_name_or_path!r} is a fresh model: there are no trained weights to "
+                             "quantize; pass a checkpoint folder or Hub id.")
         if tokenizer is None:
             raise ValueError(f"A fresh {model_name_or_path!r} model needs a tokenizer to size its vocabulary.")
         torch.manual_seed(seed)
@@ -218,8 +225,15 @@ def load_model(
             config._attn_implementation = attn_implementation
         return LLaDAModelLM(config)
     check_model_source(model_name_or_path, setting, others=_PRESETS_HINT)
-    check_llada_checkpoint(model_name_or_path, setting)
+    check_llada_checkpoint(model_name_or_path, setting, revision)
     kwargs = {"trust_remote_code": trust_remote_code}
+    if revision is not None:
+        kwargs["revision"] = revision
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        device_map = kbit_device_map()
+        if device_map is not None:
+            kwargs["device_map"] = device_map
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     if attn_implementation is not None:
@@ -241,6 +255,9 @@ def load_model_and_tokenizer(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     seed: int = 0,
+    *,
+    revision: str | None = None,
+    quantization_config=None,
 ) -> tuple[LLaDAModelLM, PreTrainedTokenizerBase]:
     """The scripts' model and tokenizer: the named tokenizer, else the model's, else (for a preset) a new BPE
     trained on `texts_for_a_new_tokenizer()`. Errors name `--model_name_or_path` / `--tokenizer_name_or_path`."""
@@ -249,23 +266,37 @@ def load_model_and_tokenizer(
     resolve_dtype(dtype)  # a bad dtype is reported before anything is loaded
     if model_name_or_path not in PRESETS:
         check_model_source(model_name_or_path, "--model_name_or_path", others=_PRESETS_HINT)
-        check_llada_checkpoint(model_name_or_path, "--model_name_or_path")
+        check_llada_checkpoint(model_name_or_path, "--model_name_or_path", revision)
     if tokenizer_name_or_path:
         tokenizer = load_tokenizer(tokenizer_name_or_path, trust_remote_code)
     elif model_name_or_path in PRESETS:
         tokenizer = train_tokenizer(texts_for_a_new_tokenizer())
     else:
-        tokenizer = load_tokenizer(model_name_or_path, trust_remote_code, setting="--model_name_or_path")
-    model = load_model(model_name_or_path, tokenizer, dtype, attn_implementation, trust_remote_code, seed)
+        tokenizer = load_tokenizer(model_name_or_path, trust_remote_code, setting="--model_name_or_path",
+                                   revision=revision)
+    model = load_model(model_name_or_path, tokenizer, dtype, attn_implementation, trust_remote_code, seed,
+                       revision=revision, quantization_config=quantization_config)
     return model, tokenizer
 
 
+def kbit_device_map() -> dict[str, int] | None:
+    """Where a k-bit (bitsandbytes) model loads: this process's GPU when there is one (each process of a multi-GPU
+    run keeps a whole copy on its own device, as TRL's scripts place quantized models), else None (the CPU)."""
+    if not torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False, setting: str = "--tokenizer_name_or_path",
-                   tokenizer_flag: str = "--tokenizer_name_or_path") -> PreTrainedTokenizerBase:
+                   tokenizer_flag: str = "--tokenizer_name_or_path",
+                   revision: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer in `path` (a folder or Hub id), padding with EOS when it has no pad token (as LLaDA does)."""
     check_tokenizer_source(path, setting, tokenizer_flag)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  **({"revision": revision} if revision is not None else {}))
     except (OSError, ValueError) as error:  # unreadable or incomplete tokenizer files: what failed, then why
         kind = OSError if isinstance(error, OSError) else ValueError
         raise kind(f"{setting} {path!r}: could not load the tokenizer: {_one_line(error)}") from error

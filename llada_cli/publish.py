@@ -134,6 +134,13 @@ def _run(args) -> int:
           f"{len(result.files)} files:")
     for name in result.files:
         print(f"  {name}")
+    if result.merge:
+        from hub_cards.cards import quantized_base_text
+
+        trained_on = result.merge.get("adapter_quantization")
+        print(f"merged into the full-precision base ({result.merge.get('base_dtype')})"
+              + (f"; the adapter was trained on {quantized_base_text(trained_on)}" if trained_on else "")
+              + ": the model loads without PEFT or bitsandbytes")
     if result.left_out:
         print(f"left out (not on the upload allow-list): {', '.join(result.left_out)}")
     if args.dry_run:

@@ -143,7 +143,121 @@ def parse_training_args(command: str, parser, argv: list[str] | None) -> tuple:
     check_output_dir(getattr(parsed[1], "output_dir", None))
     if len(parsed) > 2:
         check_lora_values(parsed[2])
+        check_model_flags(parsed[2])
     return tuple(parsed)
+
+
+QLORA_EXTRA = 'pip install "llada-hf[qlora]"'
+BNB_4BIT_QUANT_TYPES = ("nf4", "fp4")
+
+
+def _quantized(model_args) -> bool:
+    return bool(getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False))
+
+
+def check_model_flags(model_args) -> None:
+    """Before anything is loaded: --model_revision only with a Hub id, and the quantization flags (--load_in_4bit /
+    --load_in_8bit with their --bnb_4bit_* settings) only where they take effect: one of the two, on a checkpoint (not
+    a fresh preset), with --use_peft, with bitsandbytes installed."""
+    from .loading import PRESETS
+
+    name = model_args.model_name_or_path or "llada-tiny"
+    local = name in PRESETS or Path(name).expanduser().exists()
+    revision = getattr(model_args, "model_revision", "main")
+    if local and revision not in (None, "main"):
+        what = "a fresh preset" if name in PRESETS else "a local folder"
+        raise ValueError(f"--model_revision {revision!r} selects a Hub branch, tag or commit, but --model_name_or_path "
+                         f"{name!r} is {what} (no revisions); drop --model_revision or pass a Hub id.")
+    check_lora_model_flags(model_args)
+    four, eight = getattr(model_args, "load_in_4bit", False), getattr(model_args, "load_in_8bit", False)
+    if four and eight:
+        raise ValueError("--load_in_4bit and --load_in_8bit are both set; pass one of them (4-bit: QLoRA).")
+    quant_type = getattr(model_args, "bnb_4bit_quant_type", "nf4")
+    if quant_type not in BNB_4BIT_QUANT_TYPES:
+        raise ValueError(f"--bnb_4bit_quant_type {quant_type!r} is not a bitsandbytes 4-bit type; choose nf4 or fp4.")
+    if not four:
+        set_4bit = [flag for flag, value, default in (
+            ("--bnb_4bit_quant_type", quant_type, "nf4"),
+            ("--use_bnb_nested_quant", getattr(model_args, "use_bnb_nested_quant", False), False),
+            ("--bnb_4bit_quant_storage", getattr(model_args, "bnb_4bit_quant_storage", None), None))
+            if value != default]
+        if set_4bit:
+            raise ValueError(f"{', '.join(set_4bit)} set(s) how a 4-bit model is quantized; add --load_in_4bit, or "
+                             "drop them.")
+    if not (four or eight):
+        return
+    flag = "--load_in_4bit" if four else "--load_in_8bit"
+    if name in PRESETS:
+        raise ValueError(f"{flag} quantizes a trained checkpoint, but --model_name_or_path {name!r} is a fresh preset "
+                         "(random weights); train it first, then pass its folder (or a Hub id) with the flag.")
+    if not model_args.use_peft:
+        raise ValueError(f"{flag} freezes the base in {4 if four else 8} bits, so only adapters can train; add "
+                         "--use_peft (QLoRA), or drop the flag for full fine-tuning.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(f"{flag} needs bitsandbytes, which is not installed; {QLORA_EXTRA}.") from None
+
+
+# TRL ModelConfig's LoRA fields (the ones a TRL release has are checked); they only act with --use_peft
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+               "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")
+
+
+def check_lora_model_flags(model_args) -> None:
+    """The LoRA flags only where they take effect: with --use_peft; --lora_task_type CAUSAL_LM (how PEFT wraps every
+    LLaDA model; another task type would change the wrapper, not the training); --lora_target_parameters (LoRA on
+    parameters, PEFT's ParamWrapper) without dropout and without DoRA, which PEFT's ParamWrapper lacks."""
+    import dataclasses
+
+    from trl import ModelConfig
+
+    defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+    if not getattr(model_args, "use_peft", False):
+        set_lora = [f"--{name}" for name in LORA_FIELDS
+                    if name in defaults and getattr(model_args, name, defaults[name]) != defaults[name]]
+        if set_lora:
+            raise ValueError(f"{', '.join(set_lora)} set(s) the LoRA adapters, but --use_peft is off (full "
+                             "fine-tuning); add --use_peft, or drop them.")
+        return
+    task_type = getattr(model_args, "lora_task_type", "CAUSAL_LM")
+    if task_type is not None and str(task_type) != "CAUSAL_LM":
+        raise ValueError(f"--lora_task_type {task_type!r}: LLaDA's adapters wrap its masked-diffusion LM as PEFT's "
+                         "CAUSAL_LM (the only task type they train and reload as); drop the flag or pass CAUSAL_LM.")
+    parameters = getattr(model_args, "lora_target_parameters", None)
+    if parameters:
+        if model_args.lora_dropout:
+            raise ValueError(f"--lora_target_parameters {list(parameters)}: PEFT's LoRA on parameters has no dropout, "
+                             f"and --lora_dropout is {model_args.lora_dropout} (the default is 0.05); add "
+                             "--lora_dropout 0.")
+        if model_args.use_dora:
+            raise ValueError(f"--use_dora with --lora_target_parameters {list(parameters)}: PEFT's LoRA on parameters "
+                             "has no DoRA; drop one of them.")
+
+
+def quantization_config(model_args):
+    """The transformers `BitsAndBytesConfig` of TRL's ModelConfig flags (as TRL's `get_quantization_config` builds
+    it: the 4-bit compute dtype is --dtype, float32 for auto); None without --load_in_4bit / --load_in_8bit."""
+    if not _quantized(model_args):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    from .loading import resolve_dtype
+
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=resolve_dtype(model_args.dtype) or torch_float32(),
+        bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage or "uint8",
+    )
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
 
 
 def check_lora_values(model_args) -> None:
@@ -186,10 +300,13 @@ def load_model(model_args, script_args, trust_remote_code: bool, seed: int, text
     from .loading import load_model_and_tokenizer
     from .local_data import python_docs_corpus
 
+    name = model_args.model_name_or_path or "llada-tiny"
+    local = Path(name).expanduser().exists()  # a folder has no revisions (check_model_flags refuses one)
     return load_model_and_tokenizer(
-        model_args.model_name_or_path or "llada-tiny", script_args.tokenizer_name_or_path,
-        texts or (lambda: python_docs_corpus()["text"]), model_args.dtype, model_args.attn_implementation,
-        trust_remote_code, seed,
+        name, script_args.tokenizer_name_or_path, texts or (lambda: python_docs_corpus()["text"]), model_args.dtype,
+        model_args.attn_implementation, trust_remote_code, seed,
+        revision=None if local else getattr(model_args, "model_revision", None),
+        quantization_config=quantization_config(model_args),
     )
 
 
@@ -197,6 +314,9 @@ def check_lora_flags(model_args, script_args) -> None:
     """Before anything is loaded: --lora_target_experts needs --use_peft."""
     if script_args.lora_target_experts and not model_args.use_peft:
         raise ValueError("--lora_target_experts adapts the experts with LoRA; add --use_peft.")
+    if script_args.lora_target_experts and getattr(model_args, "use_dora", False):
+        raise ValueError("--use_dora with --lora_target_experts: PEFT's LoRA on the fused expert weights has no DoRA; "
+                         "drop one of them.")
     if script_args.lora_target_experts and model_args.lora_dropout:
         raise ValueError(f"--lora_target_experts: PEFT's LoRA on the fused expert weights has no dropout, and "
                          f"--lora_dropout is {model_args.lora_dropout} (the default is 0.05); add --lora_dropout 0.")
@@ -216,8 +336,21 @@ def peft_config(model_args, script_args, model):
         if not targets:
             raise ValueError(f"--lora_target_experts: {type(model).__name__} has no routed experts (only LLaDA-MoE "
                              "and LLaDA 2 do); drop the flag.")
-        config.target_parameters = targets
+        given = list(getattr(config, "target_parameters", None) or [])  # --lora_target_parameters: kept
+        config.target_parameters = given + [target for target in targets if target not in given]
+    if config is not None:
+        check_lora_targets(config, model)
     return config
+
+
+def check_lora_targets(config, model) -> None:
+    """--lora_modules_to_save and --lora_target_parameters must each name something in `model` (PEFT skips a name
+    that matches nothing, silently)."""
+    from trainers.peft_utils import unmatched_lora_targets
+
+    for field, names in unmatched_lora_targets(config, model).items():
+        raise ValueError(f"--lora_{field} {names}: nothing in {type(model).__name__} has that name, so it would be "
+                         "ignored; name modules (or, for target_parameters, parameters) of the model, or drop it.")
 
 
 # -- the commands ------------------------------------------------------------------------------------------------------

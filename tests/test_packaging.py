@@ -43,7 +43,7 @@ def test_the_floor_constraints_pin_every_declared_lower_bound_exactly():
 
 
 # their internals are ours to track (tests/test_upstream_internals.py); .ci/run's `capped` names the same
-CAPPED = ("transformers", "trl", "peft", "accelerate", "datasets", "lm-eval")
+CAPPED = ("transformers", "trl", "peft", "accelerate", "datasets", "lm-eval", "bitsandbytes")
 
 
 def declared_caps() -> dict[str, str]:

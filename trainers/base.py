@@ -38,6 +38,32 @@ DEFAULT_OBJECTIVES = {"llada2_moe": "block_diffusion"}
 NO_AUX_LOSS_MODEL_TYPES = ("llada2_moe",)
 
 
+# The TrainingArguments settings whose machinery our own losses replace: field -> (the values accepted, why any other
+# value would do nothing). Each config's table of refused fields starts from these (diffu-GRPO's keeps TRL's loss and
+# with it average_tokens_across_devices); `refuse_unsupported_fields` reads the table.
+LOSS_REPLACED_FIELDS = {
+    "use_liger_kernel": ((False,), "Liger's kernels fuse a causal-LM head and cross-entropy, which the "
+                                   "masked-diffusion loss replaces"),
+    "liger_kernel_config": ((None,), "it configures use_liger_kernel, which is not supported"),
+    "label_smoothing_factor": ((0.0, 0), "the diffusion loss (compute_loss) replaces the Trainer's label-smoothed "
+                                         "cross-entropy"),
+    "average_tokens_across_devices": ((True,), "the diffusion losses are means over examples, never sums over a "
+                                               "token count, so there is no token count to average or not"),
+}
+
+
+def refuse_unsupported_fields(config, table: dict, owner: str) -> None:
+    """A one-line `ValueError` naming the first field of `table` (field -> (accepted values, why)) whose value in
+    `config` is not accepted, its value, why and what to do. Fields the installed transformers / TRL lack are
+    skipped."""
+    for name, (accepted, why) in table.items():
+        if not hasattr(config, name):
+            continue
+        value = getattr(config, name)
+        if not any(value is ok or (value == ok and not isinstance(value, bool)) for ok in accepted):
+            raise ValueError(f"{name}={value!r} is not supported by {owner}: {why}. Leave it at {accepted[0]!r}.")
+
+
 @dataclass
 class DeviceDefaults:
     """Defaults whose best value depends on where training runs, safe on a CPU: pinned data-loader memory only when

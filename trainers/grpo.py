@@ -24,6 +24,7 @@ attention mask (TRL's convention) and not scored.
 """
 
 import copy
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -40,12 +41,57 @@ from modeling_llada.draws_llada import U32, counter_uniform, mix32
 from modeling_llada.generation_llada import KV_CACHE_MODES, REMASKING_STRATEGIES, LLaDAGenerationConfig
 from modeling_llada.mask_id import resolve_mask_token_id, unwrap
 
-from .base import CPUSafeDefaults, LLaDARecordMixin, _seed32, check_no_null_fields, resolve_args
+from .base import (
+    LOSS_REPLACED_FIELDS,
+    CPUSafeDefaults,
+    LLaDARecordMixin,
+    _seed32,
+    check_no_null_fields,
+    refuse_unsupported_fields,
+    resolve_args,
+)
 from .compat import is_peft_model, quiet_upstream_deprecations, sync_checkpointing_names
-from .peft_utils import with_llada_defaults
+from .peft_utils import adapters_in_training_precision, with_llada_defaults, wrap_kbit_model
 from .vrpo import frozen_copy
 
 MASK_SEEDS = "mask_seeds"
+_AUTOREGRESSIVE = "it samples autoregressively; diffu-GRPO rolls out with the model's diffusion sampler"
+_NOT_SAMPLER = "the diffusion sampler has no such setting"
+_SYNC = "it is read only with sync_ref_model, which diffu-GRPO does not support"
+# The GRPOConfig / TrainingArguments fields diffu-GRPO refuses unless left at their defaults: field -> (the values
+# accepted, why another would do nothing). GRPOConfig's other fields reach what they govern: TRL's own code reads them
+# (rewards, advantages, the loss, logging, batching), or ours does (temperature, top_k, top_p, generation_kwargs,
+# max_completion_length in the rollouts); tests/test_flag_walk_trainers.py classifies every field.
+GRPO_REFUSED_FIELDS = {
+    "use_liger_kernel": ((False,), "the per-token log-probabilities of a diffusion model come from a masked forward "
+                                   "pass, not Liger's fused causal-LM loss"),
+    "liger_kernel_config": LOSS_REPLACED_FIELDS["liger_kernel_config"],
+    "label_smoothing_factor": ((0.0, 0), "GRPO's loss is computed from the completions' log-probabilities, without "
+                                         "the Trainer's label-smoothed cross-entropy"),
+    "use_vllm": ((False,), _AUTOREGRESSIVE),
+    "use_transformers_continuous_batching": ((False,), _AUTOREGRESSIVE),
+    "use_transformers_paged": ((False,), _AUTOREGRESSIVE),
+    "transformers_continuous_batching_config": ((None,), "it is read only with use_transformers_continuous_batching, "
+                                                         "which diffu-GRPO does not support"),
+    **{f.name: ((f.default,), "it is read only with use_vllm, which diffu-GRPO does not support")
+       for f in dataclasses.fields(GRPOConfig) if f.name.startswith("vllm_")},
+    "min_p": ((None,), _NOT_SAMPLER + " (top_k and top_p it has)"),
+    "repetition_penalty": ((1.0, 1), _NOT_SAMPLER + " (top_k and top_p it has)"),
+    "cache_implementation": ((None,), "the diffusion sampler keeps no transformers cache; set kv_cache ('prefix' or "
+                                      "'dual') for its approximate caching"),
+    "cast_lm_head_to_fp32": ((False,), "the scoring pass takes its log-softmax in fp32 from the model's logits and "
+                                       "does not read it"),
+    "ds3_gather_for_generation": ((True,), "the diffusion rollouts run on the unwrapped model, without TRL's ZeRO-3 "
+                                           "parameter gathering"),
+    "pad_to_multiple_of": ((None, "auto"), "neither the rollouts nor the scoring pass pad to a multiple"),
+    "sync_ref_model": ((False,), "DiffuGRPOTrainer's reference (a frozen copy, or the adapter-disabled base under "
+                                 "PEFT) is never synced with the policy"),
+    "ref_model_mixup_alpha": ((0.6,), _SYNC),
+    "ref_model_sync_steps": ((512,), _SYNC),
+    "model_init_kwargs": ((None,), "DiffuGRPOTrainer takes a loaded model; pass these to from_pretrained when "
+                                   "loading it"),
+    "max_tool_calling_iterations": ((None,), "tools are not supported (single-turn diffusion rollouts)"),
+}
 _ROW_STRIDE = 0x9E3779B9
 _PROMPT_MASK_SALT = 0x3C6EF35F
 
@@ -58,7 +104,8 @@ class DiffuGRPOConfig(CPUSafeDefaults, GRPOConfig):
     `max_new_tokens`, `temperature`, `top_k` and `top_p` are TRL's own); `generation_kwargs` passes any other
     generate setting (e.g. `{"logits_eos_inf": True}`). Differences from GRPOConfig: `bf16` defaults to True only when
     CUDA is available, activation (gradient) checkpointing defaults to False, and vLLM / continuous batching are
-    refused (a diffusion model does not sample autoregressively). The sampler settings are checked by the sampler's
+    refused (a diffusion model does not sample autoregressively), as is every other field of `GRPO_REFUSED_FIELDS`
+    set away from its default (one line naming the field and why). The sampler settings are checked by the sampler's
     own rules (`check_rollout_settings`): LLaDA's generation config here, the model's own (`LLaDA2GenerationConfig`
     for LLaDA 2) again when the trainer is built.
     """
@@ -163,18 +210,7 @@ class DiffuGRPOConfig(CPUSafeDefaults, GRPOConfig):
         if length is None or length < 1:
             raise ValueError(f"max_completion_length must be a positive int (the rollouts' max_new_tokens), got "
                              f"{length!r}.")
-        if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or getattr(
-                self, "use_transformers_paged", False):
-            raise ValueError("use_vllm / use_transformers_continuous_batching sample autoregressively; diffu-GRPO "
-                             "rolls out with the model's diffusion sampler. Leave them False.")
-        if self.min_p is not None or self.repetition_penalty != 1.0:
-            raise ValueError(f"min_p={self.min_p!r} and repetition_penalty={self.repetition_penalty!r} are not "
-                             "supported by the diffusion sampler; leave them at None and 1.0 (top_k and top_p are).")
-        if getattr(self, "use_liger_kernel", False):
-            raise ValueError("use_liger_kernel is not supported: the per-token log-probabilities of a diffusion model "
-                             "come from a masked forward pass. Set use_liger_kernel=False.")
-        if self.sync_ref_model:
-            raise ValueError("sync_ref_model=True is not supported by DiffuGRPOTrainer; leave it False.")
+        refuse_unsupported_fields(self, GRPO_REFUSED_FIELDS, "diffu-GRPO")
         if getattr(self, "padding_free", False):
             raise ValueError("padding_free is not supported for LLaDA; set padding_free=False.")
 
@@ -308,6 +344,7 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         if own_reference:
             # TRL would reload the reference from the model's Hub id; a frozen in-memory copy works for any model
             args.beta = 0.0
+        model, peft_config = wrap_kbit_model(model, peft_config, args)
         try:
             with quiet_upstream_deprecations():
                 super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
@@ -315,6 +352,7 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
                                  peft_config=peft_config, **kwargs)
         finally:
             args.beta = beta
+        adapters_in_training_precision(self.model, args)
         self.beta = beta
         for index, (function, name) in enumerate(zip(self.reward_funcs, self.reward_func_names)):
             if callable(function) and not isinstance(function, torch.nn.Module):  # reward models report themselves

@@ -15,16 +15,22 @@ from modeling_llada.mask_id import resolve_mask_token_id
 
 from .base import (
     EXAMPLE_ID,
+    LOSS_REPLACED_FIELDS,
     ActivationCheckpointingOff,
     DeviceDefaults,
     DiffusionArguments,
     DiffusionTrainerMixin,
     check_no_null_fields,
+    refuse_unsupported_fields,
     resolve_args,
     with_example_ids,
 )
 from .compat import sync_checkpointing_names
 from .peft_utils import maybe_wrap_with_peft
+
+# The TrainingArguments fields pre-training refuses unless left at their defaults: field -> (the values accepted, why
+# another would do nothing); the Trainer reads every other field itself (tests/test_flag_walk_trainers.py).
+PRETRAINING_REFUSED_FIELDS = dict(LOSS_REPLACED_FIELDS)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class MaskedDiffusionConfig(DiffusionArguments, ActivationCheckpointingOff, Devi
         sync_checkpointing_names(self)
         self._resolve_device_defaults()
         super().__post_init__()
+        refuse_unsupported_fields(self, PRETRAINING_REFUSED_FIELDS, "masked-diffusion pre-training")
         self._check_diffusion_arguments()
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}.")
@@ -142,7 +149,7 @@ class MaskedDiffusionTrainer(DiffusionTrainerMixin, Trainer):
                  processing_class=None, data_collator=None, peft_config=None, **kwargs):
         args = resolve_args(args, MaskedDiffusionConfig, "llada-pretrain")
         resolve_mask_token_id(model, processing_class)  # before any data is prepared
-        model = maybe_wrap_with_peft(model, peft_config)
+        model = maybe_wrap_with_peft(model, peft_config, args)  # a 4/8-bit base: k-bit preparation first
         eos = model.config.eos_token_id
         eos = eos[0] if isinstance(eos, list) else eos
 

@@ -18,19 +18,41 @@ from modeling_llada.mask_id import resolve_mask_token_id
 
 from .base import (
     EXAMPLE_ID,
+    LOSS_REPLACED_FIELDS,
     CPUSafeDefaults,
     DiffusionArguments,
     DiffusionTrainerMixin,
     check_no_null_fields,
+    refuse_unsupported_fields,
     resolve_args,
     with_example_ids,
 )
 from .compat import logging, quiet_upstream_deprecations, sync_checkpointing_names
-from .peft_utils import with_llada_defaults
+from .peft_utils import adapters_in_training_precision, with_llada_defaults, wrap_kbit_model
 
 logger = logging.get_logger(__name__)
 # a run that reads each training example this many times or more gets a warning (too little data for the steps)
 SMALL_DATASET_PASSES = 25
+_PACKING = "without a per-document attention mask the bidirectional model would attend across packed examples"
+# The SFTConfig / TrainingArguments fields LLaDA SFT refuses unless left at their defaults: field -> (the values
+# accepted, why another would do nothing). SFTConfig's other fields reach what they govern: TRL's own code reads them
+# (data preparation, model loading, activation offloading), or ours does (eos_token and pad_to_multiple_of in the
+# collator, router_aux_loss_coef in the loss); tests/test_flag_walk_trainers.py classifies every field.
+SFT_REFUSED_FIELDS = {
+    **LOSS_REPLACED_FIELDS,
+    "packing": ((False,), _PACKING),
+    "padding_free": ((False,), _PACKING),
+    "packing_strategy": (("bfd",), "it is read only with packing, which LLaDA SFT does not support"),
+    "eval_packing": ((None, False), "it packs the eval dataset; " + _PACKING),
+    "completion_only_loss": ((None, True), "LLaDA SFT never masks the prompt"),
+    "assistant_only_loss": ((False,), "LLaDA SFT learns the last assistant turn of a 'messages' conversation (the "
+                                      "earlier turns are its prompt) and reads no assistant mask"),
+    # TRL 1.14 resolves its default (None) to "chunked_nll", TRL 1.16 defaults to "nll": the same NLL, both replaced
+    "loss_type": (("nll", "chunked_nll", None), "the masked-diffusion SFT loss replaces TRL's token losses (nll, "
+                                               "dft)"),
+    "pad_token": ((None,), "answers are padded with EOS, the token LLaDA learns to end its canvas with (the "
+                           "reference); no pad token is used"),
+}
 
 
 @dataclass
@@ -39,7 +61,9 @@ class MaskedDiffusionSFTConfig(CPUSafeDefaults, DiffusionArguments, SFTConfig):
 
     Differences from SFTConfig: `bf16` defaults to True only when CUDA is available (bf16 on a CPU is ~25x slower);
     activation (gradient) checkpointing defaults to False; `completion_only_loss` is always True (LLaDA never masks the prompt);
-    packing and padding-free batches are rejected (a bidirectional model would attend across documents).
+    packing and padding-free batches are rejected (a bidirectional model would attend across documents), as is
+    every field of `SFT_REFUSED_FIELDS` set away from its default (one line naming the field and why). `eos_token`
+    ends and pads the answers; `pad_to_multiple_of` rounds the batch length up (with EOS padding).
     """
 
     train_on_padding: bool = field(
@@ -66,6 +90,7 @@ class MaskedDiffusionSFTConfig(CPUSafeDefaults, DiffusionArguments, SFTConfig):
         sync_checkpointing_names(self)
         self._resolve_device_defaults()
         super().__post_init__()
+        refuse_unsupported_fields(self, SFT_REFUSED_FIELDS, "LLaDA SFT")
         self._check_diffusion_arguments()
 
 
@@ -75,18 +100,25 @@ class DiffusionSFTCollator:
 
     Input examples carry `input_ids` and `labels` (-100 on the prompt, as TRL builds them). Output: `input_ids`,
     `attention_mask`, `maskable` (answer positions, padding EOS included when `train_on_padding`), `answer_lengths`
-    (the maskable count per row) and `example_id`.
+    (the maskable count per row) and `example_id`. `pad_to_multiple_of` rounds the batch length up to a multiple.
     """
 
     eos_token_id: int
     train_on_padding: bool = True
+    pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         ids = [torch.as_tensor(example["input_ids"], dtype=torch.long) for example in examples]
         labels = [torch.as_tensor(example["labels"], dtype=torch.long) for example in examples]
-        input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.eos_token_id)
-        is_answer = torch.nn.utils.rnn.pad_sequence([lab != -100 for lab in labels], batch_first=True)
         lengths = torch.tensor([len(x) for x in ids])
+        width = int(lengths.max())
+        if self.pad_to_multiple_of:  # the batch length rounded up (SFTConfig.pad_to_multiple_of)
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(ids), width), self.eos_token_id, dtype=torch.long)
+        is_answer = torch.zeros((len(ids), width), dtype=torch.bool)
+        for row, (tokens, label) in enumerate(zip(ids, labels)):
+            input_ids[row, : len(tokens)] = tokens
+            is_answer[row, : len(label)] = label != -100
         real = torch.arange(input_ids.shape[1])[None] < lengths[:, None]
         maskable = is_answer | ~real if self.train_on_padding else is_answer
         return {
@@ -197,7 +229,9 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
                 return split_last_assistant_turn(ds, name)
             return ds
 
-        eos = processing_class.eos_token_id
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        # SFTConfig.eos_token: TRL makes it the tokenizer's EOS (ending every answer); the answers are padded with it
+        eos = tokenizer.convert_tokens_to_ids(args.eos_token) if args.eos_token else processing_class.eos_token_id
         if eos is None:
             raise ValueError("The tokenizer has no eos_token; LLaDA pads answers with EOS. Set tokenizer.eos_token.")
         loaded = not isinstance(model, str)  # SFTTrainer loads a model given by name
@@ -207,6 +241,7 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
         # logits per forward, so the saved config keeps the official value
         config = getattr(model, "config", None)
         router_logits_setting = getattr(config, "output_router_logits", None)
+        model, peft_config = wrap_kbit_model(model, peft_config, args)
         with quiet_upstream_deprecations():
             super().__init__(
                 model=model,
@@ -214,13 +249,15 @@ class MaskedDiffusionSFTTrainer(DiffusionTrainerMixin, SFTTrainer):
                 train_dataset=convert(train_dataset, "train"),
                 eval_dataset=convert(eval_dataset, "eval"),
                 processing_class=processing_class,
-                data_collator=data_collator or DiffusionSFTCollator(eos, args.train_on_padding),
+                data_collator=data_collator or DiffusionSFTCollator(eos, args.train_on_padding,
+                                                                    args.pad_to_multiple_of),
                 peft_config=(with_llada_defaults(peft_config, None if isinstance(model, str) else model)
                              if peft_config is not None else None),
                 **kwargs,
             )
         if router_logits_setting is not None:
             config.output_router_logits = router_logits_setting
+        adapters_in_training_precision(self.model, args)
         if not loaded:
             resolve_mask_token_id(self.model, processing_class)
         self.train_dataset = with_example_ids(self.train_dataset)

@@ -38,11 +38,13 @@ from modeling_llada.draws_llada import U32, counter_uniform, mix32
 from modeling_llada.mask_id import resolve_mask_token_id
 
 from .base import (
+    LOSS_REPLACED_FIELDS,
     CPUSafeDefaults,
     DiffusionNoiseArguments,
     LLaDARecordMixin,
     _seed32,
     check_no_null_fields,
+    refuse_unsupported_fields,
     resolve_args,
 )
 from .compat import (
@@ -54,7 +56,7 @@ from .compat import (
     use_adapter,
 )
 from .objectives import weighted_token_losses
-from .peft_utils import with_llada_defaults
+from .peft_utils import adapters_in_training_precision, with_llada_defaults, wrap_kbit_model
 
 logger = logging.get_logger(__name__)
 NOISE_SEED = "noise_seed"
@@ -64,6 +66,29 @@ _SAMPLE_STRIDE = 0x9E3779B9
 # TRL's loss names VRPO implements: the paper's DPO loss on ELBOs, and TRL's "sft" term (the negative ELBO of the
 # chosen responses per chosen token: the masked-diffusion SFT loss), combined with DPOConfig's loss_weights
 LOSS_TYPES = ("sigmoid", "sft")
+_SYNC = "it is read only with sync_ref_model, which VRPO does not support"
+# The DPOConfig / TrainingArguments fields VRPO refuses unless left at their defaults: field -> (the values accepted,
+# why another would do nothing). DPOConfig's other fields reach what they govern: TRL's own code reads them (data
+# preparation, dropout, activation offloading, the precomputation of the reference), or ours does (beta, loss_type,
+# loss_weights, label_smoothing in the loss; max_length, truncation_mode, pad_to_multiple_of and pad_token in the
+# collator); tests/test_flag_walk_trainers.py classifies every field.
+VRPO_REFUSED_FIELDS = {
+    **LOSS_REPLACED_FIELDS,
+    "padding_free": ((False,), "the bidirectional model would attend across packed sequences"),
+    "ld_alpha": ((None,), "LD-DPO weights the tokens of exact log-likelihoods, which VRPO's ELBO estimates replace"),
+    "use_weighting": ((False,), "WPO's weights need the exact per-token probabilities VRPO's ELBO estimates replace"),
+    "f_divergence_type": (("reverse_kl",), "VRPO is the DPO loss of the paper (reverse KL)"),
+    "f_alpha_divergence_coef": ((0.5,), "it is read only with f_divergence_type='alpha_divergence', which VRPO does "
+                                        "not support"),
+    "discopop_tau": ((0.05,), "it is read only with loss_type='discopop', which VRPO does not support"),
+    "sync_ref_model": ((False,), "VRPO's reference (a frozen copy, or the adapter-disabled base under PEFT) is never "
+                                 "synced with the policy"),
+    "ref_model_mixup_alpha": ((0.6,), _SYNC),
+    "ref_model_sync_steps": ((512,), _SYNC),
+    "model_init_kwargs": ((None,), "VRPOTrainer takes a loaded model; pass these to from_pretrained when loading it"),
+    "router_aux_loss_coef": ((None, 0, 0.0), "VRPO's loss has no load-balancing term (its ELBO passes return no "
+                                             "router logits)"),
+}
 
 
 @dataclass
@@ -75,7 +100,9 @@ class VRPOConfig(CPUSafeDefaults, DiffusionNoiseArguments, DPOConfig):
     length weighting) and TRL's `"sft"` term, here the masked-diffusion SFT loss of the chosen responses (their
     negative ELBO summed over the batch and divided by the number of chosen tokens, as TRL averages its SFT
     cross-entropy over the chosen tokens); `loss_type=["sigmoid", "sft"]` with `loss_weights` combines them as TRL
-    does (sum of weight x loss), keeping the chosen likelihood from drifting down.
+    does (sum of weight x loss), keeping the chosen likelihood from drifting down. `label_smoothing` e gives TRL's
+    conservative DPO: -(1 - e) log sigmoid(score) - e log sigmoid(-score). The fields in `VRPO_REFUSED_FIELDS` are
+    refused unless left at their defaults (one line naming the field and why).
     """
 
     elbo_samples: int = field(
@@ -114,10 +141,10 @@ class VRPOConfig(CPUSafeDefaults, DiffusionNoiseArguments, DPOConfig):
             raise ValueError(f"VRPO is the sigmoid DPO loss on ELBOs; loss_type={self.loss_type} is not supported. "
                              "Set loss_type='sigmoid' (the paper's), or ['sigmoid', 'sft'] to add the masked-diffusion "
                              "SFT loss of the chosen responses (weights: loss_weights).")
-        for name, default in (("ld_alpha", None), ("use_weighting", False), ("f_divergence_type", "reverse_kl"),
-                              ("label_smoothing", 0.0), ("sync_ref_model", False)):
-            if getattr(self, name) != default:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by VRPO; leave it at {default!r}.")
+        refuse_unsupported_fields(self, VRPO_REFUSED_FIELDS, "VRPO")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}: it is the assumed "
+                             "probability that a pair's preference is flipped (conservative DPO); 0 trusts every pair.")
 
 
 @dataclass
@@ -315,20 +342,28 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         if ref_model is not None and not isinstance(ref_model, str):
             resolve_mask_token_id(ref_model, processing_class)
         if peft_config is not None:
-            peft_config = with_llada_defaults(peft_config)
+            peft_config = with_llada_defaults(peft_config, model)  # the member's default targets (MoE: its own)
         elif ref_model is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
             # TRL would reload the reference from the model's path; a frozen in-memory copy works for any model
             ref_model = frozen_copy(model)
         if data_collator is None:
             tokenizer = getattr(processing_class, "tokenizer", processing_class)
+            if args.pad_token is not None:  # DPOConfig.pad_token: the tokenizer's pad token from now on, as in TRL
+                if args.pad_token not in tokenizer.get_vocab():
+                    raise ValueError(f"pad_token={args.pad_token!r} is not a token of the tokenizer "
+                                     "(processing_class); pass one of its tokens, or leave it unset (its pad token, "
+                                     "else EOS).")
+                tokenizer.pad_token = args.pad_token
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             data_collator = VRPOCollator(pad_token_id=pad, max_length=args.max_length,
                                          truncation_mode=args.truncation_mode,
                                          pad_to_multiple_of=args.pad_to_multiple_of)
+        model, peft_config = wrap_kbit_model(model, peft_config, args)
         with quiet_upstream_deprecations():
             super().__init__(model, ref_model=ref_model, args=args, data_collator=data_collator,
                              train_dataset=train_dataset, eval_dataset=eval_dataset,
                              processing_class=processing_class, peft_config=peft_config, **kwargs)
+        adapters_in_training_precision(self.model, args)
         self.model_accepts_loss_kwargs = False
 
     # ----------------------------------------------------------------------------------------------------- data
@@ -475,8 +510,9 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         chosen_elbo, rejected_elbo = policy.mean(-1).chunk(2)
         losses = {}
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
-            if loss_type == "sigmoid":
-                losses[loss_type] = -F.logsigmoid(score).mean()
+            if loss_type == "sigmoid":  # with label_smoothing e, conservative DPO: each preference flipped w.p. e
+                smoothing = self.args.label_smoothing
+                losses[loss_type] = (-(1 - smoothing) * F.logsigmoid(score) - smoothing * F.logsigmoid(-score)).mean()
             else:  # "sft": -sum of chosen ELBOs / chosen tokens (TRL: mean NLL over the chosen tokens)
                 chosen_tokens = inputs["completion_mask"].chunk(2)[0].sum().clamp(min=1)
                 losses[loss_type] = -chosen_elbo.sum() / chosen_tokens
