@@ -286,15 +286,13 @@ def base_quantization(model) -> dict[str, Any] | None:
     if config is None:
         return None
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    four = bool(values.get("load_in_4bit") or getattr(model, "is_loaded_in_4bit", False))
-    eight = bool(values.get("load_in_8bit") or getattr(model, "is_loaded_in_8bit", False))
-    if four:
-        return {"bits": 4, "method": "bitsandbytes", "quant_type": values.get("bnb_4bit_quant_type"),
-                "nested": bool(values.get("bnb_4bit_use_double_quant")),
-                "compute_dtype": str(values.get("bnb_4bit_compute_dtype")).replace("torch.", "")}
-    if eight:
-        return {"bits": 8, "method": "bitsandbytes"}
-    return {"method": str(values.get("quant_method"))}
+    summary = quantization_summary(values)
+    if summary is None:  # another quantization method than bitsandbytes' 4 / 8 bits
+        return {"method": str(values.get("quant_method"))}
+    summary["method"] = "bitsandbytes"
+    if summary["bits"] == 4:
+        summary["compute_dtype"] = str(values.get("bnb_4bit_compute_dtype")).replace("torch.", "")
+    return summary
 
 
 def _quantization_text(quantization: dict[str, Any]) -> str:

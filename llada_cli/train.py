@@ -240,6 +240,7 @@ def quantization_config(model_args):
     it: the 4-bit compute dtype is --dtype, float32 for auto); None without --load_in_4bit / --load_in_8bit."""
     if not _quantized(model_args):
         return None
+    import torch
     from transformers import BitsAndBytesConfig
 
     from .loading import resolve_dtype
@@ -249,15 +250,9 @@ def quantization_config(model_args):
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-        bnb_4bit_compute_dtype=resolve_dtype(model_args.dtype) or torch_float32(),
+        bnb_4bit_compute_dtype=resolve_dtype(model_args.dtype) or torch.float32,
         bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage or "uint8",
     )
-
-
-def torch_float32():
-    import torch
-
-    return torch.float32
 
 
 def check_lora_values(model_args) -> None:

@@ -808,7 +808,8 @@ class LLaDAGenerationMixin:
                                        0.0, mask_token_id=state.config.mask_token_id)[0]
         length = max(state.canvas.shape[1] for state in states)
         device = states[0].canvas.device
-        rows, masks, positions, starts, widths = [], [], [], [], []
+        columns = torch.arange(length, device=device)
+        rows, masks, positions, keep, widths = [], [], [], [], []
         for state in states:
             batch, width = state.canvas.shape
             pad = length - width
@@ -817,19 +818,17 @@ class LLaDAGenerationMixin:
             masks.append(torch.nn.functional.pad(mask, (pad, 0), value=0))
             positions.append(torch.nn.functional.pad(state.relative_positions.clamp_min(0).expand(batch, -1),
                                                      (pad, 0), value=0))
-            starts.append(pad + state.window.start)
+            # (compared with Python ints: no host-to-device copy, which on a GPU would wait for the queued kernels)
+            keep.append(((columns >= pad + state.window.start) & (columns < pad + state.window.stop)).expand(batch, -1))
             widths.append(state.window.stop - state.window.start)
-        batches = torch.tensor([state.canvas.shape[0] for state in states], device=device)
-        row_starts = torch.tensor(starts, device=device).repeat_interleave(batches)[:, None]
-        row_widths = torch.tensor(widths, device=device).repeat_interleave(batches)[:, None]
-        offset = torch.arange(length, device=device)[None] - row_starts
         # a boolean logits_to_keep: logits (total window positions, V), row by row, each row's window in order
         flat = self(torch.cat(rows), attention_mask=torch.cat(masks), position_ids=torch.cat(positions),
-                    logits_to_keep=(offset >= 0) & (offset < row_widths), validate_inputs=False,
-                    return_dict=True).logits
+                    logits_to_keep=torch.cat(keep), validate_inputs=False, return_dict=True).logits
         if min(widths) == max(widths):
             return flat.view(-1, widths[0], flat.shape[-1])
-        filled = torch.arange(max(widths), device=device)[None] < row_widths
+        window_columns = torch.arange(max(widths), device=device)
+        filled = torch.cat([(window_columns < width).expand(state.canvas.shape[0], -1)
+                            for state, width in zip(states, widths)])
         logits = flat.new_zeros(*filled.shape, flat.shape[-1])
         logits[filled] = flat
         return logits
@@ -871,10 +870,10 @@ class LLaDAGenerationMixin:
         device = logits.device
         widths = [state.window.stop - state.window.start for state in states]
         width = max(widths)
-        batches = torch.tensor([state.canvas.shape[0] for state in states], device=device)
 
-        def per_row(values, dtype):
-            return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(batches)[:, None]
+        def per_row(value, dtype):  # (R, 1): each state's value on its rows (filled on the device: no copy to it)
+            return torch.cat([torch.full((state.canvas.shape[0], 1), value(state), dtype=dtype, device=device)
+                              for state in states])
 
         def padded(tensors, value):
             return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
@@ -884,19 +883,19 @@ class LLaDAGenerationMixin:
             state.forwards += (~state.finished).long()
         noise = temperature = None
         if first.seeds is not None:
-            steps = per_row([state.step for state in states], torch.long)
+            steps = per_row(lambda state: state.step, torch.long)
             noise = (torch.cat([state.seeds for state in states]), steps,
                      padded([state.relative_positions[:, state.window].expand(state.canvas.shape[0], -1)
                              for state in states], 0))
         if config.temperature > 0:
-            temperature = per_row([state.config.temperature for state in states], torch.float64)[..., None]
+            temperature = per_row(lambda state: state.config.temperature, torch.float64)[..., None]
         proposal, scores = self._scores(logits, window_ids, config, first.eos_tensor, noise, temperature)
         if first.parallel:
             threshold = factor = None
             if config.threshold is not None:
-                threshold = per_row([state.config.threshold for state in states], torch.float64)
+                threshold = per_row(lambda state: state.config.threshold, torch.float64)
             else:
-                factor = per_row([state.config.factor for state in states], torch.float64)
+                factor = per_row(lambda state: state.config.factor, torch.float64)
             transfer = select_parallel(scores, threshold, factor)
         else:
             transfer = select_top_k(scores, torch.cat([state.schedule[:, state.block_step] for state in states]))

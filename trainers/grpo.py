@@ -337,6 +337,7 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         own = getattr(llada, "generation_config", None)
         args.check_rollout_settings(own if isinstance(own, family) else family())
         beta = args.beta
+        model, peft_config = wrap_kbit_model(model, peft_config, args)  # a 4/8-bit base: wrapped here, no config left
         own_reference = beta != 0.0 and peft_config is None and not is_peft_model(model)
         reference = frozen_copy(model) if own_reference else None
         if peft_config is not None:
@@ -344,7 +345,6 @@ class DiffuGRPOTrainer(LLaDARecordMixin, GRPOTrainer):
         if own_reference:
             # TRL would reload the reference from the model's Hub id; a frozen in-memory copy works for any model
             args.beta = 0.0
-        model, peft_config = wrap_kbit_model(model, peft_config, args)
         try:
             with quiet_upstream_deprecations():
                 super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,

@@ -341,6 +341,7 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
         resolve_mask_token_id(model, processing_class)  # the config's, else the tokenizer's (written into the config)
         if ref_model is not None and not isinstance(ref_model, str):
             resolve_mask_token_id(ref_model, processing_class)
+        model, peft_config = wrap_kbit_model(model, peft_config, args)  # a 4/8-bit base: wrapped here, no config left
         if peft_config is not None:
             peft_config = with_llada_defaults(peft_config, model)  # the member's default targets (MoE: its own)
         elif ref_model is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
@@ -358,7 +359,6 @@ class VRPOTrainer(LLaDARecordMixin, DPOTrainer):
             data_collator = VRPOCollator(pad_token_id=pad, max_length=args.max_length,
                                          truncation_mode=args.truncation_mode,
                                          pad_to_multiple_of=args.pad_to_multiple_of)
-        model, peft_config = wrap_kbit_model(model, peft_config, args)
         with quiet_upstream_deprecations():
             super().__init__(model, ref_model=ref_model, args=args, data_collator=data_collator,
                              train_dataset=train_dataset, eval_dataset=eval_dataset,
