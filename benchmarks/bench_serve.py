@@ -7,7 +7,8 @@ minutes on a CPU, offline). Two servers are started here, one after the other: `
 and `--max_batch_size 1` (one request at a time). Each runs three workloads: exact decoding (one token per step) with
 every answer 32 tokens (the issue's setting: max_tokens 32, blocks of 8, 32 steps), exact decoding with mixed answer lengths
 (max_tokens 8, 16, 32, 64 in turn, blocks of 8) and threshold decoding with mixed lengths; for each:
-- 1, 4, 8 and 16 concurrent clients, each sending `--requests-per-client` streamed chat requests: requests/s, answer
+- 1, 4, 8 and 16 concurrent clients, each sending `--requests-per-client` streamed chat requests (more where a load
+  would send fewer than `--min-requests` in all, so that one client's baseline is not 4 requests): requests/s, answer
   tokens/s, latency p50/p95 and the time to the first streamed text;
 - a late short request (max_tokens 8) sent while a burst of 8 long ones (max_tokens 64 in one block) runs: its
   latency, and whether it finished before the burst did;
@@ -179,7 +180,8 @@ def flood(url: str, model: str, clients: int = 64) -> dict:
             "lost": clients - len(results) + sum(1 for s in results if not isinstance(s, int))}
 
 
-def measure(model: str, work: Path, batch: int, clients: list[int], per_client: int, decodings) -> dict:
+def measure(model: str, work: Path, batch: int, clients: list[int], per_client: int, decodings,
+            min_requests: int = 16) -> dict:
     port = free_port()
     log = open(work / f"server-batch{batch}.log", "w")
     server = start_server(model, port, log, ["--max_batch_size", str(batch)])
@@ -188,10 +190,12 @@ def measure(model: str, work: Path, batch: int, clients: list[int], per_client: 
     try:
         streamed(url, model, 0, settings_for(0, decodings[0][1]))  # warm-up
         for name, decoding in decodings:
-            total = max(clients) * per_client
+            # every load sends at least `min_requests` (one client alone sends 16, not 4: a steadier baseline)
+            runs = {count: max(per_client, -(-min_requests // count)) for count in clients}
+            total = max(count * n for count, n in runs.items())
             alone = {i: streamed(url, model, i, settings_for(i, decoding))["text"] for i in range(total)}
             for count in clients:
-                out[(name, count)] = summary(load(url, model, count, per_client, decoding), alone)
+                out[(name, count)] = summary(load(url, model, count, runs[count], decoding), alone)
             out[(name, "late")] = late_short(url, model, decoding)
         out["flood"] = flood(url, model)
     finally:
@@ -231,6 +235,8 @@ def main() -> None:
     parser.add_argument("--model", help="a LLaDA folder or Hub id with a chat template; default: train the "
                                         "quickstart's tiny model")
     parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--min-requests", type=int, default=16, help="the fewest requests a load sends in all (one "
+                                                                      "client then sends 16)")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--clients", default="1,4,8,16")
     args = parser.parse_args()
@@ -247,11 +253,12 @@ def main() -> None:
     # the setting first (every answer 32 tokens in blocks of 8, 32 steps), then mixed answer lengths
     decodings = [("exact, 32 tokens", {"exact": True, "lengths": (32,)}), ("exact, mixed", {"exact": True}),
                  (f"threshold {args.threshold}, mixed", {"threshold": args.threshold})]
-    batched = measure(model, work, 16, clients, args.requests_per_client, decodings)
-    single = measure(model, work, 1, clients, args.requests_per_client, decodings)
+    batched = measure(model, work, 16, clients, args.requests_per_client, decodings, args.min_requests)
+    single = measure(model, work, 1, clients, args.requests_per_client, decodings, args.min_requests)
     import torch
 
-    print(f"model={model} requests/client={args.requests_per_client}, blocks of 8, streamed; mixed: max_tokens "
+    print(f"model={model} requests/client={args.requests_per_client} (at least {args.min_requests} per load), "
+          f"blocks of 8, streamed; mixed: max_tokens "
           f"{'/'.join(map(str, LENGTHS))} in turn; torch threads={torch.get_num_threads()}")
     print("| decoding | clients | batching | req/s | tok/s | p50 ms | p95 ms | first text ms | x 1 client | "
           "x unbatched | differ |")

@@ -742,6 +742,7 @@ class LLaDAGenerationMixin:
     # An engine that serves many requests (llada-hf serve) holds one state per request and steps them together with
     # `denoising_steps`: each state keeps its own settings, canvas and draws, so it ends as it would alone.
 
+    @torch.no_grad()
     def start_denoising(self, input_ids=None, attention_mask=None, generation_config=None, streamer=None,
                         logits_processor=None, stopping_criteria=None, tokenizer=None, **kwargs) -> "DenoisingState":
         """What `generate` does before its first step: the settings resolved and checked, the canvas laid out. Takes
@@ -757,6 +758,7 @@ class LLaDAGenerationMixin:
             streamer=streamer, logits_processor=logits_processor, tokenizer=tokenizer,
         )
 
+    @torch.no_grad()
     def denoising_steps(self, states: list["DenoisingState"]) -> list[bool]:
         """One denoising step of each of `states` (from `start_denoising`, on this model). The states whose forward
         passes can be batched (`_shares_forward`: dense LLaDA and LLaDA-MoE without a key/value cache or CFG) run in
@@ -789,6 +791,7 @@ class LLaDAGenerationMixin:
                 groups.append([state])
         return groups
 
+    @torch.no_grad()
     def finish_denoising(self, state: "DenoisingState") -> torch.LongTensor | LLaDAGenerateOutput:
         """What `generate` returns, for a state that `denoising_steps` reported over."""
         return self._finish_denoising(state)

@@ -233,6 +233,25 @@ def test_canvases_of_very_different_widths_run_in_separate_forwards():
     assert forwards.count == 2
 
 
+@pytest.mark.parametrize("name", ["dense", "llada2"])
+def test_the_step_api_records_no_autograd_graph_where_grad_mode_is_on(name):
+    """`generate` runs under no_grad; the step API must too: an engine calls it from a thread of its own, where grad
+    mode is on (it is per thread), and a step that recorded a graph would keep every activation of its forward."""
+    model, (prompt, kwargs) = member(name), REQUESTS[name][0]
+    grad_in_forward = []
+    handle = model.register_forward_pre_hook(lambda *args: grad_in_forward.append(torch.is_grad_enabled()))
+    try:
+        with torch.enable_grad():
+            state = model.start_denoising(prompt, **settings(name, kwargs))
+            while model.denoising_steps([state])[0]:
+                assert not state.canvas.requires_grad
+            out = model.finish_denoising(state)
+    finally:
+        handle.remove()
+    assert grad_in_forward and not any(grad_in_forward)
+    assert torch.equal(out, model.generate(prompt, **settings(name, kwargs)))
+
+
 # --- the engine -----------------------------------------------------------------------------------------------------
 
 
