@@ -858,41 +858,55 @@ class LLaDAGenerationMixin:
             together.setdefault(state.commit_key if state.commit_key is not None else id(state), []).append(
                 (state, rows))
         for members in together.values():
-            if len(members) == 1:
-                state, rows = members[0]
-                self._commit_step(state, logits[rows, : state.window.stop - state.window.start])
+            if len(together) == 1:
+                chosen = logits
+            elif len(members) == 1:
+                chosen = logits[members[0][1]]
             else:
-                self._commit_rows([state for state, _ in members],
-                                  torch.cat([logits[rows] for _, rows in members]) if len(together) > 1 else logits)
+                chosen = torch.cat([logits[rows] for _, rows in members])
+            self._commit_rows([state for state, _ in members], chosen)
 
     def _commit_rows(self, states: list["DenoisingState"], logits: torch.Tensor) -> None:
-        """`_commit_step` for several states with one `_commit_key`, from their stacked window logits (R, W, V): each
-        row is scored and selected with its own state's temperature, draws (seed, step, positions), schedule,
-        threshold or factor, exactly as alone; the narrower windows' extra columns are never committable."""
+        """After a step's forward pass, the one commit rule of the dense samplers: from the window logits (R, W', V)
+        of `states`, stacked row by row (W' at least their widest window), the proposals and the commits. Several
+        states share a `_commit_key`: each row is scored and selected with its own state's temperature, draws (seed,
+        step, positions), schedule, threshold or factor, exactly as alone, and the narrower windows' extra columns are
+        never committable. A state alone (`generate`, or a request with logits processors or top-k / top-p) keeps
+        its processors and warpers, and its settings as plain numbers."""
         first, config = states[0], states[0].config
+        alone = len(states) == 1
         device = logits.device
         widths = [state.window.stop - state.window.start for state in states]
         width = max(widths)
+        logits = logits[:, :width]  # a wider pass (another group's window) adds columns no state here has
 
-        def per_row(value, dtype):  # (R, 1): each state's value on its rows (filled on the device: no copy to it)
+        def per_row(value, dtype):  # alone: the state's value; else (R, 1), each state's on its rows (filled on the
+            if alone:  # device: no copy to it)
+                return value(first)
             return torch.cat([torch.full((state.canvas.shape[0], 1), value(state), dtype=dtype, device=device)
                               for state in states])
 
-        def padded(tensors, value):
-            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+        def joined(tensors):  # the states' tensors, row after row
+            return tensors[0] if alone else torch.cat(tensors)
 
-        window_ids = padded([state.canvas[:, state.window] for state in states], -1)  # -1: never a mask
+        def stacked(tensors, value):  # (R, width): the states' (b_i, w_i) rows, the narrower padded with `value`
+            return joined([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if t.shape[1] < width
+                           else t for t in tensors])
+
+        window_ids = stacked([state.canvas[:, state.window] for state in states], -1)  # -1: never a mask
         for state in states:
             state.forwards += (~state.finished).long()
         noise = temperature = None
         if first.seeds is not None:
-            steps = per_row(lambda state: state.step, torch.long)
-            noise = (torch.cat([state.seeds for state in states]), steps,
-                     padded([state.relative_positions[:, state.window].expand(state.canvas.shape[0], -1)
-                             for state in states], 0))
-        if config.temperature > 0:
+            noise = (joined([state.seeds for state in states]),
+                     per_row(lambda state: state.step, torch.long),
+                     stacked([state.relative_positions[:, state.window].expand(state.canvas.shape[0], -1)
+                              for state in states], 0))
+        if config.temperature > 0 and not alone:  # alone: its config's
             temperature = per_row(lambda state: state.config.temperature, torch.float64)[..., None]
-        proposal, scores = self._scores(logits, window_ids, config, first.eos_tensor, noise, temperature)
+        # (states in a group have no processors or warpers: `_commit_key`)
+        proposal, scores = self._scores(logits, window_ids, config, first.eos_tensor, noise, temperature,
+                                        processors=first.processors, warpers=first.warpers, canvas=first.canvas)
         if first.parallel:
             threshold = factor = None
             if config.threshold is not None:
@@ -901,7 +915,7 @@ class LLaDAGenerationMixin:
                 factor = per_row(lambda state: state.config.factor, torch.float64)
             transfer = select_parallel(scores, threshold, factor)
         else:
-            transfer = select_top_k(scores, torch.cat([state.schedule[:, state.block_step] for state in states]))
+            transfer = select_top_k(scores, joined([state.schedule[:, state.block_step] for state in states]))
         row = 0
         for state, columns in zip(states, widths):
             rows = slice(row, row + state.canvas.shape[0])
@@ -976,7 +990,7 @@ class LLaDAGenerationMixin:
             state.canvas, state.attention_mask, state.window, state.prompt_positions, state.config.cfg_scale,
             state.config.kv_cache, state.cache, mask_token_id=state.config.mask_token_id,
         )
-        self._commit_step(state, logits)
+        self._commit_rows([state], logits)
         return True
 
     def _open_step(self, state: "DenoisingState") -> bool:
@@ -1014,21 +1028,6 @@ class LLaDAGenerationMixin:
             if config.early_exit and bool(state.finished.all()):
                 state.block = state.num_blocks
         return True
-
-    def _commit_step(self, state: "DenoisingState", logits: torch.Tensor) -> None:
-        """After a step's forward pass: from the window's logits (b, W, V), the proposals and the commits."""
-        config, canvas, window = state.config, state.canvas, state.window
-        state.forwards += (~state.finished).long()
-        noise = None
-        if state.seeds is not None:
-            noise = (state.seeds, state.step, state.relative_positions[:, window].expand(canvas.shape[0], -1))
-        proposal, scores = self._scores(logits, canvas[:, window], config, state.eos_tensor, noise,
-                                        processors=state.processors, warpers=state.warpers, canvas=canvas)
-        if state.parallel:
-            transfer = select_parallel(scores, config.threshold, config.factor)
-        else:
-            transfer = select_top_k(scores, state.schedule[:, state.block_step])
-        self._apply_commits(state, transfer, proposal)
 
     def _apply_commits(self, state: "DenoisingState", transfer: torch.Tensor, proposal: torch.Tensor) -> None:
         """Write a step's commits (`transfer`, (b, W) over the window) into the state: its canvas, commit steps and

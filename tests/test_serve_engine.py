@@ -222,6 +222,27 @@ def test_a_logits_processor_commits_its_own_rows():
         assert torch.equal(model.finish_denoising(state), expected)
 
 
+def test_a_group_with_narrower_windows_than_another_request_in_its_pass_commits_as_alone():
+    """One forward pass, two commit groups: a request with a logits processor and a window of 8 beside two greedy
+    ones with windows of 4. The pass's logits are 8 columns wide; the greedy group keeps its own 4 (this step used to
+    fail every request in it on a shape mismatch)."""
+    from transformers import LogitsProcessorList, NoBadWordsLogitsProcessor
+
+    model = member("dense")
+    banned = LogitsProcessorList([NoBadWordsLogitsProcessor([[7], [9]], eos_token_id=1)])
+    requests = [(ids(1, 2, 3), dict(max_new_tokens=8, steps=8, block_length=8, logits_processor=banned)),
+                (ids(4, 5), dict(max_new_tokens=8, steps=8, block_length=4)),
+                (ids(6, 7, 8), dict(max_new_tokens=8, steps=8, block_length=4))]
+    alone = [model.generate(prompt, **settings("dense", kwargs)) for prompt, kwargs in requests]
+    states = [model.start_denoising(prompt, **settings("dense", kwargs)) for prompt, kwargs in requests]
+    with ForwardCounter(model) as forwards:
+        while any(model.denoising_steps(states)):
+            pass
+    assert forwards.count == 8  # every step in one shared pass
+    for state, expected in zip(states, alone):
+        assert torch.equal(model.finish_denoising(state), expected)
+
+
 def test_canvases_of_very_different_widths_run_in_separate_forwards():
     """Padding a 10-position canvas to 68 would waste most of the pass: widths within 3/4 of each other share."""
     model = member("dense")
